@@ -1,0 +1,51 @@
+# Two commands matter: `make demo` and `make test`. Everything else is a step of those.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+HARNESS := $(PY) -m rocketmq_harness
+
+.PHONY: setup prereqs jars clusters demo test stop status memory mqadmin
+
+# Java 17 and Maven run the brokers; on a machine without them, install them from Debian.
+prereqs:
+	@command -v java >/dev/null && command -v mvn >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven)
+
+# Re-running is fast: pip only runs when requirements.txt or pyproject.toml changed.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: prereqs $(STAMP) jars
+
+# Resolves both RocketMQ versions into the Maven cache (~/.m2), once.
+jars: $(STAMP)
+	$(PY) -c "from rocketmq_harness.clusters import classpath, SOURCE_VERSION, TARGET_VERSION; classpath(SOURCE_VERSION); classpath(TARGET_VERSION)"
+
+clusters: setup
+	$(HARNESS) start source target
+
+demo: clusters
+	$(HARNESS) airflow start
+	@$(HARNESS) memory
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+stop:
+	-$(HARNESS) airflow stop
+	$(HARNESS) stop
+
+status:
+	$(HARNESS) status
+
+memory:
+	$(HARNESS) memory
+
+# make mqadmin CLUSTER=source ARGS="topicList"   (-n defaults to the cluster's name server)
+CLUSTER ?= source
+mqadmin:
+	@$(HARNESS) mqadmin $(CLUSTER) $(ARGS)

@@ -1,0 +1,1 @@
+"""Local RocketMQ clusters for tests and the demo; see clusters.py."""

@@ -1,0 +1,163 @@
+"""Airflow standalone (SQLite, LocalExecutor, SimpleAuthManager) for the demo and end-to-end tests.
+
+It runs this project's dags/ and plugins/ with rocketmq connections for the local clusters, a
+known login, and a shared JWT secret; it is recorded by pid and stopped by process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocketmq_harness.clusters import CLUSTERS, PROJECT_ROOT, RUN_DIR
+
+HOME = RUN_DIR / "airflow"
+PORT = int(os.environ.get("AIRFLOW_DEMO_PORT", "8080"))
+USER = "admin"
+
+
+@dataclass(frozen=True)
+class RunningAirflow:
+    url: str
+    username: str
+    password: str
+
+    def token(self) -> str:
+        """A JWT for the REST API, as POST /auth/token hands it out."""
+        body = json.dumps({"username": self.username, "password": self.password}).encode()
+        req = urllib.request.Request(f"{self.url}/auth/token", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)["access_token"]
+
+
+def _password() -> str:
+    path = HOME / "simple_auth_manager_passwords.json"
+    if not path.exists():
+        HOME.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({USER: secrets.token_urlsafe(12)}))
+        path.chmod(0o600)
+    return json.loads(path.read_text())[USER]
+
+
+def environment() -> dict[str, str]:
+    """The environment every Airflow process of the demo runs with."""
+    jwt_file = HOME / "jwt-secret"
+    if not jwt_file.exists():
+        HOME.mkdir(parents=True, exist_ok=True)
+        jwt_file.write_text(secrets.token_urlsafe(32))
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        # standalone starts its components as `airflow ...` found on PATH
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "AIRFLOW_HOME": str(HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(HOME / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(PORT),
+        "AIRFLOW__API__WORKERS": "1",
+        # LocalExecutor forks `parallelism` workers up front; 32 idle ones cost 4 GiB.
+        "AIRFLOW__CORE__PARALLELISM": "6",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{PORT}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": jwt_file.read_text().strip(),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    }
+    for name in ("source", "target"):
+        spec = CLUSTERS[name]
+        env[f"AIRFLOW_CONN_ROCKETMQ_{name.upper()}"] = json.dumps(
+            {"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port})
+    return env
+
+
+def _pid_file() -> Path:
+    return HOME / "standalone.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"airflow" in cmdline and b"standalone" in cmdline
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=3) as resp:
+            health = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return health.get("scheduler", {}).get("status") == "healthy"
+
+
+def start(timeout: float = 240) -> RunningAirflow:
+    """Start standalone unless ours already answers; wait for the API and a healthy scheduler."""
+    url = f"http://127.0.0.1:{PORT}"
+    running = RunningAirflow(url, USER, _password())
+    pid = _recorded_pid()
+    if pid and _alive(pid) and _healthy(url):
+        return running
+    stop()
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    env = environment()
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    with open(HOME / "standalone.log", "ab") as log:
+        proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=HOME)
+    _pid_file().write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return running
+        if proc.poll() is not None:
+            break
+        time.sleep(1)
+    tail = "\n".join((HOME / "standalone.log").read_text(errors="replace").splitlines()[-40:])
+    stop()
+    raise RuntimeError(f"Airflow standalone did not become healthy on {url}:\n{tail}")
+
+
+def _recorded_pid() -> int | None:
+    try:
+        return int(_pid_file().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stop(grace: float = 30) -> int | None:
+    """Stop the standalone we started (its whole process group); return its pid."""
+    pid = _recorded_pid()
+    if not pid or not _alive(pid):
+        _pid_file().unlink(missing_ok=True)
+        return None
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.5)
+    if _group_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    _pid_file().unlink(missing_ok=True)
+    return pid
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

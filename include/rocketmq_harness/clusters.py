@@ -1,0 +1,301 @@
+"""Local RocketMQ clusters on loopback from the official Apache jars on Maven Central.
+
+Each cluster is one name server and one broker, with its own ports, data directory, small heap
+and logs under the run directory (``.run/`` in the project, git-ignored). Maven resolves the
+jars into the local Maven cache; we only ask it for the runtime classpath of one version.
+Processes are recorded by pid and stopped by exactly those pids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.remoting.client import Credentials
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RUN_DIR = Path(os.environ.get("RMQ_HARNESS_DIR", PROJECT_ROOT / ".run"))
+POM = Path(__file__).with_name("pom.xml")
+
+#: 4.9.8's namesrv and broker jars are not served by the Maven Central reachable here
+#: (404), so the 4.x line is represented by 4.9.7, its newest release that is.
+SOURCE_VERSION = os.environ.get("RMQ_SOURCE_VERSION", "4.9.7")
+TARGET_VERSION = os.environ.get("RMQ_TARGET_VERSION", "5.5.0")
+ADMIN_ACCESS_KEY = "rocketmq-admin"
+_MARKER = "-Drmq.harness.cluster="
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What to start: a version, two ports, and whether authentication is on."""
+
+    name: str
+    version: str
+    namesrv_port: int
+    broker_port: int
+    acl: bool = False
+
+    @property
+    def namesrv(self) -> str:
+        return f"127.0.0.1:{self.namesrv_port}"
+
+    @property
+    def broker(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def broker_name(self) -> str:
+        return f"{self.name}-b0"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def home(self) -> Path:
+        return RUN_DIR / self.name
+
+
+# Brokers also bind listenPort-2 (HA/fast) and listenPort+1, so ports stay 10 apart.
+CLUSTERS: dict[str, ClusterSpec] = {
+    "source": ClusterSpec("source", SOURCE_VERSION, 19876, 20911),
+    "target": ClusterSpec("target", TARGET_VERSION, 29876, 30911),
+    "source-acl": ClusterSpec("source-acl", SOURCE_VERSION, 39876, 40911, acl=True),
+    "target-acl": ClusterSpec("target-acl", TARGET_VERSION, 49876, 50911, acl=True),
+}
+
+
+@dataclass(frozen=True)
+class RunningCluster:
+    """A started cluster as tests and the demo see it."""
+
+    spec: ClusterSpec
+    credentials: Credentials | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def namesrv(self) -> str:
+        return self.spec.namesrv
+
+    @property
+    def broker(self) -> str:
+        return self.spec.broker
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+
+def classpath(version: str) -> str:
+    """Runtime classpath of one RocketMQ version, resolved by Maven and cached in RUN_DIR."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    out = RUN_DIR / f"classpath-{version}.txt"
+    if out.exists() and all(Path(p).exists() for p in out.read_text().split(os.pathsep)):
+        return out.read_text().strip()
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:build-classpath",
+           f"-Drocketmq.version={version}", f"-Dmdep.outputFile={out}"]
+    if not version.startswith("4."):
+        cmd.append("-Pfive")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"Maven could not resolve RocketMQ {version}:\n{result.stdout[-3000:]}")
+    return out.read_text().strip()
+
+
+def _java_opts(spec: ClusterSpec, role: str) -> list[str]:
+    opts = [f"{_MARKER}{spec.name}/{role}", f"-Drocketmq.home.dir={spec.home / 'home'}",
+            f"-Duser.home={spec.home}", f"-Drocketmq.log.dir={spec.home / 'logs'}",
+            "-Drocketmq.broker.diskSpaceWarningLevelRatio=0.98", "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1" if role == "mqadmin" else "-XX:+UseStringDeduplication"]
+    if spec.major == 4:
+        opts += ["--add-opens", "java.base/java.nio=ALL-UNNAMED",
+                 "--add-exports", "java.base/jdk.internal.ref=ALL-UNNAMED",
+                 "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED"]
+    return opts
+
+
+_HEAPS = {"namesrv": ["-Xms64m", "-Xmx96m"],
+          "broker": ["-Xms192m", "-Xmx256m", "-XX:MaxDirectMemorySize=128m"],
+          "mqadmin": ["-Xmx128m"]}
+
+_LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
+<configuration>
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>${{rocketmq.log.dir}}/{role}.log</file>
+    <encoder><pattern>%d{{yyyy-MM-dd HH:mm:ss.SSS}} %p %c{{0}} - %m%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="FILE"/></root>
+</configuration>
+"""
+
+
+def _secret(spec: ClusterSpec) -> str:
+    path = spec.home / "admin-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def credentials(spec: ClusterSpec) -> Credentials | None:
+    return Credentials(ADMIN_ACCESS_KEY, _secret(spec)) if spec.acl else None
+
+
+def _write_configs(spec: ClusterSpec) -> None:
+    conf = spec.home / "home" / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (spec.home / "logs").mkdir(exist_ok=True)
+    for role in ("namesrv", "broker", "tools"):
+        (conf / f"logback_{role}.xml").write_text(_LOGBACK.format(role=role))
+    bind = ["bindAddress=127.0.0.1"] if spec.major >= 5 else []
+    (spec.home / "namesrv.conf").write_text("\n".join([f"listenPort={spec.namesrv_port}", *bind]) + "\n")
+    store = spec.home / "store"
+    broker = [
+        f"brokerClusterName={spec.name}", f"brokerName={spec.broker_name}", "brokerId=0",
+        "brokerIP1=127.0.0.1", f"listenPort={spec.broker_port}", f"namesrvAddr={spec.namesrv}",
+        f"storePathRootDir={store}", f"storePathCommitLog={store / 'commitlog'}",
+        "mappedFileSizeCommitLog=67108864", "mappedFileSizeConsumeQueue=600000",
+        "mappedFileSizeTimerLog=16777216", "maxIndexNum=100000", "maxHashSlotNum=10000",
+        "flushDiskType=ASYNC_FLUSH", "transientStorePoolEnable=false",
+        "autoCreateTopicEnable=true", "autoCreateSubscriptionGroup=true",
+        "diskMaxUsedSpaceRatio=95", "diskSpaceWarningLevelRatio=0.98", *bind,
+    ]
+    secret = _secret(spec) if spec.acl else ""
+    if spec.acl and spec.major == 4:
+        broker.append("aclEnable=true")
+        (conf / "plain_acl.yml").write_text(
+            "globalWhiteRemoteAddresses: []\naccounts:\n"
+            f"  - accessKey: {ADMIN_ACCESS_KEY}\n    secretKey: {secret}\n    admin: true\n")
+    elif spec.acl:
+        user = json.dumps({"username": ADMIN_ACCESS_KEY, "password": secret})
+        inner = json.dumps({"accessKey": ADMIN_ACCESS_KEY, "secretKey": secret})
+        broker += [
+            "authenticationEnabled=true", "authorizationEnabled=true",
+            "authenticationProvider=org.apache.rocketmq.auth.authentication.provider.DefaultAuthenticationProvider",
+            "authorizationProvider=org.apache.rocketmq.auth.authorization.provider.DefaultAuthorizationProvider",
+            "authenticationMetadataProvider=org.apache.rocketmq.auth.authentication.provider.LocalAuthenticationMetadataProvider",
+            "authorizationMetadataProvider=org.apache.rocketmq.auth.authorization.provider.LocalAuthorizationMetadataProvider",
+            f"authConfigPath={spec.home / 'auth'}",
+            f"initAuthenticationUser={user}", f"innerClientAuthenticationCredentials={inner}",
+        ]
+    if spec.acl:
+        (conf / "tools.yml").write_text(f"accessKey: {ADMIN_ACCESS_KEY}\nsecretKey: {secret}\n")
+    (spec.home / "broker.conf").write_text("\n".join(broker) + "\n")
+
+
+def _pid_file(spec: ClusterSpec) -> Path:
+    return spec.home / "pids.json"
+
+
+def _recorded_pids(spec: ClusterSpec) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in json.loads(_pid_file(spec).read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_ours(pid: int, spec: ClusterSpec) -> bool:
+    """True while pid is alive and still the JVM we started for this cluster."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return f"{_MARKER}{spec.name}/" in cmdline
+
+
+def _launch(spec: ClusterSpec, role: str, main: str, conf: Path, cp: str) -> int:
+    cmd = ["java", *_HEAPS[role], *_java_opts(spec, role), "-cp", cp, main, "-c", str(conf)]
+    if role == "broker":
+        cmd += ["-n", spec.namesrv]
+    env = {**os.environ, "ROCKETMQ_HOME": str(spec.home / "home")}
+    with open(spec.home / "logs" / f"{role}.out", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=spec.home)
+    return proc.pid
+
+
+async def _registered_brokers(namesrv: str, creds: Credentials | None) -> dict[str, str | None]:
+    """Broker name -> master address as the name server reports them."""
+    async with ClusterAdmin(namesrv, creds, timeout=3, connect_timeout=1) as admin:
+        return {b.name: b.master for b in await admin.brokers()}
+
+
+def is_up(spec: ClusterSpec) -> bool:
+    """The name server answers and lists our broker at its address."""
+    try:
+        brokers = asyncio.run(_registered_brokers(spec.namesrv, credentials(spec)))
+    except Exception:
+        return False
+    return brokers.get(spec.broker_name) == spec.broker
+
+
+def start(spec: ClusterSpec, timeout: float = 120) -> RunningCluster:
+    """Start the cluster unless ours is already running; wait for the broker to register."""
+    if is_up(spec):  # ours, or another checkout's harness on the same ports: reuse it
+        return RunningCluster(spec, credentials(spec))
+    stop(spec)
+    cp = classpath(spec.version)
+    _write_configs(spec)
+    pids = {"namesrv": _launch(spec, "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup",
+                               spec.home / "namesrv.conf", cp)}
+    _pid_file(spec).write_text(json.dumps(pids))
+    pids["broker"] = _launch(spec, "broker", "org.apache.rocketmq.broker.BrokerStartup",
+                             spec.home / "broker.conf", cp)
+    _pid_file(spec).write_text(json.dumps(pids))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_up(spec):
+            return RunningCluster(spec, credentials(spec))
+        dead = [role for role, pid in pids.items() if not _is_ours(pid, spec)]
+        if dead:
+            break
+        time.sleep(0.5)
+    tails = "\n".join(_tail(spec.home / "logs" / f"{role}.out") for role in pids)
+    stop(spec)
+    raise RuntimeError(f"cluster {spec.name} ({spec.version}) did not come up:\n{tails}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"--- {path}: missing"
+
+
+def stop(spec: ClusterSpec, grace: float = 15) -> list[int]:
+    """Stop exactly the processes this harness recorded for the cluster; return their pids."""
+    pids = [p for p in _recorded_pids(spec).values() if _is_ours(p, spec)]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_is_ours(p, spec) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _is_ours(pid, spec):
+            os.kill(pid, signal.SIGKILL)
+    _pid_file(spec).unlink(missing_ok=True)
+    return pids
+
+
+def mqadmin(spec: ClusterSpec, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the reference admin tool of the cluster's version; `-n` defaults to its name server."""
+    if "-n" not in args:
+        args = [*args, "-n", spec.namesrv]
+    if not (spec.home / "home" / "conf").exists():
+        _write_configs(spec)
+    cmd = ["java", *_HEAPS["mqadmin"], *_java_opts(spec, "mqadmin"), "-cp", classpath(spec.version),
+           "org.apache.rocketmq.tools.command.MQAdminStartup", *args]
+    env = {**os.environ, "ROCKETMQ_HOME": str(spec.home / "home")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,0 +1,1 @@
+"""Airflow provider for moving RocketMQ workloads between clusters: a thin layer over rocketmq_core."""
