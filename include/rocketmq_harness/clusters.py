@@ -208,14 +208,18 @@ def _recorded_pids(spec: ClusterSpec) -> dict[str, int]:
 
 def _is_ours(pid: int, spec: ClusterSpec) -> bool:
     """True while pid is alive and still the JVM we started for this cluster."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return f"{_MARKER}{spec.name}/" in cmdline
+    for _ in range(50):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if cmdline:  # empty while the process is between fork and exec
+            return f"{_MARKER}{spec.name}/".encode() in cmdline
+        time.sleep(0.02)
+    return False
 
 
-def _launch(spec: ClusterSpec, role: str, main: str, conf: Path, cp: str) -> int:
+def _launch(spec: ClusterSpec, role: str, main: str, conf: Path, cp: str) -> subprocess.Popen[bytes]:
     cmd = ["java", *_HEAPS[role], *_java_opts(spec, role), "-cp", cp, main, "-c", str(conf)]
     if role == "broker":
         cmd += ["-n", spec.namesrv]
@@ -223,7 +227,7 @@ def _launch(spec: ClusterSpec, role: str, main: str, conf: Path, cp: str) -> int
     with open(spec.home / "logs" / f"{role}.out", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=spec.home)
-    return proc.pid
+    return proc
 
 
 async def _registered_brokers(namesrv: str, creds: Credentials | None) -> dict[str, str | None]:
@@ -248,21 +252,20 @@ def start(spec: ClusterSpec, timeout: float = 120) -> RunningCluster:
     stop(spec)
     cp = classpath(spec.version)
     _write_configs(spec)
-    pids = {"namesrv": _launch(spec, "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup",
-                               spec.home / "namesrv.conf", cp)}
-    _pid_file(spec).write_text(json.dumps(pids))
-    pids["broker"] = _launch(spec, "broker", "org.apache.rocketmq.broker.BrokerStartup",
-                             spec.home / "broker.conf", cp)
-    _pid_file(spec).write_text(json.dumps(pids))
+    procs = {"namesrv": _launch(spec, "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup",
+                                spec.home / "namesrv.conf", cp)}
+    _pid_file(spec).write_text(json.dumps({role: p.pid for role, p in procs.items()}))
+    procs["broker"] = _launch(spec, "broker", "org.apache.rocketmq.broker.BrokerStartup",
+                              spec.home / "broker.conf", cp)
+    _pid_file(spec).write_text(json.dumps({role: p.pid for role, p in procs.items()}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if is_up(spec):
             return RunningCluster(spec, credentials(spec))
-        dead = [role for role, pid in pids.items() if not _is_ours(pid, spec)]
-        if dead:
+        if any(p.poll() is not None for p in procs.values()):
             break
         time.sleep(0.5)
-    tails = "\n".join(_tail(spec.home / "logs" / f"{role}.out") for role in pids)
+    tails = "\n".join(_tail(spec.home / "logs" / f"{role}.out") for role in procs)
     stop(spec)
     raise RuntimeError(f"cluster {spec.name} ({spec.version}) did not come up:\n{tails}")
 
