@@ -6,13 +6,25 @@ without a loop (operators, the CLI) wrap a call in ``asyncio.run``.
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from rocketmq_core.errors import ConnectionFailed, RequestTimeout, RocketMQError
+from rocketmq_core.errors import ConnectionFailed, RequestTimeout, ResponseError, RocketMQError
+from rocketmq_core.model import (
+    ClientConnection, ConsumerConnection, GroupConfig, MessageQueue, QueueOffsets, TopicConfig,
+    validate_group_name, validate_topic_name,
+)
 from rocketmq_core.remoting.client import Credentials, RemotingClient
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.remoting.fastjson import loads
-from rocketmq_core.remoting.protocol import RequestCode
+from rocketmq_core.remoting.protocol import RequestCode, ResponseCode
+
+T = TypeVar("T")
+#: Requests in flight per admin client; a broker answers these on one connection.
+MAX_IN_FLIGHT = 256
 
 MASTER_ID = 0
 
@@ -72,3 +84,252 @@ class ClusterAdmin:
     async def broker_runtime_info(self, addr: str) -> dict[str, str]:
         resp = await self.client.invoke(addr, RequestCode.GET_BROKER_RUNTIME_INFO)
         return dict(loads(resp.body).get("table", {}))
+
+    async def gather(self, jobs: Iterable[Awaitable[T]]) -> list[T]:
+        """Run many requests concurrently, at most MAX_IN_FLIGHT at a time; the first failure raises."""
+        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        async def _one(job: Awaitable[T]) -> T:
+            async with gate:
+                return await job
+
+        return list(await asyncio.gather(*(_one(j) for j in jobs)))
+
+    # --- brokers ---------------------------------------------------------------------------
+
+    async def masters(self, cluster: str | None = None) -> list[BrokerInfo]:
+        """Master brokers, of one cluster when named; a cluster without a live master is an error."""
+        brokers = [b for b in await self.brokers() if cluster is None or b.cluster == cluster]
+        if cluster is not None and not brokers:
+            raise RocketMQError(f"no broker of cluster {cluster!r} is registered at {self.namesrv_addrs}")
+        return [b for b in brokers if b.master]
+
+    async def system_topics(self, addr: str) -> frozenset[str]:
+        resp = await self.client.invoke(addr, RequestCode.GET_SYSTEM_TOPIC_LIST_FROM_BROKER)
+        return frozenset(loads(resp.body).get("topicList", []))
+
+    # --- topics ----------------------------------------------------------------------------
+
+    async def topic_names(self) -> list[str]:
+        """Every topic the name servers know, system ones included."""
+        body = loads((await self.namesrv_invoke(RequestCode.GET_ALL_TOPIC_LIST_FROM_NAMESERVER)).body)
+        return sorted(body.get("topicList", []))
+
+    async def topic_configs(self, addr: str) -> dict[str, TopicConfig]:
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_TOPIC_CONFIG, timeout=30)
+        table = loads(resp.body).get("topicConfigTable") or {}
+        return {name: TopicConfig.from_wire(cfg) for name, cfg in table.items()}
+
+    async def create_topic(self, addr: str, topic: TopicConfig) -> None:
+        validate_topic_name(topic.name)
+        await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_TOPIC, topic.create_header())
+
+    async def create_topics(self, addr: str, topics: list[TopicConfig]) -> None:
+        """Create or update many topics: one batch request where the broker has it (5.3+)."""
+        for topic in topics:
+            validate_topic_name(topic.name)
+        if not topics:
+            return
+        body = json.dumps({"topicConfigList": [t.to_wire(for_create=True) for t in topics]}).encode()
+        try:
+            await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_TOPIC_LIST, body=body, timeout=60)
+        except ResponseError as exc:
+            if exc.response_code != ResponseCode.REQUEST_CODE_NOT_SUPPORTED:
+                raise
+            await self.gather(self.create_topic(addr, t) for t in topics)
+
+    async def delete_topic(self, topic: str, cluster: str | None = None) -> None:
+        """Delete on every master broker, then from every name server."""
+        for broker in await self.masters(cluster):
+            await self.client.invoke(broker.master, RequestCode.DELETE_TOPIC_IN_BROKER, {"topic": topic})
+        for addr in self.namesrv_addrs:
+            await self.client.invoke(addr, RequestCode.DELETE_TOPIC_IN_NAMESRV,
+                                     {"topic": topic, "clusterName": cluster})
+
+    async def topic_route(self, topic: str) -> dict:
+        resp = await self.namesrv_invoke(RequestCode.GET_ROUTEINFO_BY_TOPIC, {"topic": topic})
+        return loads(resp.body)
+
+    async def topic_offsets(self, addr: str, topic: str) -> dict[MessageQueue, tuple[int, int]]:
+        """(min offset, max offset) of every queue of a topic on one broker."""
+        resp = await self.client.invoke(addr, RequestCode.GET_TOPIC_STATS_INFO, {"topic": topic})
+        table = loads(resp.body).get("offsetTable") or {}
+        return {MessageQueue.from_key(k): (int(v["minOffset"]), int(v["maxOffset"])) for k, v in table.items()}
+
+    async def max_offset(self, addr: str, topic: str, queue_id: int) -> int:
+        resp = await self.client.invoke(addr, RequestCode.GET_MAX_OFFSET, {"topic": topic, "queueId": queue_id})
+        return int(resp.ext_fields["offset"])
+
+    async def min_offset(self, addr: str, topic: str, queue_id: int) -> int:
+        resp = await self.client.invoke(addr, RequestCode.GET_MIN_OFFSET, {"topic": topic, "queueId": queue_id})
+        return int(resp.ext_fields["offset"])
+
+    async def search_offset(self, addr: str, topic: str, queue_id: int, timestamp_ms: int) -> int:
+        """The first offset whose store time is at or after the timestamp."""
+        resp = await self.client.invoke(addr, RequestCode.SEARCH_OFFSET_BY_TIMESTAMP,
+                                        {"topic": topic, "queueId": queue_id, "timestamp": timestamp_ms})
+        return int(resp.ext_fields["offset"])
+
+    # --- groups ----------------------------------------------------------------------------
+
+    async def group_configs(self, addr: str) -> dict[str, GroupConfig]:
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=30)
+        table = loads(resp.body).get("subscriptionGroupTable") or {}
+        return {name: GroupConfig.from_wire(cfg) for name, cfg in table.items()}
+
+    async def create_group(self, addr: str, group: GroupConfig) -> None:
+        validate_group_name(group.name)
+        await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP,
+                                 body=json.dumps(group.to_wire()).encode())
+
+    async def create_groups(self, addr: str, groups: list[GroupConfig]) -> None:
+        """Create or update many groups: one batch request where the broker has it (5.3.1+)."""
+        for group in groups:
+            validate_group_name(group.name)
+        if not groups:
+            return
+        body = json.dumps({"groupConfigList": [g.to_wire() for g in groups]}).encode()
+        try:
+            await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP_LIST, body=body,
+                                     timeout=60)
+        except ResponseError as exc:
+            if exc.response_code != ResponseCode.REQUEST_CODE_NOT_SUPPORTED:
+                raise
+            await self.gather(self.create_group(addr, g) for g in groups)
+
+    async def delete_group(self, addr: str, group: str, clean_offset: bool = True) -> None:
+        await self.client.invoke(addr, RequestCode.DELETE_SUBSCRIPTIONGROUP,
+                                 {"groupName": group, "cleanOffset": str(clean_offset).lower()})
+
+    # --- clients ---------------------------------------------------------------------------
+
+    async def consumer_connection(self, addr: str, group: str) -> ConsumerConnection:
+        """Consumers of a group connected to one broker; none online is an empty answer."""
+        try:
+            resp = await self.client.invoke(addr, RequestCode.GET_CONSUMER_CONNECTION_LIST,
+                                            {"consumerGroup": group})
+        except ResponseError as exc:
+            if exc.response_code == ResponseCode.CONSUMER_NOT_ONLINE:
+                return ConsumerConnection(group, ())
+            raise
+        data = loads(resp.body)
+        return ConsumerConnection(
+            group=group,
+            clients=tuple(_client(c) for c in data.get("connectionSet", [])),
+            subscriptions=tuple(sorted(data.get("subscriptionTable", {}))),
+            message_model=str(data.get("messageModel", "")),
+            consume_type=str(data.get("consumeType", "")),
+        )
+
+    async def producer_connections(self, addr: str, producer_group: str) -> tuple[ClientConnection, ...]:
+        try:
+            resp = await self.client.invoke(addr, RequestCode.GET_PRODUCER_CONNECTION_LIST,
+                                            {"producerGroup": producer_group})
+        except ResponseError as exc:
+            if exc.response_code == ResponseCode.SYSTEM_ERROR and "not exist" in (exc.remark or ""):
+                return ()
+            raise
+        return tuple(_client(c) for c in loads(resp.body).get("connectionSet", []))
+
+    async def all_producers(self, addr: str) -> dict[str, tuple[ClientConnection, ...]]:
+        """Every producer group with live producers on one broker."""
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_PRODUCER_INFO)
+        data = loads(resp.body).get("data") or {}
+        return {group: tuple(ClientConnection(c.get("clientId", ""), str(c.get("remoteIP", "")).lstrip("/"),
+                                              str(c.get("language", "")), int(c.get("version", 0)))
+                             for c in clients)
+                for group, clients in data.items()}
+
+    # --- offsets and consume progress ------------------------------------------------------
+
+    async def consume_stats(self, addr: str, group: str, topic: str | None = None) -> list[QueueOffsets]:
+        """A group's progress on every queue one broker holds for it (its retry topic included)."""
+        resp = await self.client.invoke(addr, RequestCode.GET_CONSUME_STATS,
+                                        {"consumerGroup": group, "topic": topic})
+        return _offset_table(loads(resp.body))
+
+    async def broker_consume_stats(self, addr: str) -> dict[str, list[QueueOffsets]]:
+        """Every group's progress on one broker in a single request."""
+        resp = await self.client.invoke(addr, RequestCode.GET_BROKER_CONSUME_STATS,
+                                        {"isOrder": "false", "timeoutMillis": 60000}, timeout=60)
+        result: dict[str, list[QueueOffsets]] = {}
+        for entry in loads(resp.body).get("consumeStatsList", []):
+            for group, stats_list in entry.items():
+                rows = result.setdefault(group, [])
+                for stats in stats_list:
+                    rows.extend(_offset_table(stats))
+        return result
+
+    async def all_consumer_offsets(self, addr: str) -> dict[tuple[str, str], dict[int, int]]:
+        """(topic, group) -> queue id -> committed offset, for everything one broker holds."""
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_CONSUMER_OFFSET, timeout=30)
+        result = {}
+        for key, queues in (loads(resp.body).get("offsetTable") or {}).items():
+            topic, _, group = key.rpartition("@")
+            result[(topic, group)] = {int(q): int(o) for q, o in queues.items()}
+        return result
+
+    async def delay_offsets(self, addr: str) -> dict[int, int]:
+        """Delay level -> how far the broker's scheduler has delivered SCHEDULE_TOPIC_XXXX."""
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_DELAY_OFFSET)
+        table = loads(resp.body).get("offsetTable") or {}
+        return {int(level): int(offset) for level, offset in table.items()}
+
+    async def query_consumer_offset(self, addr: str, group: str, topic: str, queue_id: int) -> int | None:
+        """The committed offset, or None when the group has none for the queue."""
+        try:
+            resp = await self.client.invoke(addr, RequestCode.QUERY_CONSUMER_OFFSET,
+                                            {"consumerGroup": group, "topic": topic, "queueId": queue_id,
+                                             "setZeroIfNotFound": "false"})
+        except ResponseError as exc:
+            if exc.response_code == ResponseCode.QUERY_NOT_FOUND:
+                return None
+            raise
+        return int(resp.ext_fields["offset"])
+
+    async def update_consumer_offset(self, addr: str, group: str, topic: str, queue_id: int,
+                                     offset: int) -> None:
+        await self.client.invoke(addr, RequestCode.UPDATE_CONSUMER_OFFSET,
+                                 {"consumerGroup": group, "topic": topic, "queueId": queue_id,
+                                  "commitOffset": offset})
+
+    async def reset_offset_by_timestamp(self, group: str, topic: str, timestamp_ms: int,
+                                        cluster: str | None = None) -> dict[MessageQueue, int]:
+        """Move a group's committed offsets on a topic to the first message at or after a time.
+
+        Online consumers are told by the broker (they would otherwise overwrite the offsets);
+        for a group with no consumer online the offsets are written directly, per queue.
+        """
+        result: dict[MessageQueue, int] = {}
+        for broker in await self.masters(cluster):
+            header = {"topic": topic, "group": group, "timestamp": timestamp_ms, "isForce": "true"}
+            try:
+                resp = await self.client.invoke(broker.master, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header,
+                                                timeout=30)
+                body = loads(resp.body) if resp.body else {}
+                table = body.get("offsetTable") or {}
+                if table:
+                    result.update({MessageQueue.from_key(k): int(v) for k, v in table.items()})
+                    continue
+            except ResponseError as exc:
+                if exc.response_code != ResponseCode.CONSUMER_NOT_ONLINE:
+                    raise
+            queues = await self.topic_offsets(broker.master, topic)
+            for mq in queues:
+                offset = await self.search_offset(broker.master, topic, mq.queue_id, timestamp_ms)
+                await self.update_consumer_offset(broker.master, group, topic, mq.queue_id, offset)
+                result[mq] = offset
+        return result
+
+
+def _client(data: dict) -> ClientConnection:
+    return ClientConnection(client_id=str(data.get("clientId", "")), client_addr=str(data.get("clientAddr", "")),
+                            language=str(data.get("language", "")), version=int(data.get("version", 0)))
+
+
+def _offset_table(stats: dict) -> list[QueueOffsets]:
+    return [
+        QueueOffsets(queue=MessageQueue.from_key(key), broker_offset=int(v.get("brokerOffset", 0)),
+                     consumer_offset=int(v.get("consumerOffset", 0)), last_timestamp=int(v.get("lastTimestamp", 0)))
+        for key, v in (stats.get("offsetTable") or {}).items()
+    ]

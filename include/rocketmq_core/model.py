@@ -1,0 +1,225 @@
+"""Metadata objects of a RocketMQ cluster, in one shape for 4.9.x and 5.x.
+
+Each type converts from the broker's JSON (``from_wire``) and back (``to_wire``); the field
+names of the wire form are those of the Java classes TopicConfig, SubscriptionGroupConfig and
+the queue/offset tables, which is also what mqadmin exportMetadata writes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from rocketmq_core.errors import InvalidSpec
+
+PERM_READ = 4
+PERM_WRITE = 2
+PERM_INHERIT = 1
+
+RETRY_PREFIX = "%RETRY%"
+DLQ_PREFIX = "%DLQ%"
+SCHEDULE_TOPIC = "SCHEDULE_TOPIC_XXXX"
+TIMER_TOPIC = "rmq_sys_wheel_timer"
+HALF_TOPIC = "RMQ_SYS_TRANS_HALF_TOPIC"
+ROCKSDB_HALF_TOPIC = "RMQ_SYS_ROCKSDB_TRANS_HALF_TOPIC"
+
+_NAME = re.compile(r"^[%|a-zA-Z0-9_-]+$")
+TOPIC_MAX_LENGTH = 127
+GROUP_MAX_LENGTH = 255
+_RESERVED_TOPICS = {"TBW102", SCHEDULE_TOPIC, "BenchmarkTest", "SELF_TEST_TOPIC", "OFFSET_MOVED_EVENT",
+                    "RMQ_SYS_TRACE_TOPIC", "RMQ_SYS_TRANS_OP_HALF_TOPIC", HALF_TOPIC, TIMER_TOPIC}
+
+
+def validate_topic_name(name: str) -> str:
+    """Reject names the broker would reject, before anything is sent."""
+    if not name or not _NAME.match(name):
+        raise InvalidSpec(f"topic name {name!r} may contain only letters, digits, %, |, - and _")
+    if len(name) > TOPIC_MAX_LENGTH:
+        raise InvalidSpec(f"topic name {name[:40]!r}... is {len(name)} characters; RocketMQ allows {TOPIC_MAX_LENGTH}")
+    if name in _RESERVED_TOPICS or name.startswith("rmq_sys_"):
+        raise InvalidSpec(f"topic name {name!r} is reserved for RocketMQ's own use")
+    return name
+
+
+def validate_group_name(name: str) -> str:
+    if not name or not _NAME.match(name):
+        raise InvalidSpec(f"group name {name!r} may contain only letters, digits, %, |, - and _")
+    if len(name) > GROUP_MAX_LENGTH:
+        raise InvalidSpec(f"group name {name[:40]!r}... is {len(name)} characters; RocketMQ allows {GROUP_MAX_LENGTH}")
+    return name
+
+
+def is_system_topic(name: str, system_topics: frozenset[str] = frozenset()) -> bool:
+    """Topics RocketMQ creates for itself: never part of a user's scope."""
+    return (name in _RESERVED_TOPICS or name in system_topics or name.startswith("rmq_sys_")
+            or name.startswith(RETRY_PREFIX) or name.startswith(DLQ_PREFIX)
+            or name.endswith("_REPLY_TOPIC") or name == ROCKSDB_HALF_TOPIC
+            or name.startswith("RMQ_SYS_"))
+
+
+_SYSTEM_GROUPS = {"SELF_TEST_C_GROUP", "CID_ONSAPI_OWNER", "CID_ONSAPI_PERMISSION", "TOOLS_CONSUMER",
+                  "CID_ONS-HTTP-PROXY", "FILTERSRV_CONSUMER", "CID_ONSAPI_PULL", "CID_RMQ_SYS_TRANS",
+                  "CID_SYS_RMQ_TRANS", "SCHEDULE_CONSUMER", "CID_DefaultHeartBeatSyncerTopic", ""}
+
+
+def is_system_group(name: str) -> bool:
+    return name in _SYSTEM_GROUPS or name.startswith("CID_RMQ_SYS_") or name.startswith("rmq_sys_")
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """A topic as one broker holds it. ``attributes`` carries 5.x settings like message.type."""
+
+    name: str
+    read_queues: int = 8
+    write_queues: int = 8
+    perm: int = PERM_READ | PERM_WRITE
+    order: bool = False
+    sys_flag: int = 0
+    filter_type: str = "SINGLE_TAG"
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def message_type(self) -> str:
+        return self.attributes.get("message.type", "UNSPECIFIED")
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "TopicConfig":
+        return cls(
+            name=data["topicName"],
+            read_queues=int(data.get("readQueueNums", 8)),
+            write_queues=int(data.get("writeQueueNums", 8)),
+            perm=int(data.get("perm", 6)),
+            order=bool(data.get("order", False)),
+            sys_flag=int(data.get("topicSysFlag", 0)),
+            filter_type=str(data.get("topicFilterType", "SINGLE_TAG")),
+            attributes={str(k): str(v) for k, v in (data.get("attributes") or {}).items()},
+        )
+
+    def to_wire(self, for_create: bool = False) -> dict[str, Any]:
+        """The broker's JSON form; a create request marks each attribute as added (``+key``)."""
+        wire: dict[str, Any] = {
+            "topicName": self.name, "readQueueNums": self.read_queues, "writeQueueNums": self.write_queues,
+            "perm": self.perm, "topicFilterType": self.filter_type, "topicSysFlag": self.sys_flag,
+            "order": self.order,
+        }
+        if self.attributes:
+            wire["attributes"] = {f"+{k}" if for_create else k: v for k, v in self.attributes.items()}
+        return wire
+
+    def create_header(self) -> dict[str, object]:
+        """extFields of UPDATE_AND_CREATE_TOPIC; 5.x reads attributes as ``+k=v,+k2=v2``."""
+        header: dict[str, object] = {
+            "topic": self.name, "defaultTopic": "TBW102", "readQueueNums": self.read_queues,
+            "writeQueueNums": self.write_queues, "perm": self.perm, "topicFilterType": self.filter_type,
+            "topicSysFlag": self.sys_flag, "order": str(self.order).lower(),
+        }
+        if self.attributes:
+            header["attributes"] = ",".join(f"+{k}={v}" for k, v in sorted(self.attributes.items()))
+        return header
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A subscription (consumer) group as one broker holds it."""
+
+    name: str
+    consume_enable: bool = True
+    consume_from_min: bool = True
+    broadcast: bool = True
+    orderly: bool = False
+    retry_queues: int = 1
+    retry_max_times: int = 16
+    broker_id: int = 0
+    which_broker_when_slow: int = 1
+    notify_ids_changed: bool = True
+    sys_flag: int = 0
+    consume_timeout_minute: int = 15
+    retry_policy: dict[str, Any] | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "GroupConfig":
+        return cls(
+            name=data["groupName"],
+            consume_enable=bool(data.get("consumeEnable", True)),
+            consume_from_min=bool(data.get("consumeFromMinEnable", True)),
+            broadcast=bool(data.get("consumeBroadcastEnable", True)),
+            orderly=bool(data.get("consumeMessageOrderly", False)),
+            retry_queues=int(data.get("retryQueueNums", 1)),
+            retry_max_times=int(data.get("retryMaxTimes", 16)),
+            broker_id=int(data.get("brokerId", 0)),
+            which_broker_when_slow=int(data.get("whichBrokerWhenConsumeSlowly", 1)),
+            notify_ids_changed=bool(data.get("notifyConsumerIdsChangedEnable", True)),
+            sys_flag=int(data.get("groupSysFlag", 0)),
+            consume_timeout_minute=int(data.get("consumeTimeoutMinute", 15)),
+            retry_policy=data.get("groupRetryPolicy"),
+            attributes={str(k): str(v) for k, v in (data.get("attributes") or {}).items()},
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "groupName": self.name, "consumeEnable": self.consume_enable,
+            "consumeFromMinEnable": self.consume_from_min, "consumeBroadcastEnable": self.broadcast,
+            "consumeMessageOrderly": self.orderly, "retryQueueNums": self.retry_queues,
+            "retryMaxTimes": self.retry_max_times, "brokerId": self.broker_id,
+            "whichBrokerWhenConsumeSlowly": self.which_broker_when_slow,
+            "notifyConsumerIdsChangedEnable": self.notify_ids_changed, "groupSysFlag": self.sys_flag,
+            "consumeTimeoutMinute": self.consume_timeout_minute,
+        }
+        if self.retry_policy:
+            wire["groupRetryPolicy"] = self.retry_policy
+        if self.attributes:
+            wire["attributes"] = dict(self.attributes)
+        return wire
+
+
+@dataclass(frozen=True)
+class MessageQueue:
+    topic: str
+    broker: str
+    queue_id: int
+
+    @classmethod
+    def from_key(cls, key: Any) -> "MessageQueue":
+        """From a fastjson object key (see remoting.fastjson.ObjectKey)."""
+        data = dict(key)
+        return cls(topic=data["topic"], broker=data["brokerName"], queue_id=int(data["queueId"]))
+
+
+@dataclass(frozen=True)
+class QueueOffsets:
+    """One queue of a group: what the broker holds and what the group has committed."""
+
+    queue: MessageQueue
+    broker_offset: int
+    consumer_offset: int
+    last_timestamp: int = 0
+
+    @property
+    def lag(self) -> int:
+        return max(self.broker_offset - max(self.consumer_offset, 0), 0)
+
+
+@dataclass(frozen=True)
+class ClientConnection:
+    client_id: str
+    client_addr: str
+    language: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ConsumerConnection:
+    """Who consumes for a group right now, and what they subscribe to."""
+
+    group: str
+    clients: tuple[ClientConnection, ...]
+    subscriptions: tuple[str, ...] = ()
+    message_model: str = ""
+    consume_type: str = ""
+
+    @property
+    def online(self) -> int:
+        return len(self.clients)
