@@ -16,10 +16,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = ROOT / ".run" / "airflow-test"
+#: The project's DAG files and the tests' probe DAGs, side by side, as links: dag.test() runs
+#: only DAGs parsed from the DAG folder.
+TEST_DAGS = AIRFLOW_HOME / "dags"
+
+
+def _link_dag_files(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.py"):
+        old.unlink()
+    for source in [*sorted((ROOT / "dags").glob("*.py")), *sorted((ROOT / "tests" / "dags").glob("*.py"))]:
+        (folder / source.name).symlink_to(source)
+
+
+_link_dag_files(TEST_DAGS)
 
 # Airflow reads its configuration at import: point it at a private home before anything imports it.
-os.environ.setdefault("AIRFLOW_HOME", str(AIRFLOW_HOME))
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 

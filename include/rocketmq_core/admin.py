@@ -100,9 +100,12 @@ class ClusterAdmin:
     async def masters(self, cluster: str | None = None) -> list[BrokerInfo]:
         """Master brokers, of one cluster when named; a cluster without a live master is an error."""
         brokers = [b for b in await self.brokers() if cluster is None or b.cluster == cluster]
-        if cluster is not None and not brokers:
-            raise RocketMQError(f"no broker of cluster {cluster!r} is registered at {self.namesrv_addrs}")
-        return [b for b in brokers if b.master]
+        masters = [b for b in brokers if b.master]
+        if not masters:
+            # An empty cluster would make every "nothing left" question vacuously true.
+            which = f"of cluster {cluster!r} " if cluster else ""
+            raise RocketMQError(f"no master broker {which}is registered at {','.join(self.namesrv_addrs)}")
+        return masters
 
     async def system_topics(self, addr: str) -> frozenset[str]:
         resp = await self.client.invoke(addr, RequestCode.GET_SYSTEM_TOPIC_LIST_FROM_BROKER)

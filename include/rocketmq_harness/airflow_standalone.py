@@ -20,9 +20,23 @@ from pathlib import Path
 
 from rocketmq_harness.clusters import CLUSTERS, PROJECT_ROOT, RUN_DIR
 
-HOME = RUN_DIR / "airflow"
-PORT = int(os.environ.get("AIRFLOW_DEMO_PORT", "8080"))
 USER = "admin"
+
+
+@dataclass(frozen=True)
+class StandaloneSpec:
+    """One Airflow standalone: its home (SQLite DB, logs, passwords), API port and DAG folder."""
+
+    home: Path
+    port: int
+    dags_folder: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+DEMO = StandaloneSpec(RUN_DIR / "airflow", int(os.environ.get("AIRFLOW_DEMO_PORT", "8080")), PROJECT_ROOT / "dags")
 
 
 @dataclass(frozen=True)
@@ -40,38 +54,39 @@ class RunningAirflow:
             return json.load(resp)["access_token"]
 
 
-def _password() -> str:
-    path = HOME / "simple_auth_manager_passwords.json"
+def _password(spec: StandaloneSpec) -> str:
+    path = spec.home / "simple_auth_manager_passwords.json"
     if not path.exists():
-        HOME.mkdir(parents=True, exist_ok=True)
+        spec.home.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({USER: secrets.token_urlsafe(12)}))
         path.chmod(0o600)
     return json.loads(path.read_text())[USER]
 
 
-def environment() -> dict[str, str]:
-    """The environment every Airflow process of the demo runs with."""
-    jwt_file = HOME / "jwt-secret"
+def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
+    """The environment every Airflow process of a standalone runs with."""
+    jwt_file = spec.home / "jwt-secret"
     if not jwt_file.exists():
-        HOME.mkdir(parents=True, exist_ok=True)
+        spec.home.mkdir(parents=True, exist_ok=True)
         jwt_file.write_text(secrets.token_urlsafe(32))
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,
         # standalone starts its components as `airflow ...` found on PATH
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "AIRFLOW_HOME": str(HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW_HOME": str(spec.home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(spec.dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(HOME / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(spec.home / "simple_auth_manager_passwords.json"),
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(PORT),
+        "AIRFLOW__API__PORT": str(spec.port),
         "AIRFLOW__API__WORKERS": "1",
         # LocalExecutor forks `parallelism` workers up front; 32 idle ones cost 4 GiB.
         "AIRFLOW__CORE__PARALLELISM": "6",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{PORT}",
+        "AIRFLOW__API__BASE_URL": spec.url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{spec.url}/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET": jwt_file.read_text().strip(),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
@@ -84,8 +99,8 @@ def environment() -> dict[str, str]:
     return env
 
 
-def _pid_file() -> Path:
-    return HOME / "standalone.pid"
+def _pid_file(spec: StandaloneSpec) -> Path:
+    return spec.home / "standalone.pid"
 
 
 def _alive(pid: int) -> bool:
@@ -105,45 +120,44 @@ def _healthy(url: str) -> bool:
     return health.get("scheduler", {}).get("status") == "healthy"
 
 
-def start(timeout: float = 240) -> RunningAirflow:
+def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     """Start standalone unless ours already answers; wait for the API and a healthy scheduler."""
-    url = f"http://127.0.0.1:{PORT}"
-    running = RunningAirflow(url, USER, _password())
-    pid = _recorded_pid()
-    if pid and _alive(pid) and _healthy(url):
+    running = RunningAirflow(spec.url, USER, _password(spec))
+    pid = recorded_pid(spec)
+    if pid and _alive(pid) and _healthy(spec.url):
         return running
-    stop()
+    stop(spec)
     airflow = str(Path(sys.executable).with_name("airflow"))
-    env = environment()
+    env = environment(spec)
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    with open(HOME / "standalone.log", "ab") as log:
+    with open(spec.home / "standalone.log", "ab") as log:
         proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=HOME)
-    _pid_file().write_text(str(proc.pid))
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=spec.home)
+    _pid_file(spec).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _healthy(url):
+        if _healthy(spec.url):
             return running
         if proc.poll() is not None:
             break
         time.sleep(1)
-    tail = "\n".join((HOME / "standalone.log").read_text(errors="replace").splitlines()[-40:])
-    stop()
-    raise RuntimeError(f"Airflow standalone did not become healthy on {url}:\n{tail}")
+    tail = "\n".join((spec.home / "standalone.log").read_text(errors="replace").splitlines()[-40:])
+    stop(spec)
+    raise RuntimeError(f"Airflow standalone did not become healthy on {spec.url}:\n{tail}")
 
 
-def _recorded_pid() -> int | None:
+def recorded_pid(spec: StandaloneSpec = DEMO) -> int | None:
     try:
-        return int(_pid_file().read_text())
+        return int(_pid_file(spec).read_text())
     except (OSError, ValueError):
         return None
 
 
-def stop(grace: float = 30) -> int | None:
+def stop(spec: StandaloneSpec = DEMO, grace: float = 30) -> int | None:
     """Stop the standalone we started (its whole process group); return its pid."""
-    pid = _recorded_pid()
+    pid = recorded_pid(spec)
     if not pid or not _alive(pid):
-        _pid_file().unlink(missing_ok=True)
+        _pid_file(spec).unlink(missing_ok=True)
         return None
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -151,7 +165,7 @@ def stop(grace: float = 30) -> int | None:
         time.sleep(0.5)
     if _group_alive(pid):
         os.killpg(pid, signal.SIGKILL)
-    _pid_file().unlink(missing_ok=True)
+    _pid_file(spec).unlink(missing_ok=True)
     return pid
 
 

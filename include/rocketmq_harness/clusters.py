@@ -277,9 +277,13 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"--- {path}: missing"
 
 
-def stop(spec: ClusterSpec, grace: float = 15) -> list[int]:
-    """Stop exactly the processes this harness recorded for the cluster; return their pids."""
-    pids = [p for p in _recorded_pids(spec).values() if _is_ours(p, spec)]
+def stop(spec: ClusterSpec, grace: float = 15, roles: tuple[str, ...] = ("namesrv", "broker")) -> list[int]:
+    """Stop exactly the processes this harness recorded for the cluster; return their pids.
+
+    ``roles=("broker",)`` stops only the broker, as tests of a broker failure need.
+    """
+    recorded = _recorded_pids(spec)
+    pids = [pid for role, pid in recorded.items() if role in roles and _is_ours(pid, spec)]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -288,7 +292,11 @@ def stop(spec: ClusterSpec, grace: float = 15) -> list[int]:
     for pid in pids:
         if _is_ours(pid, spec):
             os.kill(pid, signal.SIGKILL)
-    _pid_file(spec).unlink(missing_ok=True)
+    remaining = {role: pid for role, pid in recorded.items() if role not in roles}
+    if remaining:
+        _pid_file(spec).write_text(json.dumps(remaining))
+    else:
+        _pid_file(spec).unlink(missing_ok=True)
     return pids
 
 

@@ -36,7 +36,7 @@ def resident_memory() -> list[tuple[str, int]]:
         for role, pid in _recorded_pids(spec).items():
             if _is_ours(pid, spec):
                 rows.append((f"{spec.name} {role} (pid {pid})", _rss(pid)))
-    pgid = airflow_standalone._recorded_pid()
+    pgid = airflow_standalone.recorded_pid()
     if pgid:
         members = _group_members(pgid)
         rows.append((f"airflow standalone ({len(members)} processes)", sum(_rss(p) for p in members)))

@@ -1,0 +1,185 @@
+"""Conditions on a live cluster that gate a migration step, evaluated the same way everywhere.
+
+Sensors, their triggers and the precondition re-check of a fleet switch all evaluate these, so
+"the source is drained" means one thing in the whole project. A check never turns an error
+into success: a failure to measure raises, and callers treat that as "not satisfied".
+Checks are rebuilt from ``(kind, kwargs)`` so triggers can serialise them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.errors import InvalidSpec, RocketMQError
+
+
+class BrokerVanished(RocketMQError):
+    """A broker seen earlier is gone from the name server."""
+
+
+@dataclass
+class CheckResult:
+    """One evaluation: whether the condition held, the figures it saw, and a sentence for humans."""
+
+    satisfied: bool
+    figures: dict[str, Any]
+    summary: str
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"satisfied": self.satisfied, "figures": self.figures, "summary": self.summary, "at": self.at}
+
+
+class Check:
+    """A condition with a name; ``kwargs`` rebuilds it (see ``build_check``).
+
+    A check remembers every master broker it has seen: when one disappears from the name
+    server (it does so as soon as the broker's connection drops), the figures it held are
+    unknown, so the check raises instead of evaluating over the brokers that are left.
+    """
+
+    kind: ClassVar[str]
+    _seen_brokers: set[str] | None = None
+
+    async def live_masters(self, admin: ClusterAdmin, cluster: str | None) -> list[str]:
+        masters = await admin.masters(cluster)
+        names = {b.name for b in masters}
+        vanished = (self._seen_brokers or set()) - names
+        self._seen_brokers = (self._seen_brokers or set()) | names
+        if vanished:
+            raise BrokerVanished(f"broker(s) {sorted(vanished)} no longer registered at "
+                                 f"{','.join(admin.namesrv_addrs)}; their figures are unknown")
+        return [b.master for b in masters if b.master]
+
+    def kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class BacklogZero(Check):
+    """Nothing undelivered for the groups: lag, retry, delayed, timer and half messages all zero."""
+
+    kind = "backlog_zero"
+
+    def __init__(self, groups: list[str], cluster: str | None = None):
+        if not groups:
+            raise InvalidSpec("backlog_zero needs at least one consumer group")
+        self.groups = sorted(groups)
+        self.cluster = cluster
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"groups": self.groups, "cluster": self.cluster}
+
+    def describe(self) -> str:
+        return f"backlog of {len(self.groups)} group(s) is zero"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        from rocketmq_core.backlog import measure_backlog
+
+        await self.live_masters(admin, self.cluster)
+        report = await measure_backlog(admin, self.groups, self.cluster)
+        figures = {"total": report.total, "by_group": dict(report.by_group)}
+        return CheckResult(report.total == 0, figures, f"backlog {report.total} message(s)")
+
+
+class ClientsOnline(Check):
+    """Per group, the number of distinct online clients lies within [min_clients, max_clients]."""
+
+    kind = "clients_online"
+
+    def __init__(self, groups: list[str], role: str = "consumer", min_clients: int = 1,
+                 max_clients: int | None = None, cluster: str | None = None):
+        if role not in ("consumer", "producer"):
+            raise InvalidSpec(f"clients_online role must be consumer or producer, not {role!r}")
+        if not groups:
+            raise InvalidSpec("clients_online needs at least one group")
+        if min_clients < 0 or (max_clients is not None and max_clients < min_clients):
+            raise InvalidSpec(f"clients_online bounds [{min_clients}, {max_clients}] are empty")
+        self.groups = sorted(groups)
+        self.role = role
+        self.min_clients = min_clients
+        self.max_clients = max_clients
+        self.cluster = cluster
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"groups": self.groups, "role": self.role, "min_clients": self.min_clients,
+                "max_clients": self.max_clients, "cluster": self.cluster}
+
+    def describe(self) -> str:
+        bound = (f"exactly {self.min_clients}" if self.max_clients == self.min_clients
+                 else f"at least {self.min_clients}" + (f" and at most {self.max_clients}" if self.max_clients else ""))
+        return f"{bound} {self.role}(s) online per group for {len(self.groups)} group(s)"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        masters = await self.live_masters(admin, self.cluster)
+        counts = {}
+        for group in self.groups:
+            if self.role == "consumer":
+                answers = await admin.gather(admin.consumer_connection(addr, group) for addr in masters)
+                clients = {c.client_id for a in answers for c in a.clients}
+            else:
+                answers = await admin.gather(admin.producer_connections(addr, group) for addr in masters)
+                clients = {c.client_id for a in answers for c in a}
+            counts[group] = len(clients)
+        failing = {g: n for g, n in counts.items()
+                   if n < self.min_clients or (self.max_clients is not None and n > self.max_clients)}
+        summary = (f"all {len(counts)} group(s) within bounds" if not failing
+                   else f"{len(failing)} group(s) out of bounds: {failing}")
+        return CheckResult(not failing, {"clients": counts}, summary)
+
+
+class WritesStopped(Check):
+    """No new message on the topics for ``window_seconds``: their max offsets stand still.
+
+    The check remembers its first sample, so it is satisfied only on a later evaluation at
+    least ``window_seconds`` after the offsets last moved.
+    """
+
+    kind = "writes_stopped"
+
+    def __init__(self, topics: list[str], window_seconds: float = 60, cluster: str | None = None):
+        if not topics:
+            raise InvalidSpec("writes_stopped needs at least one topic")
+        self.topics = sorted(topics)
+        self.window_seconds = window_seconds
+        self.cluster = cluster
+        self._baseline: tuple[float, dict[str, int]] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"topics": self.topics, "window_seconds": self.window_seconds, "cluster": self.cluster}
+
+    def describe(self) -> str:
+        return f"no writes to {len(self.topics)} topic(s) for {self.window_seconds:g}s"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        masters = await self.live_masters(admin, self.cluster)
+        pairs = [(addr, topic) for addr in masters for topic in self.topics]
+        tables = await admin.gather(admin.topic_offsets(addr, topic) for addr, topic in pairs)
+        offsets = {topic: 0 for topic in self.topics}
+        for (_, topic), table in zip(pairs, tables):
+            offsets[topic] += sum(high for _, high in table.values())
+        now = time.time()
+        if self._baseline is None or self._baseline[1] != offsets:
+            self._baseline = (now, offsets)
+        still = now - self._baseline[0]
+        figures = {"max_offsets": offsets, "seconds_unchanged": round(still, 1)}
+        return CheckResult(still >= self.window_seconds, figures,
+                           f"offsets unchanged for {still:.0f}s of {self.window_seconds:g}s")
+
+
+CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped)}
+
+
+def build_check(kind: str, kwargs: dict[str, Any]) -> Check:
+    try:
+        return CHECKS[kind](**kwargs)
+    except KeyError:
+        raise InvalidSpec(f"unknown check {kind!r}; known: {sorted(CHECKS)}") from None

@@ -1,0 +1,131 @@
+"""Approval gates: Airflow's own HITL operators, with a body that shows live evidence.
+
+The evidence (backlog, clients per cluster, a metadata plan, what a sensor saw) is measured
+when the gate opens, not when the DAG was parsed, so the on-call engineer decides on the state
+of the clusters at that moment. Evidence holds names and numbers only, never credentials.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator
+
+from rocketmq_core.checks import ClientsOnline
+from rocketmq_core.errors import RocketMQError
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+
+APPROVE = "Approve"
+ROLL_BACK = "Roll back"
+
+
+class Evidence:
+    """One section of a gate's body, measured when the gate opens."""
+
+    title: str
+
+    def render(self, context: Any) -> str:
+        raise NotImplementedError
+
+
+class BacklogEvidence(Evidence):
+    """The groups' undelivered messages on one cluster, by group."""
+
+    def __init__(self, rocketmq_conn_id: str, groups: list[str], cluster: str | None = None):
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.groups = groups
+        self.cluster = cluster
+        self.title = f"Backlog on `{rocketmq_conn_id}`"
+
+    def render(self, context: Any) -> str:
+        from rocketmq_core.backlog import measure_backlog
+
+        report = RocketMQHook(self.rocketmq_conn_id).run(
+            lambda admin: measure_backlog(admin, list(self.groups), self.cluster))
+        rows = [f"| {group} | {count} |" for group, count in sorted(report.by_group.items())]
+        return "\n".join([f"**Total undelivered: {report.total}**", "", "| group | undelivered |", "|---|---:|", *rows])
+
+
+class ClientsEvidence(Evidence):
+    """Online clients per group on each cluster, side by side."""
+
+    def __init__(self, rocketmq_conn_ids: list[str], groups: list[str], role: str = "consumer"):
+        self.rocketmq_conn_ids = rocketmq_conn_ids
+        self.groups = groups
+        self.role = role
+        self.title = f"Online {role}s per cluster"
+
+    def render(self, context: Any) -> str:
+        counts: dict[str, dict[str, int]] = {}
+        check = ClientsOnline(list(self.groups), self.role, min_clients=0)
+        for conn_id in self.rocketmq_conn_ids:
+            result = RocketMQHook(conn_id).run(check.evaluate)
+            counts[conn_id] = result.figures["clients"]
+        header = "| group | " + " | ".join(f"`{c}`" for c in self.rocketmq_conn_ids) + " |"
+        rule = "|---|" + "---:|" * len(self.rocketmq_conn_ids)
+        rows = [f"| {g} | " + " | ".join(str(counts[c][g]) for c in self.rocketmq_conn_ids) + " |"
+                for g in sorted(self.groups)]
+        return "\n".join([header, rule, *rows])
+
+
+class XComEvidence(Evidence):
+    """A report an earlier task pushed (a metadata plan, a sensor's last observation)."""
+
+    def __init__(self, task_id: str, title: str, key: str = "return_value", field: str | None = None):
+        self.task_id = task_id
+        self.key = key
+        self.field = field
+        self.title = title
+
+    def render(self, context: Any) -> str:
+        value = context["ti"].xcom_pull(task_ids=self.task_id, key=self.key)
+        if isinstance(value, dict) and self.field:
+            value = value.get(self.field)
+        if value is None:
+            return f"_{self.task_id} left no `{self.key}`._"
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, default=str)
+        return f"```\n{text}\n```"
+
+
+class EvidenceGateMixin:
+    """Renders the evidence into ``body`` just before the HITL request is written."""
+
+    evidence: list[Evidence]
+    body: str | None
+
+    def _render_evidence(self, context: Any) -> None:
+        sections = [self.body or ""]
+        for item in self.evidence:
+            try:
+                text = item.render(context)
+            except RocketMQError as exc:
+                text = f"**Could not measure: {exc}** — treat this as a reason not to approve."
+            sections.append(f"### {item.title}\n\n{text}")
+        self.body = "\n\n".join(s for s in sections if s)
+
+
+class EvidenceApprovalOperator(EvidenceGateMixin, ApprovalOperator):
+    """Approve / Reject with live evidence; Reject skips what the gate guards."""
+
+    def __init__(self, *, evidence: list[Evidence] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.evidence = evidence or []
+
+    def execute(self, context: Any) -> Any:
+        self._render_evidence(context)
+        return super().execute(context)
+
+
+class MigrationGate(EvidenceGateMixin, HITLBranchOperator):
+    """Approve continues to ``approve_task_id``; Roll back branches to ``rollback_task_id``."""
+
+    def __init__(self, *, approve_task_id: str, rollback_task_id: str, evidence: list[Evidence] | None = None,
+                 **kwargs: Any):
+        super().__init__(options=[APPROVE, ROLL_BACK],
+                         options_mapping={APPROVE: approve_task_id, ROLL_BACK: rollback_task_id}, **kwargs)
+        self.evidence = evidence or []
+
+    def execute(self, context: Any) -> Any:
+        self._render_evidence(context)
+        return super().execute(context)

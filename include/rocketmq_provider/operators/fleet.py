@@ -1,0 +1,152 @@
+"""FleetSwitchOperator: move a fleet of producers or consumers to another cluster, guarded.
+
+Before acting it re-checks its preconditions against the live clusters (so clearing tasks,
+marking a sensor successful by hand, or running tasks out of order cannot skip them); it acts
+through a pluggable switcher; afterwards it can wait for broker-side evidence that clients moved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from rocketmq_core.checks import Check, build_check
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A check that must hold on the cluster of a connection: ``Condition("rocketmq_target", ClientsOnline(...))``."""
+
+    rocketmq_conn_id: str
+    check: Check
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rocketmq_conn_id": self.rocketmq_conn_id, "kind": self.check.kind, "kwargs": self.check.kwargs()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Condition":
+        return cls(data["rocketmq_conn_id"], build_check(data["kind"], data["kwargs"]))
+
+
+class Switcher:
+    """How a fleet is told to use another cluster (a config center, a deploy API, ...)."""
+
+    template_fields: tuple[str, ...] = ()
+
+    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class HttpSwitcher(Switcher):
+    """Calls an HTTP API through an Airflow HTTP connection; method, endpoint and body are templated.
+
+    The request dict (fleet, role, groups, share, cluster, connection id) is available in templates
+    as ``{{ task.switch_request }}``. A non-2xx answer fails the task and shows the answer.
+    """
+
+    template_fields = ("method", "endpoint", "body")
+
+    def __init__(self, http_conn_id: str, endpoint: str, method: str = "POST", body: Any = None):
+        self.http_conn_id = http_conn_id
+        self.endpoint = endpoint
+        self.method = method
+        self.body = body
+
+    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        from airflow.providers.http.hooks.http import HttpHook
+
+        hook = HttpHook(method=self.method.upper(), http_conn_id=self.http_conn_id)
+        body = self.body if self.body is not None else request
+        response = hook.run(self.endpoint, json=body, extra_options={"check_response": False})
+        text = response.text[:2000]
+        if not response.ok:
+            raise AirflowException(
+                f"switch request {self.method.upper()} {self.endpoint} answered {response.status_code}: {text}")
+        log.info("switch request %s %s answered %s", self.method.upper(), self.endpoint, response.status_code)
+        return {"status_code": response.status_code, "response": text}
+
+
+class FleetSwitchOperator(BaseOperator):
+    """Switch the ``role`` clients of ``groups`` (all, or a canary ``share``) to ``to_cluster``.
+
+    ``preconditions`` are evaluated against the live clusters when the task runs; if any does
+    not hold, nothing is switched and the task fails naming what it saw. The only way past a
+    failing precondition is a non-empty ``override_reason`` (templated), which is logged and
+    pushed to XCom for the report. ``wait_for`` (optional) is a condition awaited after the
+    switch, deferred to the triggerer, within ``wait_timeout`` seconds.
+    """
+
+    template_fields = ("switcher", "override_reason", "share")
+
+    def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
+                 share: float | str = 1.0, preconditions: list[Condition] | None = None,
+                 wait_for: Condition | None = None, wait_timeout: float = 600, poll_interval: float = 5,
+                 override_reason: str = "", **kwargs: Any):
+        super().__init__(**kwargs)
+        if role not in ("consumer", "producer"):
+            raise ValueError(f"role must be consumer or producer, not {role!r}")
+        self.fleet = fleet
+        self.role = role
+        self.groups = groups
+        self.to_cluster = to_cluster
+        self.switcher = switcher
+        self.share = share
+        self.preconditions = preconditions or []
+        self.wait_for = wait_for
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.override_reason = override_reason
+
+    @property
+    def switch_request(self) -> dict[str, Any]:
+        return {"fleet": self.fleet, "role": self.role, "groups": list(self.groups),
+                "share": float(self.share), "cluster": self.to_cluster}
+
+    def check_preconditions(self) -> list[dict[str, Any]]:
+        """Evaluate every precondition now; return the observations of those that failed."""
+        failed = []
+        for condition in self.preconditions:
+            observation = RocketMQHook(condition.rocketmq_conn_id).run(
+                lambda admin, c=condition: observe(c.check, admin))
+            observation["condition"] = f"{condition.check.describe()} on {condition.rocketmq_conn_id}"
+            self.log.info("precondition %s: %s", observation["condition"], observation["summary"])
+            if not observation["satisfied"]:
+                failed.append(observation)
+        return failed
+
+    def execute(self, context: Any) -> Any:
+        share = float(self.share)
+        if not 0 < share <= 1:
+            raise AirflowException(f"share must be in (0, 1], got {self.share!r}")
+        failed = self.check_preconditions()
+        if failed:
+            reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
+            if not str(self.override_reason).strip():
+                raise AirflowException(f"not switching {self.role}s of fleet {self.fleet!r}: {reasons}")
+            self.log.warning("OVERRIDE by operator (%s) of failed preconditions: %s", self.override_reason, reasons)
+            context["ti"].xcom_push(key="override", value={"reason": str(self.override_reason), "failed": failed})
+        result = self.switcher.switch(self.switch_request, self.log)
+        context["ti"].xcom_push(key="switch", value={**self.switch_request, **result})
+        if self.wait_for is None:
+            return result
+        self.defer(
+            trigger=RocketMQCheckTrigger(self.wait_for.rocketmq_conn_id, self.wait_for.check.kind,
+                                         self.wait_for.check.kwargs(), poll_interval=self.poll_interval,
+                                         timeout=self.wait_timeout),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        observations = event.get("observations", [])
+        context["ti"].xcom_push(key="observations", value=observations)
+        if event.get("status") != "success":
+            last = observations[-1]["summary"] if observations else "no observation"
+            raise AirflowException(f"switched, but {event.get('check')} did not hold within "
+                                   f"{self.wait_timeout:g}s; last: {last}")
+        return json.loads(json.dumps(observations[-1], default=str))

@@ -1,0 +1,123 @@
+"""Sensors over live RocketMQ state: backlog zero, clients online, writes stopped.
+
+Deferrable by default (the wait runs on the triggerer); ``deferrable=False`` pokes instead.
+Every check's figures are logged and pushed to XCom under ``observations`` so a gate, a
+report or a person can see what the sensor saw, not only that it passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowException
+
+from rocketmq_core.checks import BacklogZero, Check, ClientsOnline, WritesStopped
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
+
+
+class RocketMQCheckSensor(BaseSensorOperator):
+    """Waits until a check holds ``stable_checks`` times in a row on the cluster of a connection."""
+
+    template_fields = ("rocketmq_conn_id",)
+
+    def __init__(self, *, rocketmq_conn_id: str, stable_checks: int = 1, deferrable: bool = True,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        if stable_checks < 1:
+            raise ValueError("stable_checks must be at least 1")
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.stable_checks = stable_checks
+        self.deferrable = deferrable
+        self._check: Check | None = None
+        self._observations: list[dict[str, Any]] = []
+        self._streak = 0
+
+    def build_check(self) -> Check:
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            try:
+                return super().execute(context)
+            finally:
+                context["ti"].xcom_push(key="observations", value=self._observations)
+        check = self.build_check()
+        self.defer(
+            trigger=RocketMQCheckTrigger(self.rocketmq_conn_id, check.kind, check.kwargs(),
+                                         stable_checks=self.stable_checks, poll_interval=self.poke_interval,
+                                         timeout=self.timeout),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        observations = event.get("observations", [])
+        context["ti"].xcom_push(key="observations", value=observations)
+        last = observations[-1]["summary"] if observations else "no observation"
+        if event.get("status") != "success":
+            raise AirflowException(f"{event.get('check')}: not satisfied before the timeout; last: {last}")
+        self.log.info("%s: satisfied; last: %s", event.get("check"), last)
+        return observations[-1] if observations else {}
+
+    def poke(self, context: Any) -> bool:
+        if self._check is None:
+            self._check = self.build_check()
+        check = self._check
+        observation = RocketMQHook(self.rocketmq_conn_id).run(lambda admin: observe(check, admin))
+        self._observations.append(observation)
+        self._streak = self._streak + 1 if observation["satisfied"] else 0
+        self.log.info("%s: %s (%d/%d in a row)", check.describe(), observation["summary"], self._streak,
+                      self.stable_checks)
+        return self._streak >= self.stable_checks
+
+
+class BacklogZeroSensor(RocketMQCheckSensor):
+    """The groups' full backlog (lag, retry, delayed, timer, half) is zero ``stable_checks`` times in a row."""
+
+    template_fields = (*RocketMQCheckSensor.template_fields, "groups")
+
+    def __init__(self, *, groups: list[str], cluster: str | None = None, stable_checks: int = 3, **kwargs: Any):
+        super().__init__(stable_checks=stable_checks, **kwargs)
+        self.groups = groups
+        self.cluster = cluster
+
+    def build_check(self) -> Check:
+        return BacklogZero(list(self.groups), self.cluster)
+
+
+class ClientsOnlineSensor(RocketMQCheckSensor):
+    """Per group, the online consumer (or producer) count lies within [min_clients, max_clients]."""
+
+    template_fields = (*RocketMQCheckSensor.template_fields, "groups")
+
+    def __init__(self, *, groups: list[str], role: str = "consumer", min_clients: int = 1,
+                 max_clients: int | None = None, cluster: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.groups = groups
+        self.role = role
+        self.min_clients = min_clients
+        self.max_clients = max_clients
+        self.cluster = cluster
+        ClientsOnline(list(groups) or ["-"], role, min_clients, max_clients)  # reject bad bounds at parse time
+
+    def build_check(self) -> Check:
+        return ClientsOnline(list(self.groups), self.role, self.min_clients, self.max_clients, self.cluster)
+
+
+class SourceWritesStoppedSensor(RocketMQCheckSensor):
+    """The topics took no new message for ``window_seconds`` (their max offsets stood still)."""
+
+    template_fields = (*RocketMQCheckSensor.template_fields, "topics")
+
+    def __init__(self, *, topics: list[str], window_seconds: float = 60, cluster: str | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        if self.mode == "reschedule":
+            raise ValueError("SourceWritesStoppedSensor compares samples over a window; use deferrable or poke mode")
+        self.topics = topics
+        self.window_seconds = window_seconds
+        self.cluster = cluster
+
+    def build_check(self) -> Check:
+        return WritesStopped(list(self.topics), self.window_seconds, self.cluster)

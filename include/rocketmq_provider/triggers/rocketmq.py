@@ -1,0 +1,78 @@
+"""Trigger that waits, on the triggerer, until a rocketmq_core check holds on a live cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from rocketmq_core.checks import build_check
+from rocketmq_core.errors import RocketMQError
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+
+#: Observations kept in the event; older ones are dropped (their count is reported).
+MAX_OBSERVATIONS = 500
+
+
+class RocketMQCheckTrigger(BaseTrigger):
+    """Evaluates a check every ``poll_interval`` seconds until it holds ``stable_checks`` times in a row.
+
+    A failed measurement (broker down, timeout, refused request) counts as "not satisfied" and
+    breaks the streak; it never passes. The trigger keeps its own deadline because deferral
+    timeouts are not enforced everywhere (dag.test() runs triggers inline).
+    """
+
+    def __init__(self, rocketmq_conn_id: str, check_kind: str, check_kwargs: dict[str, Any],
+                 stable_checks: int = 1, poll_interval: float = 10.0, timeout: float = 3600.0,
+                 deadline: float | None = None):
+        super().__init__()
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.check_kind = check_kind
+        self.check_kwargs = check_kwargs
+        self.stable_checks = stable_checks
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.deadline = deadline if deadline is not None else time.time() + timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {
+            "rocketmq_conn_id": self.rocketmq_conn_id, "check_kind": self.check_kind,
+            "check_kwargs": self.check_kwargs, "stable_checks": self.stable_checks,
+            "poll_interval": self.poll_interval, "timeout": self.timeout, "deadline": self.deadline,
+        })
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        check = build_check(self.check_kind, self.check_kwargs)
+        endpoint = await RocketMQHook(self.rocketmq_conn_id).aget_endpoint()
+        observations: list[dict[str, Any]] = []
+        dropped = 0
+        streak = 0
+        async with endpoint.admin() as admin:
+            while True:
+                observation = await observe(check, admin)
+                observations.append(observation)
+                if len(observations) > MAX_OBSERVATIONS:
+                    observations.pop(0)
+                    dropped += 1
+                streak = streak + 1 if observation["satisfied"] else 0
+                self.log.info("%s on %s: %s (%d/%d in a row)", check.describe(), self.rocketmq_conn_id,
+                              observation["summary"], streak, self.stable_checks)
+                status = ("success" if streak >= self.stable_checks
+                          else "timeout" if time.time() >= self.deadline else None)
+                if status:
+                    yield TriggerEvent({"status": status, "check": check.describe(),
+                                        "observations": observations, "dropped_observations": dropped})
+                    return
+                await asyncio.sleep(self.poll_interval)
+
+
+async def observe(check: Any, admin: Any) -> dict[str, Any]:
+    """Evaluate once; a measurement failure becomes an unsatisfied observation naming the error."""
+    try:
+        return (await check.evaluate(admin)).to_dict()
+    except RocketMQError as exc:
+        return {"satisfied": False, "figures": {}, "summary": f"could not measure: {exc}",
+                "error": type(exc).__name__, "at": time.time()}

@@ -1,0 +1,54 @@
+"""Probe DAGs for the Airflow-layer tests: one operator or sensor each, driven by params."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from rocketmq_core.checks import ClientsOnline
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWritesStoppedSensor
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
+
+
+def _dag(dag_id: str, **params) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, catchup=False, render_template_as_native_obj=True,
+               params=params, tags=["test-probe"])
+
+
+with _dag("probe_clients_at_least_one", conn_id="rocketmq_target", groups=["none"]):
+    ClientsOnlineSensor(task_id="clients", rocketmq_conn_id="{{ params.conn_id }}", groups="{{ params.groups }}",
+                        min_clients=1, poke_interval=1, timeout=8)
+
+with _dag("probe_clients_none_while_broker_dies", conn_id="rocketmq_target", groups=["none"]):
+    ClientsOnlineSensor(task_id="clients", rocketmq_conn_id="{{ params.conn_id }}", groups="{{ params.groups }}",
+                        min_clients=0, max_clients=0, stable_checks=2, poke_interval=1, timeout=15)
+
+with _dag("probe_clients_poke_mode", conn_id="rocketmq_target", groups=["none"]):
+    ClientsOnlineSensor(task_id="clients", rocketmq_conn_id="{{ params.conn_id }}", groups="{{ params.groups }}",
+                        min_clients=1, deferrable=False, mode="poke", poke_interval=1, timeout=20)
+
+with _dag("probe_writes_stopped", conn_id="rocketmq_target", topics=["none"]):
+    SourceWritesStoppedSensor(task_id="writes_stopped", rocketmq_conn_id="{{ params.conn_id }}",
+                              topics="{{ params.topics }}", window_seconds=3, poke_interval=1, timeout=30)
+
+with _dag("probe_switch", endpoint="/switch", override_reason=""):
+    FleetSwitchOperator(
+        task_id="switch", fleet="probe", role="producer", groups=["PROBE_PRODUCERS"], to_cluster="target",
+        share=0.5, switcher=HttpSwitcher("switch_api", endpoint="{{ params.endpoint }}", method="POST"),
+        preconditions=[Condition("rocketmq_target", ClientsOnline([SWITCH_GUARD_GROUP], min_clients=1))],
+        override_reason="{{ params.override_reason }}",
+    )
+
+with _dag("probe_secrets", conn_id="rocketmq_source_acl", groups=["none"]):
+    sensor = ClientsOnlineSensor(task_id="clients", rocketmq_conn_id="{{ params.conn_id }}",
+                                 groups="{{ params.groups }}", min_clients=0, poke_interval=1, timeout=20)
+
+    @task
+    def brokers(params: dict | None = None) -> list[str]:
+        return [b.name for b in RocketMQHook(params["conn_id"]).run(lambda admin: admin.brokers())]
+
+    sensor >> brokers()

@@ -1,0 +1,261 @@
+"""Sensors, triggers and the fleet switch, run by Airflow (dag.test) against the real clusters."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from rocketmq.client import Message, Producer, PushConsumer
+
+from conftest import TEST_DAGS
+from rocketmq_core.model import TopicConfig
+from rocketmq_harness import clusters as harness
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+
+SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
+
+
+@pytest.fixture(scope="module")
+def bag(airflow_env) -> DagBag:
+    bag = DagBag(dag_folder=str(TEST_DAGS))
+    assert bag.import_errors == {}
+    return bag
+
+
+def run_dag(bag: DagBag, dag_id: str, **conf):
+    """Run one DAG, parsed afresh: dag.test() renders templates onto the parsed operators."""
+    run = DagBag(dag_folder=str(TEST_DAGS)).get_dag(dag_id).test(run_conf=conf)
+    return run, {ti.task_id: ti for ti in run.get_task_instances()}
+
+
+def create_topic(cluster, topic: str) -> None:
+    RocketMQHook(f"rocketmq_{cluster.name}").run(
+        lambda admin: admin.create_topic(cluster.broker, TopicConfig(topic, 4, 4)))
+
+
+class Consumer:
+    """A real push consumer kept online for the duration of a with-block."""
+
+    def __init__(self, namesrv: str, group: str, topic: str):
+        self.consumer = PushConsumer(group)
+        self.consumer.set_namesrv_addr(namesrv)
+        self.consumer.subscribe(topic, lambda msg: None)
+
+    def __enter__(self):
+        self.consumer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.consumer.shutdown()
+
+
+def wait_online(cluster, group: str, expected: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = RocketMQHook(f"rocketmq_{cluster.name}").run(lambda a: a.consumer_connection(cluster.broker, group))
+        if conn.online == expected:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{group} never had {expected} consumer(s) online")
+
+
+def test_clients_online_sensor_sees_a_live_consumer(bag, rmq_clusters, names):
+    target = rmq_clusters["target"]
+    topic, group = names.topic(), names.group()
+    create_topic(target, topic)
+    with Consumer(target.namesrv, group, topic):
+        wait_online(target, group, 1)
+        run, tis = run_dag(bag, "probe_clients_at_least_one", conn_id="rocketmq_target", groups=[group])
+    assert run.state == "success"
+    observations = tis["clients"].xcom_pull(task_ids="clients", key="observations")
+    assert observations[-1]["figures"]["clients"] == {group: 1}
+
+
+def test_clients_online_sensor_fails_when_nobody_comes(bag, names):
+    run, tis = run_dag(bag, "probe_clients_at_least_one", conn_id="rocketmq_target", groups=[names.group()])
+    assert run.state == "failed"
+    observations = tis["clients"].xcom_pull(task_ids="clients", key="observations")
+    assert observations and not any(o["satisfied"] for o in observations)
+
+
+def test_poke_mode_sensor_records_every_check(bag, rmq_clusters, names):
+    source = rmq_clusters["source"]
+    topic, group = names.topic(), names.group()
+    create_topic(source, topic)
+    with Consumer(source.namesrv, group, topic):
+        wait_online(source, group, 1)
+        run, tis = run_dag(bag, "probe_clients_poke_mode", conn_id="rocketmq_source", groups=[group])
+    assert run.state == "success"
+    observations = tis["clients"].xcom_pull(task_ids="clients", key="observations")
+    assert observations[-1]["satisfied"] and observations[-1]["figures"]["clients"] == {group: 1}
+
+
+@pytest.fixture
+def private_cluster(monkeypatch):
+    """A cluster of its own, so a test can kill its broker without hurting others."""
+    spec = harness.ClusterSpec("layer-probe", harness.TARGET_VERSION, 61876, 62911)
+    cluster = harness.start(spec)
+    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_PRIVATE",
+                       json.dumps({"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port}))
+    yield cluster
+    harness.stop(spec)
+
+
+def test_sensor_never_passes_while_its_broker_is_down(bag, private_cluster, names):
+    """'Exactly 0 consumers' would pass if a dead broker counted as 'no clients'; it must not."""
+    topic, group = names.topic(), names.group()
+    RocketMQHook("rocketmq_private").run(lambda a: a.create_topic(private_cluster.broker, TopicConfig(topic, 2, 2)))
+    consumer = Consumer(private_cluster.namesrv, group, topic).__enter__()
+    try:
+        deadline = time.monotonic() + 30
+        while RocketMQHook("rocketmq_private").run(
+                lambda a: a.consumer_connection(private_cluster.broker, group)).online != 1:
+            assert time.monotonic() < deadline, "consumer never came online"
+            time.sleep(0.5)
+        killer = threading.Timer(3, lambda: harness.stop(private_cluster.spec, roles=("broker",)))
+        killer.start()
+        run, tis = run_dag(bag, "probe_clients_none_while_broker_dies", conn_id="rocketmq_private", groups=[group])
+        killer.join()
+    finally:
+        consumer.__exit__()
+    assert run.state == "failed"
+    observations = tis["clients"].xcom_pull(task_ids="clients", key="observations")
+    assert observations[0]["figures"]["clients"] == {group: 1}
+    assert any("could not measure" in o["summary"] for o in observations)
+    assert not any(a["satisfied"] and b["satisfied"] for a, b in zip(observations, observations[1:]))
+
+
+def test_writes_stopped_sensor_waits_for_quiet_topic(bag, rmq_clusters, names):
+    source = rmq_clusters["source"]
+    topic = names.topic()
+    create_topic(source, topic)
+    producer = Producer(names.group("p"))
+    producer.set_namesrv_addr(source.namesrv)
+    producer.start()
+    stop_at = time.monotonic() + 4
+    sent = []
+    last_write = []
+
+    def produce():
+        while time.monotonic() < stop_at:
+            msg = Message(topic)
+            msg.set_body(b"x")
+            sent.append(producer.send_sync(msg).msg_id)
+            last_write.append(time.time())
+            time.sleep(0.2)
+
+    writer = threading.Thread(target=produce)
+    writer.start()
+    try:
+        run, tis = run_dag(bag, "probe_writes_stopped", conn_id="rocketmq_source", topics=[topic])
+    finally:
+        writer.join()
+        producer.shutdown()
+    assert run.state == "success"
+    observations = tis["writes_stopped"].xcom_pull(task_ids="writes_stopped", key="observations")
+    assert observations[-1]["figures"]["max_offsets"][topic] == len(sent)
+    assert observations[-1]["at"] >= last_write[-1] + 3, "passed before the topic was quiet for the window"
+    assert not observations[0]["satisfied"]
+
+
+class SwitchApi:
+    """A real HTTP endpoint standing in for a config center: records requests, fails on /broken."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, dict]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                api.requests.append((self.path, body))
+                status, text = (500, b"config center says: fleet lock held by deploy 4711") \
+                    if self.path == "/broken" else (200, b'{"switched": true}')
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(text)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def switch_api(monkeypatch):
+    api = SwitchApi()
+    monkeypatch.setenv("AIRFLOW_CONN_SWITCH_API", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": api.server.server_address[1], "schema": "http"}))
+    yield api
+    api.server.shutdown()
+
+
+def test_switch_refuses_when_precondition_fails_and_calls_nothing(bag, switch_api):
+    run, tis = run_dag(bag, "probe_switch")
+    assert run.state == "failed"
+    assert switch_api.requests == []
+
+
+def test_switch_acts_when_precondition_holds(bag, rmq_clusters, switch_api, names):
+    target = rmq_clusters["target"]
+    topic = names.topic()
+    create_topic(target, topic)
+    with Consumer(target.namesrv, SWITCH_GUARD_GROUP, topic):
+        wait_online(target, SWITCH_GUARD_GROUP, 1)
+        run, tis = run_dag(bag, "probe_switch")
+    assert run.state == "success"
+    assert switch_api.requests == [("/switch", {"fleet": "probe", "role": "producer", "groups": ["PROBE_PRODUCERS"],
+                                                "share": 0.5, "cluster": "target"})]
+    recorded = tis["switch"].xcom_pull(task_ids="switch", key="switch")
+    assert recorded["status_code"] == 200
+
+
+def test_failed_http_switch_fails_the_task_and_shows_the_answer(bag, rmq_clusters, switch_api, names, capfd):
+    target = rmq_clusters["target"]
+    topic = names.topic()
+    create_topic(target, topic)
+    with Consumer(target.namesrv, SWITCH_GUARD_GROUP, topic):
+        wait_online(target, SWITCH_GUARD_GROUP, 1)
+        run, tis = run_dag(bag, "probe_switch", endpoint="/broken")
+    assert run.state == "failed"
+    assert [path for path, _ in switch_api.requests] == ["/broken"]
+    assert "fleet lock held by deploy 4711" in capfd.readouterr().out
+
+
+def test_override_reason_lets_a_switch_past_a_failed_precondition(bag, switch_api):
+    run, tis = run_dag(bag, "probe_switch", override_reason="INC-42: target verified by hand")
+    assert run.state == "success"
+    override = tis["switch"].xcom_pull(task_ids="switch", key="override")
+    assert override["reason"] == "INC-42: target verified by hand"
+    assert len(switch_api.requests) == 1
+
+
+def test_secrets_never_reach_logs_or_xcom(bag, acl_clusters, monkeypatch, capfd):
+    cluster = acl_clusters["source-acl"]
+    secret = cluster.credentials.secret_key
+    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_SOURCE_ACL", json.dumps({
+        "conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.spec.namesrv_port,
+        "login": cluster.credentials.access_key, "password": secret}))
+    run, tis = run_dag(bag, "probe_secrets", conn_id="rocketmq_source_acl", groups=["G_nobody"])
+    assert run.state == "success"
+    assert tis["brokers"].xcom_pull(task_ids="brokers") == ["source-acl-b0"]
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        values = [row.value for row in session.query(XComModel).filter(
+            XComModel.dag_id == "probe_secrets", XComModel.run_id == run.run_id)]
+    assert values, "the run pushed no XCom to inspect"
+    assert all(secret not in json.dumps(v, default=str) for v in values)
+    captured = capfd.readouterr()
+    assert "probe_secrets" in captured.out + captured.err, "the task output was not captured"
+    assert secret not in captured.out + captured.err
+    logs = [p.read_text(errors="replace") for p in (TEST_DAGS.parent / "logs").rglob("*") if p.is_file()
+            and "probe_secrets" in str(p)]
+    assert all(secret not in text for text in logs)
