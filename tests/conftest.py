@@ -108,3 +108,19 @@ def airflow_env(rmq_clusters):
         os.environ[f"AIRFLOW_CONN_ROCKETMQ_{name.upper()}"] = json.dumps(
             {"conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.spec.namesrv_port})
     return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def airflow_api(request, rmq_clusters):
+    """A running Airflow standalone (its own home and port) with the project's and the probe DAGs."""
+    from rocketmq_harness import airflow_standalone
+    from rocketmq_harness.airflow_api import AirflowApi
+
+    home = ROOT / ".run" / "airflow-e2e"
+    spec = airflow_standalone.StandaloneSpec(home, 28080, home / "dags")
+    _link_dag_files(spec.dags_folder)
+    pid = airflow_standalone.recorded_pid(spec)
+    running = airflow_standalone.start(spec)
+    if pid is None and not os.environ.get("RMQ_HARNESS_KEEP"):
+        request.addfinalizer(lambda: airflow_standalone.stop(spec))
+    return AirflowApi(running)

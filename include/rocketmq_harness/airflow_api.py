@@ -70,11 +70,19 @@ class AirflowApi:
         data = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/hitlDetails?response_received=false")
         return data.get("hitl_details", [])
 
-    def wait_for_gate(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300) -> dict[str, Any]:
+    def wait_for_gate(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300,
+                      settle: float = 3.0) -> dict[str, Any]:
+        """Wait until the gate's task is parked in awaiting_input, then ``settle`` seconds more.
+
+        Airflow 3.3.2 fails a gate answered before the executor has reported the exit of the
+        workload that parked it (the scheduler sees a "success" event for a re-queued task).
+        A person never answers that fast; a script must wait a scheduler loop or two.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for gate in self.pending_gates(dag_id, run_id):
-                if gate["task_instance"]["task_id"] == task_id:
+                if gate["task_instance"]["task_id"] == task_id and gate["task_instance"]["state"] == "awaiting_input":
+                    time.sleep(settle)
                     return gate
             state = self.run_state(dag_id, run_id)
             if state in TERMINAL:

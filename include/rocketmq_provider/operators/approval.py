@@ -21,9 +21,10 @@ ROLL_BACK = "Roll back"
 
 
 class Evidence:
-    """One section of a gate's body, measured when the gate opens."""
+    """One section of a gate's body, measured when the gate opens; may declare template_fields."""
 
     title: str
+    template_fields: tuple[str, ...] = ()
 
     def render(self, context: Any) -> str:
         raise NotImplementedError
@@ -31,6 +32,8 @@ class Evidence:
 
 class BacklogEvidence(Evidence):
     """The groups' undelivered messages on one cluster, by group."""
+
+    template_fields = ("groups",)
 
     def __init__(self, rocketmq_conn_id: str, groups: list[str], cluster: str | None = None):
         self.rocketmq_conn_id = rocketmq_conn_id
@@ -50,6 +53,8 @@ class BacklogEvidence(Evidence):
 class ClientsEvidence(Evidence):
     """Online clients per group on each cluster, side by side."""
 
+    template_fields = ("groups",)
+
     def __init__(self, rocketmq_conn_ids: list[str], groups: list[str], role: str = "consumer"):
         self.rocketmq_conn_ids = rocketmq_conn_ids
         self.groups = groups
@@ -58,8 +63,8 @@ class ClientsEvidence(Evidence):
 
     def render(self, context: Any) -> str:
         counts: dict[str, dict[str, int]] = {}
-        check = ClientsOnline(list(self.groups), self.role, min_clients=0)
         for conn_id in self.rocketmq_conn_ids:
+            check = ClientsOnline(list(self.groups), self.role, min_clients=0)  # one per cluster: it tracks brokers
             result = RocketMQHook(conn_id).run(check.evaluate)
             counts[conn_id] = result.figures["clients"]
         header = "| group | " + " | ".join(f"`{c}`" for c in self.rocketmq_conn_ids) + " |"
@@ -108,6 +113,8 @@ class EvidenceGateMixin:
 class EvidenceApprovalOperator(EvidenceGateMixin, ApprovalOperator):
     """Approve / Reject with live evidence; Reject skips what the gate guards."""
 
+    template_fields = (*ApprovalOperator.template_fields, "evidence")
+
     def __init__(self, *, evidence: list[Evidence] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.evidence = evidence or []
@@ -119,6 +126,8 @@ class EvidenceApprovalOperator(EvidenceGateMixin, ApprovalOperator):
 
 class MigrationGate(EvidenceGateMixin, HITLBranchOperator):
     """Approve continues to ``approve_task_id``; Roll back branches to ``rollback_task_id``."""
+
+    template_fields = (*HITLBranchOperator.template_fields, "evidence")
 
     def __init__(self, *, approve_task_id: str, rollback_task_id: str, evidence: list[Evidence] | None = None,
                  **kwargs: Any):

@@ -1,0 +1,37 @@
+"""Probe DAGs for the approval-gate tests, answered through Airflow's REST API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from rocketmq_provider.operators.approval import ClientsEvidence, EvidenceApprovalOperator, MigrationGate
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+@task
+def mark(name: str, params: dict | None = None) -> str:
+    """Leave a file behind, so a test can tell whether a guarded task really ran."""
+    path = Path(params["marker_dir"]) / name
+    path.write_text("ran")
+    return str(path)
+
+
+with DAG("probe_gate_approval", schedule=None, start_date=START, catchup=False, render_template_as_native_obj=True,
+         params={"groups": ["none"], "marker_dir": "/tmp"}, tags=["test-probe"]):
+    gate = EvidenceApprovalOperator(
+        task_id="gate", subject="Switch the probe fleet?",
+        body="Consumers must be online on the target before producers move.",
+        evidence=[ClientsEvidence(["rocketmq_source", "rocketmq_target"], groups="{{ params.groups }}")],
+        assigned_users=[{"id": "admin", "name": "admin"}],
+    )
+    gate >> mark.override(task_id="guarded")("guarded")
+
+with DAG("probe_gate_branch", schedule=None, start_date=START, catchup=False,
+         params={"marker_dir": "/tmp"}, tags=["test-probe"]):
+    gate = MigrationGate(task_id="gate", subject="Continue the migration?", approve_task_id="go",
+                         rollback_task_id="roll_back")
+    gate >> [mark.override(task_id="go")("go"), mark.override(task_id="roll_back")("roll_back")]

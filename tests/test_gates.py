@@ -1,0 +1,79 @@
+"""Approval gates on a running Airflow, answered through its REST API as the on-call engineer would."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rocketmq.client import PushConsumer
+
+from rocketmq_harness.airflow_api import AirflowApiError
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+
+
+@pytest.fixture
+def online_group(rmq_clusters, names):
+    """A group with one real consumer online on the target and none on the source."""
+    target = rmq_clusters["target"]
+    group, topic = names.group(), names.topic()
+    from rocketmq_core.admin import ClusterAdmin
+    from rocketmq_core.model import TopicConfig
+    import asyncio
+
+    async def create():
+        async with ClusterAdmin(target.namesrv) as admin:
+            await admin.create_topic(target.broker, TopicConfig(topic, 2, 2))
+    asyncio.run(create())
+    consumer = PushConsumer(group)
+    consumer.set_namesrv_addr(target.namesrv)
+    consumer.subscribe(topic, lambda msg: None)
+    consumer.start()
+    deadline = time.monotonic() + 30
+
+    async def online():
+        async with ClusterAdmin(target.namesrv) as admin:
+            return (await admin.consumer_connection(target.broker, group)).online
+    while asyncio.run(online()) != 1:
+        assert time.monotonic() < deadline, "consumer never came online"
+        time.sleep(0.5)
+    yield group
+    consumer.shutdown()
+
+
+def test_gate_shows_live_evidence_and_approval_runs_what_it_guards(airflow_api, online_group, tmp_path):
+    dag = "probe_gate_approval"
+    airflow_api.wait_for_dag(dag)
+    run_id = airflow_api.trigger(dag, {"groups": [online_group], "marker_dir": str(tmp_path)})
+    gate = airflow_api.wait_for_gate(dag, run_id, "gate")
+    assert gate["subject"] == "Switch the probe fleet?"
+    assert f"| {online_group} | 0 | 1 |" in gate["body"], gate["body"]
+    assert not (tmp_path / "guarded").exists()
+    airflow_api.answer(dag, run_id, "gate", "Approve")
+    assert airflow_api.wait_for_run(dag, run_id) == "success"
+    assert (tmp_path / "guarded").read_text() == "ran"
+
+
+def test_rejected_gate_does_not_run_what_it_guards(airflow_api, tmp_path):
+    dag = "probe_gate_approval"
+    airflow_api.wait_for_dag(dag)
+    run_id = airflow_api.trigger(dag, {"groups": ["G_nobody_here"], "marker_dir": str(tmp_path)})
+    airflow_api.wait_for_gate(dag, run_id, "gate")
+    with pytest.raises(AirflowApiError) as invalid:
+        airflow_api.answer(dag, run_id, "gate", "Maybe")
+    assert invalid.value.status == 400
+    airflow_api.answer(dag, run_id, "gate", "Reject")
+    airflow_api.wait_for_run(dag, run_id)
+    assert airflow_api.task_states(dag, run_id)["guarded"] == "skipped"
+    assert not (tmp_path / "guarded").exists()
+
+
+def test_roll_back_branch_runs_the_rollback_only(airflow_api, tmp_path):
+    dag = "probe_gate_branch"
+    airflow_api.wait_for_dag(dag)
+    run_id = airflow_api.trigger(dag, {"marker_dir": str(tmp_path)})
+    airflow_api.wait_for_gate(dag, run_id, "gate")
+    airflow_api.answer(dag, run_id, "gate", "Roll back")
+    assert airflow_api.wait_for_run(dag, run_id) == "success"
+    states = airflow_api.task_states(dag, run_id)
+    assert (states["go"], states["roll_back"]) == ("skipped", "success")
+    assert (tmp_path / "roll_back").exists() and not (tmp_path / "go").exists()
