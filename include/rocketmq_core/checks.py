@@ -175,7 +175,37 @@ class WritesStopped(Check):
                            f"offsets unchanged for {still:.0f}s of {self.window_seconds:g}s")
 
 
-CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped)}
+class MetadataPresent(Check):
+    """The topics and groups exist on every master broker (the metadata sync has reached them)."""
+
+    kind = "metadata_present"
+
+    def __init__(self, topics: list[str], groups: list[str], cluster: str | None = None):
+        if not topics and not groups:
+            raise InvalidSpec("metadata_present needs a topic or a group")
+        self.topics = sorted(topics)
+        self.groups = sorted(groups)
+        self.cluster = cluster
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"topics": self.topics, "groups": self.groups, "cluster": self.cluster}
+
+    def describe(self) -> str:
+        return f"{len(self.topics)} topic(s) and {len(self.groups)} group(s) exist"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        masters = await self.live_masters(admin, self.cluster)
+        topic_tables = await admin.gather(admin.topic_configs(addr) for addr in masters)
+        group_tables = await admin.gather(admin.group_configs(addr) for addr in masters)
+        missing_topics = sorted({t for table in topic_tables for t in self.topics if t not in table})
+        missing_groups = sorted({g for table in group_tables for g in self.groups if g not in table})
+        figures = {"missing_topics": missing_topics, "missing_groups": missing_groups}
+        ok = not missing_topics and not missing_groups
+        return CheckResult(ok, figures, "all present" if ok else f"missing topics {missing_topics}, "
+                                                                  f"groups {missing_groups}")
+
+
+CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped, MetadataPresent)}
 
 
 def build_check(kind: str, kwargs: dict[str, Any]) -> Check:

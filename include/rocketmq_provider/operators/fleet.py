@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -16,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from rocketmq_core.checks import Check, build_check
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.templating import truthy
 from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
 
 
@@ -82,12 +84,12 @@ class FleetSwitchOperator(BaseOperator):
     switch, deferred to the triggerer, within ``wait_timeout`` seconds.
     """
 
-    template_fields = ("switcher", "override_reason", "share")
+    template_fields = ("switcher", "override_reason", "share", "dry_run")
 
     def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
                  share: float | str = 1.0, preconditions: list[Condition] | None = None,
                  wait_for: Condition | None = None, wait_timeout: float = 600, poll_interval: float = 5,
-                 override_reason: str = "", **kwargs: Any):
+                 override_reason: str = "", dry_run: bool | str = False, **kwargs: Any):
         super().__init__(**kwargs)
         if role not in ("consumer", "producer"):
             raise ValueError(f"role must be consumer or producer, not {role!r}")
@@ -102,6 +104,7 @@ class FleetSwitchOperator(BaseOperator):
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
         self.override_reason = override_reason
+        self.dry_run = dry_run
 
     @property
     def switch_request(self) -> dict[str, Any]:
@@ -131,8 +134,12 @@ class FleetSwitchOperator(BaseOperator):
                 raise AirflowException(f"not switching {self.role}s of fleet {self.fleet!r}: {reasons}")
             self.log.warning("OVERRIDE by operator (%s) of failed preconditions: %s", self.override_reason, reasons)
             context["ti"].xcom_push(key="override", value={"reason": str(self.override_reason), "failed": failed})
+        if truthy(self.dry_run):
+            self.log.info("dry run: would switch %s", self.switch_request)
+            return {"dry_run": True, **self.switch_request}
         result = self.switcher.switch(self.switch_request, self.log)
-        context["ti"].xcom_push(key="switch", value={**self.switch_request, **result})
+        at = datetime.now(timezone.utc).isoformat()
+        context["ti"].xcom_push(key="switch", value={**self.switch_request, **result, "at": at})
         if self.wait_for is None:
             return result
         self.defer(

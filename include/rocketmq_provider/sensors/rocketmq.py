@@ -20,12 +20,12 @@ from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
 class RocketMQCheckSensor(BaseSensorOperator):
     """Waits until a check holds ``stable_checks`` times in a row on the cluster of a connection."""
 
-    template_fields = ("rocketmq_conn_id",)
+    template_fields = ("rocketmq_conn_id", "stable_checks")
 
-    def __init__(self, *, rocketmq_conn_id: str, stable_checks: int = 1, deferrable: bool = True,
+    def __init__(self, *, rocketmq_conn_id: str, stable_checks: int | str = 1, deferrable: bool = True,
                  **kwargs: Any):
         super().__init__(**kwargs)
-        if stable_checks < 1:
+        if isinstance(stable_checks, int) and stable_checks < 1:
             raise ValueError("stable_checks must be at least 1")
         self.rocketmq_conn_id = rocketmq_conn_id
         self.stable_checks = stable_checks
@@ -46,7 +46,7 @@ class RocketMQCheckSensor(BaseSensorOperator):
         check = self.build_check()
         self.defer(
             trigger=RocketMQCheckTrigger(self.rocketmq_conn_id, check.kind, check.kwargs(),
-                                         stable_checks=self.stable_checks, poll_interval=self.poke_interval,
+                                         stable_checks=int(self.stable_checks), poll_interval=self.poke_interval,
                                          timeout=self.timeout),
             method_name="execute_complete",
         )
@@ -69,7 +69,7 @@ class RocketMQCheckSensor(BaseSensorOperator):
         self._streak = self._streak + 1 if observation["satisfied"] else 0
         self.log.info("%s: %s (%d/%d in a row)", check.describe(), observation["summary"], self._streak,
                       self.stable_checks)
-        return self._streak >= self.stable_checks
+        return self._streak >= int(self.stable_checks)
 
 
 class BacklogZeroSensor(RocketMQCheckSensor):
@@ -77,7 +77,8 @@ class BacklogZeroSensor(RocketMQCheckSensor):
 
     template_fields = (*RocketMQCheckSensor.template_fields, "groups")
 
-    def __init__(self, *, groups: list[str], cluster: str | None = None, stable_checks: int = 3, **kwargs: Any):
+    def __init__(self, *, groups: list[str] | str, cluster: str | None = None, stable_checks: int | str = 3,
+                 **kwargs: Any):
         super().__init__(stable_checks=stable_checks, **kwargs)
         self.groups = groups
         self.cluster = cluster

@@ -1,0 +1,261 @@
+"""Task specs: one YAML file per migration or replication task, the single source of truth.
+
+Specs are validated before any DAG is built, with errors that name the file and the field.
+Two specs whose scopes on the same source cluster can touch the same topic or group are both
+rejected: a topic must never be in two migrations at once. At parse time that is decided on
+names and patterns (conservatively: patterns whose fixed prefixes overlap clash); at run time
+the preflight repeats it on the concrete topics and groups.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rocketmq_core.errors import InvalidSpec
+from rocketmq_core.metadata import Scope
+from rocketmq_core.model import validate_group_name, validate_topic_name
+
+SPECS_DIR_ENV = "RMQ_TASK_SPECS_DIR"
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_\-\u4e00-\u9fff]{1,200}$")
+_WILDCARDS = re.compile(r"[*?\[]")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Patterns(_Strict):
+    include: list[str] = ["*"]
+    exclude: list[str] = []
+
+
+class ScopeSpec(_Strict):
+    topics: Patterns = Patterns()
+    groups: Patterns = Patterns()
+
+    def to_scope(self) -> Scope:
+        """The metadata scope the diff, sync and preflight resolve names with."""
+        return Scope(topics=tuple(self.topics.include), exclude_topics=tuple(self.topics.exclude),
+                     groups=tuple(self.groups.include), exclude_groups=tuple(self.groups.exclude))
+
+
+class ClusterRef(_Strict):
+    conn_id: Annotated[str, Field(min_length=1)]
+    cluster: str | None = None
+
+
+class HttpSwitchSpec(_Strict):
+    """How to tell a fleet to use another cluster: an HTTP call through an Airflow connection.
+
+    ``endpoint`` and ``body`` are Jinja templates; ``{{ task.switch_request }}`` holds the fleet,
+    role, groups, share and destination cluster.
+    """
+
+    type: Literal["http"] = "http"
+    http_conn_id: Annotated[str, Field(min_length=1)]
+    endpoint: Annotated[str, Field(min_length=1)]
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    body: dict[str, Any] | None = None
+
+
+class FleetSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,100}$")]
+    role: Literal["producer", "consumer"]
+    groups: Annotated[list[str], Field(min_length=1)]
+    topics: list[str] = []
+    switch: HttpSwitchSpec
+    canary_share: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, groups: list[str]) -> list[str]:
+        return [_as_value_error(validate_group_name, g) for g in groups]
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_names(cls, topics: list[str]) -> list[str]:
+        return [_as_value_error(validate_topic_name, t) for t in topics]
+
+
+def _as_value_error(validate: Any, name: str) -> str:
+    """Pydantic reports ValueErrors with the field's location; InvalidSpec would escape it."""
+    try:
+        return validate(name)
+    except InvalidSpec as exc:
+        raise ValueError(str(exc)) from None
+
+
+class StabilitySpec(_Strict):
+    """How long "drained" and "quiet" must hold before the last consumers move."""
+
+    backlog_checks: Annotated[int, Field(ge=1, le=100)] = 3
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
+    writes_quiet_seconds: Annotated[float, Field(ge=0, le=86400)] = 60
+    clients_timeout_seconds: Annotated[float, Field(gt=0)] = 900
+    drain_timeout_seconds: Annotated[float, Field(gt=0)] = 7200
+
+
+class NotificationSpec(_Strict):
+    webhook_conn_id: str | None = None
+    emails: list[str] = []
+
+
+class _TaskSpec(_Strict):
+    name: str
+    description: str = ""
+    source: ClusterRef
+    target: ClusterRef
+    scope: ScopeSpec = ScopeSpec()
+    approvers: Annotated[list[str], Field(min_length=1)]
+    notifications: NotificationSpec = NotificationSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _task_name(cls, name: str) -> str:
+        if not _TASK_NAME.match(name):
+            raise ValueError("use 1 to 200 letters, digits, Chinese characters, - or _")
+        return name
+
+    @model_validator(mode="after")
+    def _distinct_clusters(self) -> "_TaskSpec":
+        if (self.source.conn_id, self.source.cluster) == (self.target.conn_id, self.target.cluster):
+            raise ValueError("source and target name the same cluster")
+        return self
+
+    @property
+    def slug(self) -> str:
+        """An ASCII id for DAG ids: the name itself when it is ASCII, else its ASCII part and a hash."""
+        ascii_part = re.sub(r"[^A-Za-z0-9_\-]", "", self.name)
+        if ascii_part == self.name:
+            return self.name
+        digest = hashlib.sha1(self.name.encode()).hexdigest()[:8]
+        return f"{ascii_part}_{digest}" if ascii_part else digest
+
+
+class MigrationSpec(_TaskSpec):
+    kind: Literal["migration"]
+    fleets: Annotated[list[FleetSpec], Field(min_length=1)]
+    diff_schedule: str | None = "@hourly"
+    stability: StabilitySpec = StabilitySpec()
+    allow_delete: bool = False
+
+    @model_validator(mode="after")
+    def _fleets_consistent(self) -> "MigrationSpec":
+        names = [f.name for f in self.fleets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"fleet names must be unique: {names}")
+        for role in ("producer", "consumer"):
+            seen: dict[str, str] = {}
+            for fleet in (f for f in self.fleets if f.role == role):
+                for group in fleet.groups:
+                    if group in seen:
+                        raise ValueError(f"{role} group {group!r} is in fleets {seen[group]!r} and {fleet.name!r}")
+                    seen[group] = fleet.name
+        scope = self.scope.to_scope()
+        for fleet in self.fleets:
+            if fleet.role == "consumer":
+                outside = [g for g in fleet.groups if not scope.group(g)]
+                if outside:
+                    raise ValueError(f"fleet {fleet.name!r} has groups outside the scope: {outside}")
+            outside = [t for t in fleet.topics if not scope.topic(t)]
+            if outside:
+                raise ValueError(f"fleet {fleet.name!r} has topics outside the scope: {outside}")
+        return self
+
+    def fleets_of(self, role: str) -> list[FleetSpec]:
+        return [f for f in self.fleets if f.role == role]
+
+    def groups_of(self, role: str) -> list[str]:
+        return sorted(g for f in self.fleets_of(role) for g in f.groups)
+
+    def topics_of(self, role: str) -> list[str]:
+        return sorted({t for f in self.fleets_of(role) for t in f.topics})
+
+
+TaskSpec = MigrationSpec
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> TaskSpec:
+    """Validate one spec; the error names the source and every failing field."""
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{source}: a task spec is a mapping, got {type(data).__name__}")
+    try:
+        return MigrationSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors())
+        raise InvalidSpec(f"{source}: {problems}") from None
+
+
+def specs_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / "specs"
+    return Path(os.environ.get(SPECS_DIR_ENV, str(default)))
+
+
+def load_specs(folder: Path | None = None) -> tuple[dict[Path, TaskSpec], dict[Path, str]]:
+    """Every spec in a folder: the valid ones, and an error text per invalid file.
+
+    Reads files only (no network), so it is safe at DAG parse time.
+    """
+    folder = folder or specs_dir()
+    specs: dict[Path, TaskSpec] = {}
+    errors: dict[Path, str] = {}
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            specs[path] = parse_spec(yaml.safe_load(path.read_text(encoding="utf-8")), path.name)
+        except yaml.YAMLError as exc:
+            errors[path] = f"{path.name}: not valid YAML: {exc}"
+        except InvalidSpec as exc:
+            errors[path] = str(exc)
+    _reject_duplicates_and_overlaps(specs, errors)
+    return specs, errors
+
+
+def _reject_duplicates_and_overlaps(specs: dict[Path, TaskSpec], errors: dict[Path, str]) -> None:
+    items = list(specs.items())
+    clashes: dict[Path, list[str]] = {}
+    for i, (path_a, a) in enumerate(items):
+        for path_b, b in items[i + 1:]:
+            reason = None
+            if a.slug == b.slug:
+                reason = f"same task name as {path_b.name}" if a.name == b.name else f"same DAG id as {path_b.name}"
+            elif a.source == b.source:
+                reason = _scope_overlap(a, b)
+            if reason:
+                clashes.setdefault(path_a, []).append(f"{reason} (with {path_b.name})")
+                clashes.setdefault(path_b, []).append(f"{reason} (with {path_a.name})")
+    for path, reasons in clashes.items():
+        errors[path] = f"{path.name}: scope: " + "; ".join(reasons)
+        del specs[path]
+
+
+def _scope_overlap(a: TaskSpec, b: TaskSpec) -> str | None:
+    for kind in ("topics", "groups"):
+        pa, pb = getattr(a.scope, kind), getattr(b.scope, kind)
+        for x in pa.include:
+            for y in pb.include:
+                if _patterns_may_overlap(x, y) and not (_excluded(x, pb) or _excluded(y, pa)):
+                    return f"{kind} pattern {x!r} overlaps {y!r} on the same source cluster"
+    return None
+
+
+def _excluded(pattern: str, other: Patterns) -> bool:
+    """A literal name the other spec explicitly excludes cannot clash."""
+    return not _WILDCARDS.search(pattern) and any(fnmatch.fnmatchcase(pattern, e) for e in other.exclude)
+
+
+def _patterns_may_overlap(x: str, y: str) -> bool:
+    if not _WILDCARDS.search(x):
+        return fnmatch.fnmatchcase(x, y)
+    if not _WILDCARDS.search(y):
+        return fnmatch.fnmatchcase(y, x)
+    px, py = _WILDCARDS.split(x, 1)[0], _WILDCARDS.split(y, 1)[0]
+    return px.startswith(py) or py.startswith(px)

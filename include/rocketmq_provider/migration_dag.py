@@ -1,0 +1,209 @@
+"""Builds the DAGs of a migration task spec: the migration itself and its scheduled metadata diff.
+
+The order of steps is the only safe one: metadata, canary consumers, canary producers, the
+remaining producers, the source drained, the remaining consumers. The order in the graph is a
+convenience; safety comes from the switches, each of which re-checks its precondition against
+the live clusters when it runs, whatever happened to the tasks before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param, TaskGroup
+
+from rocketmq_core.checks import BacklogZero, ClientsOnline, MetadataPresent
+from rocketmq_core.taskspec import FleetSpec, MigrationSpec
+from rocketmq_provider.operators.approval import (
+    BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence,
+)
+from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
+from rocketmq_provider.operators.migration import (
+    ConsumeOffsetsOperator, MigrationPreflightOperator, MigrationReportOperator,
+)
+from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+RESOLVED = "{{ ti.xcom_pull(task_ids='preflight') }}"
+
+
+def migration_dag_id(spec: MigrationSpec) -> str:
+    return f"rmq_migration__{spec.slug}"
+
+
+def diff_dag_id(spec: MigrationSpec) -> str:
+    return f"rmq_metadata_diff__{spec.slug}"
+
+
+def _params(spec: MigrationSpec) -> dict[str, Param]:
+    return {
+        "canary_share": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
+                              title="Canary share",
+                              description="Share of each fleet moved in the canary steps; empty keeps each fleet's spec value."),
+        "backlog_checks": Param(spec.stability.backlog_checks, type="integer", minimum=1, maximum=100,
+                                title="Stability window (checks)",
+                                description="Consecutive zero-backlog checks required before the last consumers move."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Plan and check everything, change nothing (no sync, no switch)."),
+        "override_reason": Param("", type="string", title="Override reason",
+                                 description="Leave empty. If set, a switch proceeds even when its live precondition "
+                                             "fails; the reason is written to the report."),
+    }
+
+
+def _switches(spec: MigrationSpec, group_id: str, role: str, to: str, canary: bool,
+              preconditions: list[Condition]) -> TaskGroup:
+    """One switch per fleet of the role (its canary share, or all of it), guarded by live preconditions."""
+    with TaskGroup(group_id) as group:
+        for fleet in spec.fleets_of(role):
+            FleetSwitchOperator(
+                task_id=fleet.name, fleet=fleet.name, role=role, groups=fleet.groups, to_cluster=to,
+                switcher=_switcher(fleet), preconditions=preconditions,
+                share=f"{{{{ params.canary_share or {fleet.canary_share} }}}}" if canary else 1.0,
+                override_reason="{{ params.override_reason }}", dry_run="{{ params.dry_run }}",
+            )
+    return group
+
+
+def _switcher(fleet: FleetSpec) -> HttpSwitcher:
+    switch = fleet.switch
+    return HttpSwitcher(switch.http_conn_id, endpoint=switch.endpoint, method=switch.method, body=switch.body)
+
+
+def build_migration_dag(spec: MigrationSpec) -> DAG:
+    src, tgt = spec.source, spec.target
+    consumers, producers = spec.groups_of("consumer"), spec.groups_of("producer")
+    users = [{"id": u, "name": u} for u in spec.approvers]
+    stability = spec.stability
+    gate_args: dict[str, Any] = {"assigned_users": users}
+    on_target_consumers = [Condition(tgt.conn_id, ClientsOnline(consumers, min_clients=1, cluster=tgt.cluster))]
+    with DAG(migration_dag_id(spec), dag_display_name=f"Migration: {spec.name}", schedule=None, start_date=START,
+             catchup=False, max_active_runs=1, render_template_as_native_obj=True, params=_params(spec),
+             description=spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}",
+             tags=["rocketmq", "migration"]) as dag:
+        preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
+        plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
+                                    source_cluster=src.cluster, target_cluster=tgt.cluster,
+                                    scope=spec.scope.to_scope().to_dict())
+        abort = EmptyOperator(task_id="abort")
+        gate_sync = MigrationGate(task_id="approve_metadata_sync", subject=f"{spec.name}: apply the metadata plan?",
+                                  body="Topics and groups the target lacks or holds differently.",
+                                  approve_task_id="metadata_sync", rollback_task_id="abort",
+                                  evidence=[XComEvidence("metadata_plan", "Metadata plan", field="text")], **gate_args)
+        sync = MetadataSyncOperator(task_id="metadata_sync", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
+                                    source_cluster=src.cluster, target_cluster=tgt.cluster,
+                                    scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
+                                    dry_run="{{ params.dry_run }}")
+
+        rollback_entry = EmptyOperator(task_id="rollback", trigger_rule="one_success")
+        steps: list[tuple[str, str, str, list[Any]]] = [
+            ("approve_canary_consumers", "canary_consumers", "Move the canary share of consumers to the target?",
+             [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
+            ("approve_canary_producers", "canary_producers",
+             "Consumers on the target are online. Are they idempotent? Move the canary share of producers?",
+             [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
+            ("approve_remaining_producers", "remaining_producers", "Move all remaining producers to the target?",
+             [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
+              ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
+            ("approve_cutover", "cutover_offsets",
+             "The source is drained. Move the remaining consumers to the target (cutover)?",
+             [BacklogEvidence(src.conn_id, consumers, src.cluster),
+              ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
+              ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
+        ]
+        gates = {}
+        for gate_id, next_id, subject, evidence in steps:
+            requested = EmptyOperator(task_id=f"rollback_from_{gate_id.removeprefix('approve_')}")
+            gates[gate_id] = MigrationGate(task_id=gate_id, subject=f"{spec.name}: {subject}",
+                                           approve_task_id=next_id, rollback_task_id=requested.task_id,
+                                           evidence=evidence, **gate_args)
+            gates[gate_id] >> requested >> rollback_entry
+
+        canary_consumers = _switches(spec, "canary_consumers", "consumer", tgt.conn_id, True, [
+            Condition(tgt.conn_id, MetadataPresent(spec.topics_of("consumer"), consumers, tgt.cluster))])
+        consumers_online = ClientsOnlineSensor(
+            task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
+            cluster=tgt.cluster, poke_interval=stability.poll_interval_seconds,
+            timeout=stability.clients_timeout_seconds)
+        canary_producers = _switches(spec, "canary_producers", "producer", tgt.conn_id, True, on_target_consumers)
+        remaining_producers = _switches(spec, "remaining_producers", "producer", tgt.conn_id, False,
+                                        on_target_consumers)
+        writes_stopped = SourceWritesStoppedSensor(
+            task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=RESOLVED + "['topics']",
+            cluster=src.cluster, window_seconds=stability.writes_quiet_seconds,
+            poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
+        drained = BacklogZeroSensor(
+            task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=RESOLVED + "['groups']",
+            cluster=src.cluster, stable_checks="{{ params.backlog_checks }}",
+            poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
+        offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id, groups=consumers,
+                                         cluster=src.cluster)
+        remaining_consumers = _switches(spec, "remaining_consumers", "consumer", tgt.conn_id, False, [
+            Condition(src.conn_id, BacklogZero(consumers, src.cluster)),
+            Condition(src.conn_id, ClientsOnline(producers, "producer", 0, 0, src.cluster)),
+        ])
+        no_consumers_left = ClientsOnlineSensor(
+            task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
+            max_clients=0, cluster=src.cluster, poke_interval=stability.poll_interval_seconds,
+            timeout=stability.clients_timeout_seconds)
+        no_producers_left = ClientsOnlineSensor(
+            task_id="cutover_verified_producers", rocketmq_conn_id=src.conn_id, groups=producers, role="producer",
+            min_clients=0, max_clients=0, cluster=src.cluster, poke_interval=stability.poll_interval_seconds,
+            timeout=stability.clients_timeout_seconds)
+
+        rollback_producers = _switches(spec, "rollback_producers", "producer", src.conn_id, False, [
+            Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))])
+        target_drained = BacklogZeroSensor(
+            task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers, cluster=tgt.cluster,
+            stable_checks="{{ params.backlog_checks }}", poke_interval=stability.poll_interval_seconds,
+            timeout=stability.drain_timeout_seconds)
+        rollback_consumers = _switches(spec, "rollback_consumers", "consumer", src.conn_id, False, [
+            Condition(tgt.conn_id, BacklogZero(consumers, tgt.cluster)),
+            Condition(tgt.conn_id, ClientsOnline(producers, "producer", 0, 0, tgt.cluster))])
+
+        switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
+                                          remaining_consumers, rollback_producers, rollback_consumers)
+                      for t in g.children.values()]
+        report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates],
+                                         switches=switch_ids, offsets_task="cutover_offsets",
+                                         override_reason="{{ params.override_reason }}", trigger_rule="all_done")
+
+        preflight >> plan >> gate_sync >> [sync, abort]
+        sync >> gates["approve_canary_consumers"] >> canary_consumers >> consumers_online
+        consumers_online >> gates["approve_canary_producers"] >> canary_producers
+        canary_producers >> gates["approve_remaining_producers"] >> remaining_producers
+        remaining_producers >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
+        offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> report
+        rollback_entry >> rollback_producers >> target_drained >> rollback_consumers >> report
+        abort >> report
+    return dag
+
+
+def build_diff_dag(spec: MigrationSpec) -> DAG:
+    """The recurring diff of the same cluster pair and scope, on the spec's schedule."""
+    with DAG(diff_dag_id(spec), dag_display_name=f"Metadata diff: {spec.name}", schedule=spec.diff_schedule,
+             start_date=START, catchup=False, max_active_runs=1, tags=["rocketmq", "metadata-diff"],
+             description=f"Metadata drift between {spec.source.conn_id} and {spec.target.conn_id}") as dag:
+        MetadataDiffOperator(task_id="metadata_diff", source_conn_id=spec.source.conn_id,
+                             target_conn_id=spec.target.conn_id, source_cluster=spec.source.cluster,
+                             target_cluster=spec.target.cluster, scope=spec.scope.to_scope().to_dict())
+    return dag
+
+
+class SpecErrorsDag(DAG):
+    """Stands for the invalid specs: its validation fails, so the DAG processor records an
+    import error (naming each spec file and field) while the valid specs' DAGs load."""
+
+    def validate(self) -> None:
+        raise ValueError("invalid task spec(s): " + " | ".join(self.description.split("\n")))
+
+
+def build_dags(specs: list[MigrationSpec], errors: dict[Any, str]) -> list[DAG]:
+    dags = [d for spec in specs for d in (build_migration_dag(spec), build_diff_dag(spec))]
+    if errors:
+        dags.append(SpecErrorsDag("rmq_invalid_task_specs", schedule=None, start_date=START,
+                                  description="\n".join(errors.values())))
+    return dags

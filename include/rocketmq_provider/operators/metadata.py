@@ -1,0 +1,97 @@
+"""Metadata diff and sync between two clusters, as Airflow operators over rocketmq_core.metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.bases.notifier import BaseNotifier
+from airflow.sdk.exceptions import AirflowException
+
+from rocketmq_core.metadata import (
+    DELETE, ClusterSnapshot, MetadataDiff, Scope, apply_plan, diff, make_plan, take_snapshot,
+)
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.templating import truthy
+
+
+class _TwoClusterOperator(BaseOperator):
+    template_fields = ("source_conn_id", "target_conn_id")
+
+    def __init__(self, *, source_conn_id: str, target_conn_id: str, scope: dict[str, Any] | None = None,
+                 source_cluster: str | None = None, target_cluster: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.source_conn_id = source_conn_id
+        self.target_conn_id = target_conn_id
+        self.scope = scope or {}
+        self.source_cluster = source_cluster
+        self.target_cluster = target_cluster
+        Scope.from_dict(self.scope)  # reject a bad scope when the DAG is parsed
+
+    def snapshot(self, conn_id: str, cluster: str | None) -> ClusterSnapshot:
+        return RocketMQHook(conn_id).run(lambda admin: take_snapshot(admin, cluster))
+
+    def compare(self) -> MetadataDiff:
+        source = self.snapshot(self.source_conn_id, self.source_cluster)
+        target = self.snapshot(self.target_conn_id, self.target_cluster)
+        return diff(source, target, Scope.from_dict(self.scope))
+
+
+class MetadataDiffOperator(_TwoClusterOperator):
+    """Diff two clusters over a scope; push the structured report and log it as a table.
+
+    With ``fail_on_drift`` any difference fails the task; ``drift_notifiers`` are called when
+    there is one, whether or not the task fails.
+    """
+
+    def __init__(self, *, fail_on_drift: bool = False, drift_notifiers: Sequence[BaseNotifier] = (), **kwargs: Any):
+        super().__init__(**kwargs)
+        self.fail_on_drift = fail_on_drift
+        self.drift_notifiers = list(drift_notifiers)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        result = self.compare()
+        text = result.render()
+        self.log.info("metadata diff %s -> %s:\n%s", self.source_conn_id, self.target_conn_id, text)
+        report = {**result.to_dict(), "text": text}
+        if not result.empty:
+            for notifier in self.drift_notifiers:
+                notifier(context)
+            if self.fail_on_drift:
+                context["ti"].xcom_push(key="return_value", value=report)
+                raise AirflowException(f"metadata drift: {result.counts()}")
+        return report
+
+
+class MetadataSyncOperator(_TwoClusterOperator):
+    """Plan, then apply, then diff again; fail if anything the plan should have fixed is left.
+
+    Idempotent: a re-run after a crash plans only what is still missing. Deletes happen only
+    with ``allow_delete``. ``dry_run`` (templated, for trigger forms) stops after the plan.
+    """
+
+    template_fields = (*_TwoClusterOperator.template_fields, "dry_run")
+
+    def __init__(self, *, allow_delete: bool = False, dry_run: bool | str = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.allow_delete = allow_delete
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        before = self.compare()
+        plan = make_plan(before, allow_delete=self.allow_delete)
+        plan.validate()
+        self.log.info("metadata plan (%d actions):\n%s", len(plan.actions), before.render())
+        report: dict[str, Any] = {"plan": plan.to_dict(), "dry_run": truthy(self.dry_run)}
+        if report["dry_run"] or plan.empty:
+            return {**report, "applied": False}
+        result = RocketMQHook(self.target_conn_id).run(lambda admin: apply_plan(plan, admin, self.target_cluster))
+        after = self.compare()
+        left = [c for c in after.changes if self.allow_delete or c.action != DELETE]
+        report.update(applied=True, result=result.to_dict(), after=after.to_dict())
+        if left:
+            context["ti"].xcom_push(key="return_value", value=report)
+            raise AirflowException(f"after sync {len(left)} difference(s) remain:\n{after.render()}")
+        return report
+

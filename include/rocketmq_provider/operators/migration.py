@@ -1,0 +1,154 @@
+"""The steps of a migration that are not a switch, a sensor or a gate: preflight, offsets, report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pendulum
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.errors import RocketMQError
+from rocketmq_core.metadata import take_snapshot
+from rocketmq_core.taskspec import MigrationSpec, load_specs
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
+
+
+async def _describe_cluster(admin: ClusterAdmin, cluster: str | None) -> dict[str, Any]:
+    """Brokers and versions; reading every broker's topic table also proves the credentials."""
+    masters = await admin.masters(cluster)
+    versions = {}
+    for broker in masters:
+        versions[broker.name] = (await admin.broker_runtime_info(broker.master)).get("brokerVersionDesc", "?")
+        await admin.topic_configs(broker.master)
+    return {"brokers": sorted(versions), "versions": versions}
+
+
+class MigrationPreflightOperator(BaseOperator):
+    """Everything that must hold before a migration changes anything.
+
+    Both clusters answer, with their versions; the credentials are accepted; the scope resolves
+    to concrete topics and groups on the source; every consumer fleet's group exists there; the
+    target has brokers; and no other task spec on the same source claims any of the same topics
+    or groups. Returns the resolved scope, which later steps use.
+    """
+
+    def __init__(self, *, spec: MigrationSpec, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        spec = self.spec
+        try:
+            source = RocketMQHook(spec.source.conn_id).run(lambda a: _describe_cluster(a, spec.source.cluster))
+            target = RocketMQHook(spec.target.conn_id).run(lambda a: _describe_cluster(a, spec.target.cluster))
+            snapshot = RocketMQHook(spec.source.conn_id).run(
+                lambda a: take_snapshot(a, spec.source.cluster, include_acl=False))
+        except RocketMQError as exc:
+            raise AirflowException(f"preflight: {exc}") from exc
+        scope = spec.scope.to_scope()
+        topics = sorted(t for t in snapshot.topics if scope.topic(t))
+        groups = sorted(g for g in snapshot.groups if scope.group(g))
+        problems = []
+        if not topics:
+            problems.append(f"the scope matches no topic on {spec.source.conn_id}")
+        missing = [g for g in spec.groups_of("consumer") if g not in snapshot.groups]
+        if missing:
+            problems.append(f"consumer groups {missing} do not exist on {spec.source.conn_id}")
+        problems += self._claims_elsewhere(set(topics), set(groups), snapshot)
+        self.log.info("source %s: %s; target %s: %s", spec.source.conn_id, source["versions"],
+                      spec.target.conn_id, target["versions"])
+        self.log.info("scope resolves to %d topic(s) and %d group(s)", len(topics), len(groups))
+        if problems:
+            raise AirflowException("preflight: " + "; ".join(problems))
+        return {"source": source, "target": target, "topics": topics, "groups": groups,
+                "consumer_groups": spec.groups_of("consumer"), "producer_groups": spec.groups_of("producer")}
+
+    def _claims_elsewhere(self, topics: set[str], groups: set[str], snapshot: Any) -> list[str]:
+        """Other specs on the same source, resolved against the same snapshot, must not share names."""
+        specs, _ = load_specs()
+        problems = []
+        for path, other in specs.items():
+            if other.name == self.spec.name or other.source != self.spec.source:
+                continue
+            scope = other.scope.to_scope()
+            shared = sorted({t for t in topics if scope.topic(t)} | {g for g in groups if scope.group(g)})
+            if shared:
+                problems.append(f"{path.name} ({other.name}) also covers {shared[:10]}")
+        return problems
+
+
+class ConsumeOffsetsOperator(BaseOperator):
+    """Record the groups' committed offsets per queue on a cluster (for the report at cutover)."""
+
+    template_fields = ("rocketmq_conn_id", "groups")
+
+    def __init__(self, *, rocketmq_conn_id: str, groups: list[str], cluster: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.groups = groups
+        self.cluster = cluster
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        async def _offsets(admin: ClusterAdmin) -> dict[str, Any]:
+            masters = [b.master for b in await admin.masters(self.cluster)]
+            table: dict[str, list[dict[str, Any]]] = {}
+            for group in self.groups:
+                rows = [row for stats in await admin.gather(admin.consume_stats(a, group) for a in masters)
+                        for row in stats]
+                table[group] = [{"topic": r.queue.topic, "broker": r.queue.broker, "queue": r.queue.queue_id,
+                                 "broker_offset": r.broker_offset, "consumer_offset": r.consumer_offset}
+                                for r in sorted(rows, key=lambda r: (r.queue.topic, r.queue.broker, r.queue.queue_id))]
+            return table
+
+        return {"at": time.time(), "offsets": RocketMQHook(self.rocketmq_conn_id).run(_offsets)}
+
+
+class MigrationReportOperator(BaseOperator):
+    """Who approved what and when, overrides and their reasons, offsets at cutover, phase timeline."""
+
+    template_fields = ("override_reason",)
+
+    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, override_reason: str = "",
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gates = gates
+        self.switches = switches
+        self.offsets_task = offsets_task
+        self.override_reason = override_reason
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        approvals = []
+        for gate in self.gates:
+            answer = ti.xcom_pull(task_ids=gate)
+            if answer:
+                approvals.append({"gate": gate, "chosen": answer.get("chosen_options"),
+                                  "by": answer.get("responded_by_user"), "at": str(answer.get("responded_at"))})
+        switches, overrides = [], []
+        for task_id in self.switches:
+            record = ti.xcom_pull(task_ids=task_id, key="switch")
+            if record:
+                switches.append({"task": task_id, **record})
+            override = ti.xcom_pull(task_ids=task_id, key="override")
+            if override:
+                overrides.append({"task": task_id, **override})
+        timeline = sorted([(_iso(a["at"]), f"{a['gate']}: {a['chosen']} by {a['by']}") for a in approvals]
+                          + [(_iso(s["at"]), f"{s['task']}: {s['role']}s of {s['fleet']} -> {s['cluster']} "
+                                             f"({s['share']:.0%})") for s in switches])
+        phases = [{"from": a, "to": b, "seconds": round((pendulum.parse(tb) - pendulum.parse(ta)).total_seconds(), 1)}
+                  for (ta, a), (tb, b) in zip(timeline, timeline[1:])]
+        report = {"approvals": approvals, "switches": switches, "overrides": overrides,
+                  "override_reason": str(self.override_reason),
+                  "offsets_at_cutover": ti.xcom_pull(task_ids=self.offsets_task),
+                  "timeline": [{"at": at, "event": e} for at, e in timeline], "phases": phases}
+        self.log.info("migration report:\n%s", "\n".join(f"{at}  {e}" for at, e in timeline))
+        return report
+
+
+def _iso(value: Any) -> str:
+    """One timestamp format for HITL answers (datetimes) and switch records (ISO strings)."""
+    return pendulum.parse(str(value)).in_timezone("UTC").isoformat()
