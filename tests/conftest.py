@@ -19,6 +19,9 @@ AIRFLOW_HOME = ROOT / ".run" / "airflow-test"
 #: The project's DAG files and the tests' probe DAGs, side by side, as links: dag.test() runs
 #: only DAGs parsed from the DAG folder.
 TEST_DAGS = AIRFLOW_HOME / "dags"
+#: The end-to-end tests' Airflow standalone, and the task specs folder it reads.
+E2E_HOME = ROOT / ".run" / "airflow-e2e"
+E2E_SPECS = E2E_HOME / "specs"
 
 
 def _link_dag_files(folder: Path) -> None:
@@ -116,8 +119,8 @@ def airflow_api(request, rmq_clusters):
     from rocketmq_harness import airflow_standalone
     from rocketmq_harness.airflow_api import AirflowApi
 
-    home = ROOT / ".run" / "airflow-e2e"
-    spec = airflow_standalone.StandaloneSpec(home, 28080, home / "dags")
+    spec = airflow_standalone.StandaloneSpec(E2E_HOME, 28080, E2E_HOME / "dags", E2E_SPECS)
+    spec.specs_dir.mkdir(parents=True, exist_ok=True)
     _link_dag_files(spec.dags_folder)
     pid = airflow_standalone.recorded_pid(spec)
     running = airflow_standalone.start(spec)

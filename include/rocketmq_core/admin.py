@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rocketmq_core.errors import ConnectionFailed, RequestTimeout, ResponseError, RocketMQError
+from rocketmq_core.errors import ConnectionFailed, ProtocolError, RequestTimeout, ResponseError, RocketMQError
 from rocketmq_core.model import (
     ClientConnection, ConsumerConnection, GroupConfig, MessageQueue, QueueOffsets, TopicConfig,
     validate_group_name, validate_topic_name,
@@ -51,6 +52,7 @@ class ClusterAdmin:
             raise RocketMQError("no name server address given")
         self.namesrv_addrs = list(namesrv_addrs)
         self.client = RemotingClient(credentials, timeout=timeout, connect_timeout=connect_timeout)
+        self._server_side_reset: dict[str, bool] = {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -124,6 +126,8 @@ class ClusterAdmin:
         return {name: TopicConfig.from_wire(cfg) for name, cfg in table.items()}
 
     async def create_topic(self, addr: str, topic: TopicConfig) -> None:
+        """Create or update a topic on one broker. A 4.9 broker ignores ``order``: there, ordering is
+        the name server's ORDER_TOPIC_CONFIG table (metadata.py writes it with the topic)."""
         validate_topic_name(topic.name)
         await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_TOPIC, topic.create_header())
 
@@ -140,6 +144,11 @@ class ClusterAdmin:
             if exc.response_code != ResponseCode.REQUEST_CODE_NOT_SUPPORTED:
                 raise
             await self.gather(self.create_topic(addr, t) for t in topics)
+            return
+        # 5.5.0 answers a batch holding one unchanged topic with success and applies none of
+        # it: read back and send what did not land, one by one.
+        have = await self.topic_configs(addr)
+        await self.gather(self.create_topic(addr, t) for t in topics if not _topic_landed(t, have.get(t.name)))
 
     async def delete_topic(self, topic: str, cluster: str | None = None) -> None:
         """Delete on every master broker, then from every name server."""
@@ -168,10 +177,60 @@ class ClusterAdmin:
         return int(resp.ext_fields["offset"])
 
     async def search_offset(self, addr: str, topic: str, queue_id: int, timestamp_ms: int) -> int:
-        """The first offset whose store time is at or after the timestamp."""
+        """The first offset whose store time is at or after the timestamp (the max offset if none is).
+
+        5.x brokers answer exactly that. 4.9 brokers answer the message whose store time is
+        *closest* (possibly the one before it, or the last message when the time is after them
+        all), so the broker's answer is only where to start: the store times of the messages
+        around it decide.
+        """
+        hint = await self._broker_search_offset(addr, topic, queue_id, timestamp_ms)
+        low, high = await asyncio.gather(self.min_offset(addr, topic, queue_id),
+                                         self.max_offset(addr, topic, queue_id))
+        offset = min(max(hint, low), high)
+        while offset > low:  # back, while the message before is at or after the time
+            start = max(low, offset - _SCAN)
+            before = [o for o, t in await self._store_times(addr, topic, queue_id, start, offset - start)
+                      if t < timestamp_ms and o < offset]
+            if before:
+                offset = max(before) + 1
+                break
+            offset = start
+        while offset < high:  # forward, past messages stored before the time
+            window = await self._store_times(addr, topic, queue_id, offset, _SCAN)
+            if not window:
+                break
+            hit = next((o for o, t in window if t >= timestamp_ms), None)
+            if hit is not None:
+                return hit
+            offset = window[-1][0] + 1
+        return offset
+
+    async def _broker_search_offset(self, addr: str, topic: str, queue_id: int, timestamp_ms: int) -> int:
+        """The broker's own SEARCH_OFFSET_BY_TIMESTAMP answer, which 4.9 also uses to reset offsets."""
         resp = await self.client.invoke(addr, RequestCode.SEARCH_OFFSET_BY_TIMESTAMP,
                                         {"topic": topic, "queueId": queue_id, "timestamp": timestamp_ms})
         return int(resp.ext_fields["offset"])
+
+    async def _store_times(self, addr: str, topic: str, queue_id: int, offset: int,
+                           count: int) -> list[tuple[int, int]]:
+        """(queue offset, store timestamp) of up to ``count`` messages from ``offset``, read by a
+        pull that commits nothing."""
+        resp = await self.client.invoke(addr, RequestCode.PULL_MESSAGE, {
+            "consumerGroup": _TOOLS_GROUP, "topic": topic, "queueId": queue_id, "queueOffset": offset,
+            "maxMsgNums": count, "sysFlag": _PULL_SUBSCRIPTION, "commitOffset": 0, "suspendTimeoutMillis": 0,
+            "subscription": "*", "subVersion": 0, "expressionType": "TAG"},
+            accept=(ResponseCode.SUCCESS, ResponseCode.PULL_NOT_FOUND, ResponseCode.PULL_RETRY_IMMEDIATELY,
+                    ResponseCode.PULL_OFFSET_MOVED))
+        return _store_times(resp.body) if resp.code == ResponseCode.SUCCESS else []
+
+    async def _resets_on_server(self, addr: str) -> bool:
+        """5.x brokers reset offsets themselves, exactly, for online and offline groups alike."""
+        if addr not in self._server_side_reset:
+            version = (await self.broker_runtime_info(addr)).get("brokerVersionDesc", "")
+            major = version.lstrip("V").split("_")[0]
+            self._server_side_reset[addr] = major.isdigit() and int(major) >= 5
+        return self._server_side_reset[addr]
 
     # --- groups ----------------------------------------------------------------------------
 
@@ -300,29 +359,85 @@ class ClusterAdmin:
                                         cluster: str | None = None) -> dict[MessageQueue, int]:
         """Move a group's committed offsets on a topic to the first message at or after a time.
 
-        Online consumers are told by the broker (they would otherwise overwrite the offsets);
-        for a group with no consumer online the offsets are written directly, per queue.
+        5.x brokers do this themselves, exactly, online group or not. A 4.9 broker tells online
+        consumers (they would otherwise overwrite the offsets) but picks the message whose store
+        time is *closest* to the timestamp; so on 4.9 the exact offsets are computed here, written
+        directly for a group with no consumer online, and pushed through the broker only when its
+        choice is the exact one on every queue -- otherwise nothing is changed and the error says so.
         """
+        validate_group_name(group)
         result: dict[MessageQueue, int] = {}
         for broker in await self.masters(cluster):
+            addr = broker.master
             header = {"topic": topic, "group": group, "timestamp": timestamp_ms, "isForce": "true"}
-            try:
-                resp = await self.client.invoke(broker.master, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header,
-                                                timeout=30)
-                body = loads(resp.body) if resp.body else {}
-                table = body.get("offsetTable") or {}
-                if table:
+            if await self._resets_on_server(addr):
+                resp = await self.client.invoke(addr, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header, timeout=30)
+                table = (loads(resp.body) if resp.body else {}).get("offsetTable") or {}
+                result.update({MessageQueue.from_key(k): int(v) for k, v in table.items()})
+                continue
+            queues = sorted(await self.topic_offsets(addr, topic), key=lambda q: q.queue_id)
+            exact = dict(zip(queues, await self.gather(
+                self.search_offset(addr, topic, q.queue_id, timestamp_ms) for q in queues)))
+            online = (await self.consumer_connection(addr, group)).clients
+            if online:
+                closest = dict(zip(queues, await self.gather(
+                    self._broker_search_offset(addr, topic, q.queue_id, timestamp_ms) for q in queues)))
+                wrong = {q.queue_id: (closest[q], exact[q]) for q in queues if closest[q] != exact[q]}
+                if wrong:
+                    raise RocketMQError(
+                        f"{addr} (RocketMQ 4.x) would reset online group {group!r} on {topic!r} to the message"
+                        f" closest to {timestamp_ms}, not the first at or after it, on queue(s)"
+                        f" {', '.join(f'{q}: {c} instead of {e}' for q, (c, e) in sorted(wrong.items()))};"
+                        " nothing was changed. Stop the group's consumers (offline groups are reset exactly)"
+                        " or choose another time.")
+                # C++-based clients (as the Python ones) read the reset only in the broker's C layout,
+                # which it sends when the request itself says CPP.
+                language = "CPP" if all(c.language == "CPP" for c in online) else "JAVA"
+                try:
+                    resp = await self.client.invoke(addr, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header,
+                                                    timeout=30, language=language)
+                    table = (loads(resp.body) if resp.body else {}).get("offsetTable") or {}
                     result.update({MessageQueue.from_key(k): int(v) for k, v in table.items()})
                     continue
-            except ResponseError as exc:
-                if exc.response_code != ResponseCode.CONSUMER_NOT_ONLINE:
-                    raise
-            queues = await self.topic_offsets(broker.master, topic)
-            for mq in queues:
-                offset = await self.search_offset(broker.master, topic, mq.queue_id, timestamp_ms)
-                await self.update_consumer_offset(broker.master, group, topic, mq.queue_id, offset)
-                result[mq] = offset
+                except ResponseError as exc:
+                    if exc.response_code != ResponseCode.CONSUMER_NOT_ONLINE:
+                        raise
+                    # the group went offline meanwhile: write the offsets directly
+            await self.gather(self.update_consumer_offset(addr, group, topic, q.queue_id, o) for q, o in exact.items())
+            result.update(exact)
         return result
+
+
+_SCAN = 32
+_TOOLS_GROUP = "TOOLS_CONSUMER"  # a group every broker has; pulls that commit nothing use it
+_PULL_SUBSCRIPTION = 1 << 2      # PullSysFlag: the subscription travels with the pull
+_BORN_HOST_V6 = 1 << 4           # MessageSysFlag: 16-byte born host address
+
+
+def _store_times(body: bytes) -> list[tuple[int, int]]:
+    """(queue offset, store timestamp) of each stored message in a PULL body."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < len(body):
+            (total,) = struct.unpack_from(">i", body, pos)
+            (queue_offset,) = struct.unpack_from(">q", body, pos + 20)
+            (sys_flag,) = struct.unpack_from(">i", body, pos + 36)
+            born_host = 16 if sys_flag & _BORN_HOST_V6 else 4
+            (store_time,) = struct.unpack_from(">q", body, pos + 48 + born_host + 4)
+            out.append((queue_offset, store_time))
+            if total <= 0:
+                break
+            pos += total
+    except struct.error as exc:
+        raise ProtocolError(f"malformed message in a pull body at byte {pos}: {exc}") from exc
+    return out
+
+
+def _topic_landed(wanted: TopicConfig, have: TopicConfig | None) -> bool:
+    return have is not None and (have.read_queues, have.write_queues, have.perm, have.order) == (
+        wanted.read_queues, wanted.write_queues, wanted.perm, wanted.order) and all(
+        have.attributes.get(k) == v for k, v in wanted.attributes.items())
 
 
 def _client(data: dict) -> ClientConnection:

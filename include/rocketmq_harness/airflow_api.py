@@ -111,6 +111,20 @@ class AirflowApi:
         content = data.get("content", "")
         return content if isinstance(content, str) else json.dumps(content)
 
+    def set_connection(self, conn_id: str, **fields: Any) -> None:
+        """Create or replace a connection, as an admin would in the UI."""
+        try:
+            self.call("DELETE", f"/api/v2/connections/{conn_id}")
+        except AirflowApiError as exc:
+            if exc.status != 404:
+                raise
+        self.call("POST", "/api/v2/connections", {"connection_id": conn_id, **fields})
+
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> Any:
+        """Mark a task instance by hand (what "Mark success" in the UI does)."""
+        return self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/{task_id}",
+                         {"new_state": state})
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         path = (f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/{task_id}/xcomEntries/{key}"
                 f"?map_index={map_index}&deserialize=true")

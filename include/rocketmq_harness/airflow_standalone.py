@@ -30,6 +30,7 @@ class StandaloneSpec:
     home: Path
     port: int
     dags_folder: Path
+    specs_dir: Path = PROJECT_ROOT / "specs"
 
     @property
     def url(self) -> str:
@@ -91,6 +92,7 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "RMQ_TASK_SPECS_DIR": str(spec.specs_dir),
     }
     for name in ("source", "target"):
         spec = CLUSTERS[name]
@@ -123,12 +125,16 @@ def _healthy(url: str) -> bool:
 def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     """Start standalone unless ours already answers; wait for the API and a healthy scheduler."""
     running = RunningAirflow(spec.url, USER, _password(spec))
+    env = environment(spec)
+    fingerprint = json.dumps({k: v for k, v in sorted(env.items()) if k.startswith(("AIRFLOW", "RMQ_"))})
+    fingerprint_file = spec.home / "environment.json"
     pid = recorded_pid(spec)
-    if pid and _alive(pid) and _healthy(spec.url):
+    if (pid and _alive(pid) and _healthy(spec.url) and fingerprint_file.exists()
+            and fingerprint_file.read_text() == fingerprint):
         return running
     stop(spec)
+    fingerprint_file.write_text(fingerprint)
     airflow = str(Path(sys.executable).with_name("airflow"))
-    env = environment(spec)
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     with open(spec.home / "standalone.log", "ab") as log:
         proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,

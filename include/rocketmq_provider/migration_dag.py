@@ -27,7 +27,11 @@ from rocketmq_provider.operators.migration import (
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-RESOLVED = "{{ ti.xcom_pull(task_ids='preflight') }}"
+
+
+def resolved(key: str) -> str:
+    """A template for part of the scope the preflight resolved (a list, rendered natively)."""
+    return f"{{{{ ti.xcom_pull(task_ids='preflight')['{key}'] }}}}"
 
 
 def migration_dag_id(spec: MigrationSpec) -> str:
@@ -132,11 +136,11 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         remaining_producers = _switches(spec, "remaining_producers", "producer", tgt.conn_id, False,
                                         on_target_consumers)
         writes_stopped = SourceWritesStoppedSensor(
-            task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=RESOLVED + "['topics']",
+            task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
             cluster=src.cluster, window_seconds=stability.writes_quiet_seconds,
             poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         drained = BacklogZeroSensor(
-            task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=RESOLVED + "['groups']",
+            task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=resolved("groups"),
             cluster=src.cluster, stable_checks="{{ params.backlog_checks }}",
             poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id, groups=consumers,

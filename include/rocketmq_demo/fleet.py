@@ -1,0 +1,143 @@
+"""Launch the demo fleet's member processes and account for every message.
+
+Loss is counted per consumer group: every key a producer recorded as sent must have been
+received by every group. Duplicates are receipts beyond the first, per group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rocketmq_demo.config_service import FleetConfig
+
+
+@dataclass
+class FleetLayout:
+    """Who is in the fleet: fleet names, the topic, the producer group and the consumer groups."""
+
+    topic: str
+    producer_group: str
+    consumer_groups: list[str]
+    producer_fleet: str = "order-producers"
+    consumer_fleet: str = "order-consumers"
+    producers: int = 2
+    consumers_per_group: int = 2
+    rate: float = 20.0
+
+    def members(self) -> list[tuple[str, str, str, str]]:
+        """(member id, fleet, role, group) of every member."""
+        rows = [(f"producer-{i}", self.producer_fleet, "producer", self.producer_group) for i in range(self.producers)]
+        rows += [(f"{g}-{i}", self.consumer_fleet, "consumer", g)
+                 for g in self.consumer_groups for i in range(self.consumers_per_group)]
+        return rows
+
+
+@dataclass
+class DemoFleet:
+    layout: FleetLayout
+    run_dir: Path
+    config_url: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def register(self, config: FleetConfig, cluster: str) -> None:
+        for member, fleet, _, group in self.layout.members():
+            config.add_member(fleet, member, group, cluster)
+
+    def log_path(self, member: str) -> Path:
+        return self.run_dir / f"{member}.jsonl"
+
+    def start(self, roles: tuple[str, ...] = ("consumer", "producer")) -> None:
+        """Consumers first, so nothing is produced before someone listens."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for role in roles:
+            for member, _, member_role, group in self.layout.members():
+                if member_role != role or member in self.pids:
+                    continue
+                cmd = [sys.executable, "-m", "rocketmq_demo.member", "--config-url", self.config_url,
+                       "--member", member, "--role", role, "--group", group, "--topic", self.layout.topic,
+                       "--log", str(self.log_path(member)), "--rate", str(self.layout.rate)]
+                with open(self.run_dir / f"{member}.out", "ab") as out:
+                    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, cwd=self.run_dir)
+                self.pids[member] = proc.pid
+        (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
+
+    def stop(self, roles: tuple[str, ...] = ("producer", "consumer"), grace: float = 30) -> None:
+        """Producers first, so consumers can still take what was sent last."""
+        for role in roles:
+            self.stop_members([m for m, _, r, _ in self.layout.members() if r == role], grace)
+
+    def stop_members(self, members: list[str], grace: float = 30) -> None:
+        """Stop members cleanly (their clients shut down and unregister), killing stragglers."""
+        members = [m for m in members if m in self.pids]
+        for member in members:
+            _signal(self.pids[member], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(self.pids[m]) for m in members):
+            time.sleep(0.2)
+        for member in members:
+            _signal(self.pids.pop(member), signal.SIGKILL)
+        (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
+
+    def events(self) -> list[dict[str, Any]]:
+        rows = []
+        for member, *_ in self.layout.members():
+            path = self.log_path(member)
+            if path.exists():
+                rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return rows
+
+    def account(self) -> dict[str, Any]:
+        events = self.events()
+        sent = {e["key"] for e in events if e["e"] == "sent"}
+        sent_by_cluster = Counter(e["cluster"] for e in events if e["e"] == "sent")
+        groups = {}
+        for group in self.layout.consumer_groups:
+            receipts = Counter(e["key"] for e in events if e["e"] == "recv" and e["group"] == group)
+            lost = sorted(sent - set(receipts))
+            groups[group] = {"received": len(set(receipts) & sent), "lost": len(lost), "lost_keys": lost[:20],
+                             "duplicates": sum(n - 1 for n in receipts.values() if n > 1),
+                             "by_cluster": dict(Counter(e["cluster"] for e in events
+                                                        if e["e"] == "recv" and e["group"] == group))}
+        return {"sent": len(sent), "sent_by_cluster": dict(sent_by_cluster),
+                "failed_sends": sum(1 for e in events if e["e"] == "fail"), "groups": groups,
+                "lost": sum(g["lost"] for g in groups.values()),
+                "duplicates": sum(g["duplicates"] for g in groups.values())}
+
+    def wait_until_received(self, timeout: float = 120) -> dict[str, Any]:
+        """Poll the accounting until nothing is missing or the timeout passes; return the last."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.account()
+            if result["lost"] == 0 or time.monotonic() > deadline:
+                return result
+            time.sleep(1)
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie; reaps the member if it is our child and has exited."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

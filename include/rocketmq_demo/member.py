@@ -1,0 +1,126 @@
+"""One member of the demo fleet: a producer or a consumer process that follows its config.
+
+Every half second it asks the config service which cluster it belongs to; when that changes
+it shuts its client down and starts a new one on the other cluster. Every message sent (with
+a unique key) and received is appended to a JSON-lines log, which the accounting reads.
+
+    python -m rocketmq_demo.member --config-url URL --member ID --role producer|consumer
+                                   --group G --topic T --log FILE [--rate 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from rocketmq.client import Message, Producer, PushConsumer
+
+
+class Recorder:
+    def __init__(self, path: str):
+        self._file = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+
+    def write(self, **entry: Any) -> None:
+        with self._lock:
+            self._file.write(json.dumps({"t": time.time(), **entry}) + "\n")
+
+
+def fetch(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.load(resp)
+    except OSError:
+        return None
+
+
+class Member:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.log = Recorder(args.log)
+        self.namesrv: str | None = None
+        self.cluster: str | None = None
+        self.client: Any = None
+        self.incarnation = 0
+        self.stopping = threading.Event()
+        self.seq = 0
+
+    def _start_client(self) -> None:
+        a = self.args
+        self.incarnation += 1
+        if a.role == "producer":
+            client = Producer(a.group)
+            client.set_namesrv_addr(self.namesrv)
+        else:
+            client = PushConsumer(a.group)
+            client.set_namesrv_addr(self.namesrv)
+            client.set_instance_name(f"{a.member}-{self.incarnation}")
+            cluster = self.cluster
+            client.subscribe(a.topic, lambda msg: self.log.write(
+                e="recv", key=msg.keys.decode(), group=a.group, cluster=cluster, member=a.member))
+        client.start()
+        self.client = client
+
+    def _stop_client(self) -> None:
+        if self.client is not None:
+            self.client.shutdown()
+            self.client = None
+
+    def follow_config(self) -> None:
+        config = fetch(f"{self.args.config_url}/members/{self.args.member}")
+        if config and config["namesrv"] != self.namesrv:
+            self._stop_client()
+            self.namesrv, self.cluster = config["namesrv"], config["cluster"]
+            self._start_client()
+            self.log.write(e="switch", cluster=self.cluster, member=self.args.member)
+
+    def produce_one(self) -> None:
+        key = f"{self.args.member}-{self.seq}"
+        msg = Message(self.args.topic)
+        msg.set_keys(key)
+        msg.set_body(key.encode())
+        try:
+            result = self.client.send_sync(msg)
+        except Exception as exc:  # the C++ client raises its own types; record and go on
+            self.log.write(e="fail", key=key, cluster=self.cluster, error=str(exc)[:200])
+            return
+        self.seq += 1
+        self.log.write(e="sent", key=key, cluster=self.cluster, msg_id=result.msg_id)
+
+    def run(self) -> None:
+        next_poll = 0.0
+        while not self.stopping.is_set():
+            if time.monotonic() >= next_poll:
+                self.follow_config()
+                next_poll = time.monotonic() + 0.5
+            if self.args.role == "producer" and self.client is not None:
+                self.produce_one()
+                self.stopping.wait(1 / self.args.rate)
+            else:
+                self.stopping.wait(0.2)
+        self._stop_client()
+        self.log.write(e="stopped", member=self.args.member)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-url", required=True)
+    parser.add_argument("--member", required=True)
+    parser.add_argument("--role", choices=["producer", "consumer"], required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--rate", type=float, default=20.0)
+    member = Member(parser.parse_args())
+    signal.signal(signal.SIGTERM, lambda *_: member.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: member.stopping.set())
+    member.run()
+
+
+if __name__ == "__main__":
+    main()
