@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HARNESS := $(PY) -m rocketmq_harness
 
-.PHONY: setup prereqs jars clusters demo test stop status memory mqadmin
+.PHONY: setup prereqs jars clusters demo demo-status test stop status memory mqadmin
 
 # Java 17 and Maven run the brokers; on a machine without them, install them from Debian.
 prereqs:
@@ -29,18 +29,24 @@ clusters: setup
 	$(HARNESS) start source target
 
 demo: clusters
+	$(PY) -m rocketmq_demo up
 	$(HARNESS) airflow start
 	@$(HARNESS) memory
+	@echo "Open the UI, unpause and trigger 'Migration: orders-migration'; README.md walks through each gate."
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 stop:
 	-$(HARNESS) airflow stop
+	-$(PY) -m rocketmq_demo down
 	$(HARNESS) stop
 
 status:
 	$(HARNESS) status
+
+demo-status:
+	$(PY) -m rocketmq_demo status
 
 memory:
 	$(HARNESS) memory

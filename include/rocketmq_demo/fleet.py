@@ -82,7 +82,7 @@ class DemoFleet:
         for member in members:
             _signal(self.pids[member], signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(self.pids[m]) for m in members):
+        while time.monotonic() < deadline and any(alive(self.pids[m]) for m in members):
             time.sleep(0.2)
         for member in members:
             _signal(self.pids.pop(member), signal.SIGKILL)
@@ -123,7 +123,7 @@ class DemoFleet:
             time.sleep(1)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Alive and not a zombie; reaps the member if it is our child and has exited."""
     try:
         os.waitpid(pid, os.WNOHANG)

@@ -94,6 +94,9 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "RMQ_TASK_SPECS_DIR": str(spec.specs_dir),
     }
+    env["AIRFLOW_CONN_FLEET_CONFIG"] = json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080")),
+         "schema": "http"})
     for name in ("source", "target"):
         spec = CLUSTERS[name]
         env[f"AIRFLOW_CONN_ROCKETMQ_{name.upper()}"] = json.dumps(

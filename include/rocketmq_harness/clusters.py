@@ -126,7 +126,7 @@ def _java_opts(spec: ClusterSpec, role: str) -> list[str]:
 
 
 _HEAPS = {"namesrv": ["-Xms64m", "-Xmx96m"],
-          "broker": ["-Xms192m", "-Xmx256m", "-XX:MaxDirectMemorySize=128m"],
+          "broker": ["-Xms192m", "-Xmx256m", "-XX:MaxDirectMemorySize=256m"],
           "mqadmin": ["-Xmx128m"]}
 
 _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>

@@ -9,7 +9,14 @@ def get_provider_info() -> dict:
         "name": "RocketMQ migration and replication",
         "description": "Seamless RocketMQ cluster migration and cross-cluster replication.",
         "versions": ["0.1.0"],
+        "integrations": [{"integration-name": "RocketMQ", "tags": ["software"],
+                          "external-doc-url": "https://rocketmq.apache.org/"}],
         "hooks": [{"integration-name": "RocketMQ", "python-modules": ["rocketmq_provider.hooks.rocketmq"]}],
+        "operators": [{"integration-name": "RocketMQ", "python-modules": [
+            "rocketmq_provider.operators.approval", "rocketmq_provider.operators.fleet",
+            "rocketmq_provider.operators.metadata", "rocketmq_provider.operators.migration"]}],
+        "sensors": [{"integration-name": "RocketMQ", "python-modules": ["rocketmq_provider.sensors.rocketmq"]}],
+        "triggers": [{"integration-name": "RocketMQ", "python-modules": ["rocketmq_provider.triggers.rocketmq"]}],
         "connection-types": [
             {
                 "hook-class-name": "rocketmq_provider.hooks.rocketmq.RocketMQHook",

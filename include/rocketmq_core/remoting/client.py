@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from rocketmq_core.errors import AccessDenied, NotFound, ResponseError
 from rocketmq_core.remoting.codec import RemotingCommand
-from rocketmq_core.remoting.connection import Connection
+from rocketmq_core.remoting.connection import Connection, NotSent
 from rocketmq_core.remoting.protocol import ResponseCode
 
 _ACCESS_DENIED_CODES = {ResponseCode.NO_PERMISSION}
@@ -65,14 +65,24 @@ class RemotingClient:
 
     async def invoke(self, addr: str, code: int, ext_fields: dict[str, object] | None = None,
                      body: bytes = b"", timeout: float | None = None,
-                     accept: tuple[int, ...] = (ResponseCode.SUCCESS,)) -> RemotingCommand:
-        """Send a request and return the response; raise unless its code is in ``accept``."""
+                     accept: tuple[int, ...] = (ResponseCode.SUCCESS,),
+                     language: str = "PYTHON") -> RemotingCommand:
+        """Send a request and return the response; raise unless its code is in ``accept``.
+
+        ``language`` is the LanguageCode the request announces; servers change a few answers by it.
+        """
         fields = {k: str(v) for k, v in (ext_fields or {}).items() if v is not None}
         if self.credentials is not None:
             self.credentials.sign(fields, body)
-        conn = await self._connection(addr)
-        response = await conn.request(RemotingCommand(code=code, ext_fields=fields, body=body),
-                                      timeout or self.timeout)
+        def command() -> RemotingCommand:
+            return RemotingCommand(code=code, ext_fields=fields, body=body, language=language)
+
+        try:
+            response = await (await self._connection(addr)).request(command(), timeout or self.timeout)
+        except NotSent:
+            # The connection died under us (a dropped socket, a restarted server) before the
+            # request left: it never reached the server, so one try on a new connection is safe.
+            response = await (await self._connection(addr)).request(command(), timeout or self.timeout)
         if response.code not in accept:
             raise _response_error(addr, code, response)
         return response

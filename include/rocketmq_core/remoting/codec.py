@@ -23,6 +23,7 @@ ONEWAY_FLAG = 0b10
 CLIENT_VERSION = 409
 
 _FRAME_HEAD = struct.Struct(">ii")
+#: Largest frame, length prefix included, that RocketMQ's NettyDecoder accepts (frameMaxLength).
 MAX_FRAME = 16 * 1024 * 1024
 
 _LANGUAGES = {0: "JAVA", 1: "CPP", 2: "DOTNET", 3: "PYTHON", 4: "DELPHI", 5: "ERLANG", 6: "RUBY",
@@ -66,6 +67,10 @@ def encode(cmd: RemotingCommand) -> bytes:
         header["remark"] = cmd.remark
     header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     total = 4 + len(header_bytes) + len(cmd.body)
+    if 4 + total > MAX_FRAME:
+        # The server closes the connection on such a frame, failing every request in flight on it.
+        raise ProtocolError(f"request code {cmd.code} would be a frame of {4 + total} bytes;"
+                            f" RocketMQ accepts at most {MAX_FRAME}")
     return _FRAME_HEAD.pack(total, (JSON_SERIALIZE << 24) | len(header_bytes)) + header_bytes + cmd.body
 
 
@@ -108,22 +113,29 @@ def _decode_json_header(header: bytes) -> RemotingCommand:
 
 
 def _decode_binary_header(header: bytes) -> RemotingCommand:
+    def take(pos: int, length: int) -> bytes:  # a length that runs past the header is an error
+        if length < 0 or pos + length > len(header):
+            raise struct.error(f"{length} bytes at offset {pos} run past the {len(header)}-byte header")
+        return header[pos:pos + length]
+
     try:
         code, lang, version, opaque, flag, remark_len = struct.unpack_from(">hbhiii", header, 0)
         pos = 17
-        remark = header[pos:pos + remark_len].decode() if remark_len > 0 else None
+        remark = take(pos, remark_len).decode() if remark_len > 0 else None
         pos += max(remark_len, 0)
         (ext_len,) = struct.unpack_from(">i", header, pos)
         pos += 4
-        end = pos + ext_len
+        end = pos + len(take(pos, max(ext_len, 0)))
         ext: dict[str, str] = {}
         while pos < end:
             (klen,) = struct.unpack_from(">h", header, pos)
-            key = header[pos + 2:pos + 2 + klen].decode()
+            key = take(pos + 2, klen).decode()
             pos += 2 + klen
             (vlen,) = struct.unpack_from(">i", header, pos)
-            ext[key] = header[pos + 4:pos + 4 + vlen].decode()
+            ext[key] = take(pos + 4, vlen).decode()
             pos += 4 + vlen
+        if pos != end:
+            raise struct.error(f"extFields end at offset {pos}, not at {end}")
     except (struct.error, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed ROCKETMQ header: {exc}") from exc
     return RemotingCommand(code=code, ext_fields=ext, opaque=opaque, flag=flag, remark=remark,
@@ -133,6 +145,6 @@ def _decode_binary_header(header: bytes) -> RemotingCommand:
 def frame_length(prefix: bytes) -> int:
     """Length of the frame that follows a 4-byte length prefix, checked against MAX_FRAME."""
     (length,) = struct.unpack(">i", prefix)
-    if length < 4 or length > MAX_FRAME:
+    if length < 4 or 4 + length > MAX_FRAME:  # MAX_FRAME counts the prefix too, as RocketMQ's decoder does
         raise ProtocolError(f"frame length {length} out of range")
     return length

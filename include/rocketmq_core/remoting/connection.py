@@ -12,6 +12,11 @@ from rocketmq_core.remoting.codec import ONEWAY_FLAG, RemotingCommand, decode, e
 log = logging.getLogger(__name__)
 
 
+class NotSent(ConnectionFailed):
+    """The connection was gone before the request was written: it never reached the server,
+    so it is safe to send it again on a new connection."""
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
@@ -52,7 +57,7 @@ class Connection:
 
     async def request(self, cmd: RemotingCommand, timeout: float) -> RemotingCommand:
         if self._closed:
-            raise ConnectionFailed(self.addr, "connection closed")
+            raise NotSent(self.addr, "connection closed")
         cmd.opaque = next(self._opaques)
         future: asyncio.Future[RemotingCommand] = asyncio.get_running_loop().create_future()
         self._pending[cmd.opaque] = future
@@ -63,6 +68,8 @@ class Connection:
             raise RequestTimeout(self.addr, cmd.code, timeout) from exc
         finally:
             self._pending.pop(cmd.opaque, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # a failed send raised already; mark the future's copy as seen
 
     async def oneway(self, cmd: RemotingCommand) -> None:
         cmd.opaque = next(self._opaques)
@@ -76,8 +83,10 @@ class Connection:
                 self._writer.write(data)
                 await self._writer.drain()
         except (OSError, RuntimeError) as exc:
-            self._fail_all(str(exc) or type(exc).__name__)
-            raise ConnectionFailed(self.addr, str(exc) or type(exc).__name__) from exc
+            reason = str(exc) or type(exc).__name__
+            self._fail_all(reason)
+            # A frame is processed only when it arrives whole, so a failed write was never handled.
+            raise NotSent(self.addr, reason) from exc
 
     async def _read_loop(self) -> None:
         reason = "closed by peer"

@@ -26,7 +26,10 @@ _CONSTANTS = {"true": True, "false": False, "null": None}
 
 def loads(data: bytes | str) -> Any:
     """Parse a fastjson body; standard JSON is parsed by the standard library."""
-    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"body is not UTF-8: {exc}") from exc
     try:
         return json.loads(text)
     except ValueError:
@@ -86,8 +89,12 @@ class _Parser:
         match = _STRING.match(self.text, self.pos)
         if not match:
             self.fail("unterminated string")
+        try:
+            value = json.loads(match.group())
+        except ValueError as exc:
+            self.fail(f"bad string: {exc}")
         self.pos = match.end()
-        return json.loads(match.group())
+        return value
 
     def key(self) -> Any:
         self.skip_ws()

@@ -1,0 +1,93 @@
+"""Task specs: validated with errors naming file and field; overlaps rejected; the factory keeps
+valid specs' DAGs when another spec is invalid."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from airflow.dag_processing.dagbag import DagBag
+
+from rocketmq_core.errors import InvalidSpec
+from rocketmq_core.taskspec import load_specs, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = yaml.safe_load((ROOT / "specs" / "orders-migration.yaml").read_text())
+
+
+def variant(**changes) -> dict:
+    spec = copy.deepcopy(EXAMPLE)
+    spec.update(changes)
+    return spec
+
+
+def test_example_spec_is_valid_and_derives_its_groups():
+    spec = parse_spec(EXAMPLE, "orders-migration.yaml")
+    assert spec.groups_of("consumer") == ["GID_orders_billing", "GID_orders_shipping"]
+    assert spec.groups_of("producer") == ["PID_orders"]
+    assert spec.slug == "orders-migration"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"name": "bad name!"}, "name"),
+    ({"name": "x" * 201}, "name"),
+    ({"source": {"conn_id": ""}}, "source.conn_id"),
+    ({"approvers": []}, "approvers"),
+    ({"surprise": 1}, "surprise"),
+    ({"target": {"conn_id": "rocketmq_source"}}, "(top level)"),
+])
+def test_invalid_specs_name_the_file_and_field(changes, field):
+    with pytest.raises(InvalidSpec) as exc:
+        parse_spec(variant(**changes), "broken.yaml")
+    assert str(exc.value).startswith("broken.yaml: ")
+    assert f"{field}:" in str(exc.value)
+
+
+def test_fleet_errors_point_into_the_fleet():
+    fleets = copy.deepcopy(EXAMPLE["fleets"])
+    fleets[1]["canary_share"] = 1.5
+    fleets[0]["groups"] = ["bad group"]
+    message = str(pytest.raises(InvalidSpec, parse_spec, variant(fleets=fleets), "f.yaml").value)
+    assert "fleets.1.canary_share" in message and "fleets.0.groups" in message and "bad group" in message
+
+
+def test_consumer_group_outside_the_scope_is_rejected():
+    fleets = copy.deepcopy(EXAMPLE["fleets"])
+    fleets[0]["groups"] = ["GID_payments"]
+    with pytest.raises(InvalidSpec, match="outside the scope"):
+        parse_spec(variant(fleets=fleets))
+
+
+def test_chinese_task_name_gets_an_ascii_dag_id():
+    spec = parse_spec(variant(name="订单迁移_v2"))
+    assert spec.slug.startswith("_v2_") and spec.slug.isascii()
+
+
+def write(folder: Path, name: str, spec: dict) -> None:
+    (folder / name).write_text(yaml.safe_dump(spec, allow_unicode=True))
+
+
+def test_overlapping_scopes_on_the_same_source_reject_both(tmp_path):
+    write(tmp_path, "a.yaml", EXAMPLE)
+    write(tmp_path, "b.yaml", variant(name="orders-again"))
+    write(tmp_path, "c.yaml", variant(name="other-source", source={"conn_id": "rocketmq_other"}))
+    specs, errors = load_specs(tmp_path)
+    assert sorted(p.name for p in specs) == ["c.yaml"]
+    assert "overlaps" in errors[tmp_path / "a.yaml"] and "b.yaml" in errors[tmp_path / "a.yaml"]
+    assert "a.yaml" in errors[tmp_path / "b.yaml"]
+
+
+def test_factory_keeps_valid_dags_and_reports_invalid_specs_as_an_import_error(tmp_path, monkeypatch):
+    write(tmp_path, "good.yaml", EXAMPLE)
+    bad = copy.deepcopy(EXAMPLE)
+    bad.update(name="payments", scope={"topics": {"include": ["pay_*"]}, "groups": {"include": ["GID_pay"]}})
+    bad["fleets"] = [dict(EXAMPLE["fleets"][1], canary_share=2)]
+    write(tmp_path, "bad.yaml", bad)
+    (tmp_path / "garbage.yaml").write_text("kind: [unclosed")
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    assert {"rmq_migration__orders-migration", "rmq_metadata_diff__orders-migration"} <= set(bag.dag_ids)
+    (error,) = bag.import_errors.values()
+    assert "bad.yaml: fleets.0.canary_share" in error and "garbage.yaml: not valid YAML" in error
