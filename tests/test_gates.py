@@ -64,6 +64,8 @@ def test_rejected_gate_does_not_run_what_it_guards(airflow_api, tmp_path):
     airflow_api.answer(dag, run_id, "gate", "Reject")
     airflow_api.wait_for_run(dag, run_id)
     assert airflow_api.task_states(dag, run_id)["guarded"] == "skipped"
+    answer = airflow_api.xcom(dag, run_id, "gate", key="answer")
+    assert (answer["chosen_options"], answer["responded_by"]) == (["Reject"], "admin")
     assert not (tmp_path / "guarded").exists()
 
 
@@ -75,5 +77,17 @@ def test_roll_back_branch_runs_the_rollback_only(airflow_api, tmp_path):
     airflow_api.answer(dag, run_id, "gate", "Roll back")
     assert airflow_api.wait_for_run(dag, run_id) == "success"
     states = airflow_api.task_states(dag, run_id)
-    assert (states["go"], states["roll_back"]) == ("skipped", "success")
+    assert (states["go"], states["rollback_requested"], states["roll_back"]) == ("skipped", "success", "success")
     assert (tmp_path / "roll_back").exists() and not (tmp_path / "go").exists()
+
+
+def test_approve_branch_runs_forward_and_skips_the_rollback(airflow_api, tmp_path):
+    dag = "probe_gate_branch"
+    airflow_api.wait_for_dag(dag)
+    run_id = airflow_api.trigger(dag, {"marker_dir": str(tmp_path)})
+    airflow_api.wait_for_gate(dag, run_id, "gate")
+    airflow_api.answer(dag, run_id, "gate", "Approve")
+    assert airflow_api.wait_for_run(dag, run_id) == "success"
+    states = airflow_api.task_states(dag, run_id)
+    assert (states["go"], states["roll_back"]) == ("success", "skipped")
+    assert (tmp_path / "go").exists() and not (tmp_path / "roll_back").exists()

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import pendulum
-from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.checks import BacklogZero, ClientsOnline, MetadataPresent
 from rocketmq_core.taskspec import FleetSpec, MigrationSpec
 from rocketmq_provider.operators.approval import (
-    BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence,
+    BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence, rollback_requested,
 )
 from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
@@ -92,17 +92,16 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
                                     source_cluster=src.cluster, target_cluster=tgt.cluster,
                                     scope=spec.scope.to_scope().to_dict())
-        abort = EmptyOperator(task_id="abort")
         gate_sync = MigrationGate(task_id="approve_metadata_sync", subject=f"{spec.name}: apply the metadata plan?",
-                                  body="Topics and groups the target lacks or holds differently.",
-                                  approve_task_id="metadata_sync", rollback_task_id="abort",
+                                  body="Topics and groups the target lacks or holds differently. "
+                                       "Roll back here only stops the run: nothing has moved yet.",
+                                  approve_task_id="metadata_sync",
                                   evidence=[XComEvidence("metadata_plan", "Metadata plan", field="text")], **gate_args)
         sync = MetadataSyncOperator(task_id="metadata_sync", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
                                     source_cluster=src.cluster, target_cluster=tgt.cluster,
                                     scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
                                     dry_run="{{ params.dry_run }}")
 
-        rollback_entry = EmptyOperator(task_id="rollback", trigger_rule="one_success")
         steps: list[tuple[str, str, str, list[Any]]] = [
             ("approve_canary_consumers", "canary_consumers", "Move the canary share of consumers to the target?",
              [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
@@ -118,13 +117,9 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
               ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
               ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
         ]
-        gates = {}
-        for gate_id, next_id, subject, evidence in steps:
-            requested = EmptyOperator(task_id=f"rollback_from_{gate_id.removeprefix('approve_')}")
-            gates[gate_id] = MigrationGate(task_id=gate_id, subject=f"{spec.name}: {subject}",
-                                           approve_task_id=next_id, rollback_task_id=requested.task_id,
-                                           evidence=evidence, **gate_args)
-            gates[gate_id] >> requested >> rollback_entry
+        gates = {gate_id: MigrationGate(task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
+                                        evidence=evidence, **gate_args)
+                 for gate_id, next_id, subject, evidence in steps}
 
         canary_consumers = _switches(spec, "canary_consumers", "consumer", tgt.conn_id, True, [
             Condition(tgt.conn_id, MetadataPresent(spec.topics_of("consumer"), consumers, tgt.cluster))])
@@ -158,6 +153,9 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             min_clients=0, max_clients=0, cluster=src.cluster, poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
 
+        rollback = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
+                                        op_kwargs={"gates": list(gates)}, trigger_rule="all_done",
+                                        ignore_downstream_trigger_rules=False)
         rollback_producers = _switches(spec, "rollback_producers", "producer", src.conn_id, False, [
             Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))])
         target_drained = BacklogZeroSensor(
@@ -175,14 +173,13 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                          switches=switch_ids, offsets_task="cutover_offsets",
                                          override_reason="{{ params.override_reason }}", trigger_rule="all_done")
 
-        preflight >> plan >> gate_sync >> [sync, abort]
-        sync >> gates["approve_canary_consumers"] >> canary_consumers >> consumers_online
-        consumers_online >> gates["approve_canary_producers"] >> canary_producers
+        preflight >> plan >> gate_sync >> sync >> gates["approve_canary_consumers"] >> canary_consumers
+        canary_consumers >> consumers_online >> gates["approve_canary_producers"] >> canary_producers
         canary_producers >> gates["approve_remaining_producers"] >> remaining_producers
         remaining_producers >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
-        offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> report
-        rollback_entry >> rollback_producers >> target_drained >> rollback_consumers >> report
-        abort >> report
+        offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> rollback
+        rollback >> rollback_producers >> target_drained >> rollback_consumers >> report
+        [no_consumers_left, no_producers_left] >> report
     return dag
 
 

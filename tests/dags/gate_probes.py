@@ -7,7 +7,11 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import DAG, task
 
-from rocketmq_provider.operators.approval import ClientsEvidence, EvidenceApprovalOperator, MigrationGate
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+from rocketmq_provider.operators.approval import (
+    ClientsEvidence, EvidenceApprovalOperator, MigrationGate, rollback_requested,
+)
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
@@ -32,6 +36,7 @@ with DAG("probe_gate_approval", schedule=None, start_date=START, catchup=False, 
 
 with DAG("probe_gate_branch", schedule=None, start_date=START, catchup=False,
          params={"marker_dir": "/tmp"}, tags=["test-probe"]):
-    gate = MigrationGate(task_id="gate", subject="Continue the migration?", approve_task_id="go",
-                         rollback_task_id="roll_back")
-    gate >> [mark.override(task_id="go")("go"), mark.override(task_id="roll_back")("roll_back")]
+    gate = MigrationGate(task_id="gate", subject="Continue the migration?", approve_task_id="go")
+    check = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
+                                 op_kwargs={"gates": ["gate"]}, trigger_rule="all_done")
+    gate >> mark.override(task_id="go")("go") >> check >> mark.override(task_id="roll_back")("roll_back")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator, HITLOperator
 
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
@@ -94,10 +94,22 @@ class XComEvidence(Evidence):
 
 
 class EvidenceGateMixin:
-    """Renders the evidence into ``body`` just before the HITL request is written."""
+    """Renders the evidence into ``body`` just before the HITL request is written, and records
+    the answer under the XCom key ``answer`` before acting on it: a gate that skips tasks ends
+    by exception in Airflow 3, so its return value never reaches XCom."""
 
     evidence: list[Evidence]
     body: str | None
+
+    def _record_answer(self, context: Any, event: dict[str, Any]) -> None:
+        if "error" in event:
+            return
+        self.validate_chosen_options(event["chosen_options"])
+        user = event["responded_by_user"]
+        context["ti"].xcom_push(key="answer", value={
+            "chosen_options": event["chosen_options"],
+            "responded_by": user.get("name") or user.get("id") if isinstance(user, dict) else str(user),
+            "responded_at": str(event["responded_at"])})
 
     def _render_evidence(self, context: Any) -> None:
         sections = [self.body or ""]
@@ -123,18 +135,39 @@ class EvidenceApprovalOperator(EvidenceGateMixin, ApprovalOperator):
         self._render_evidence(context)
         return super().execute(context)
 
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self._record_answer(context, event)
+        return super().execute_complete(context, event)
+
 
 class MigrationGate(EvidenceGateMixin, HITLBranchOperator):
-    """Approve continues to ``approve_task_id``; Roll back branches to ``rollback_task_id``."""
+    """Approve continues to ``approve_task_id``; Roll back skips everything after the gate.
+
+    What a roll back does is decided after the forward path has stopped, by a
+    ``rollback_requested`` check that reads the gates' answers (see ``rollback_requested``).
+    """
 
     template_fields = (*HITLBranchOperator.template_fields, "evidence")
 
-    def __init__(self, *, approve_task_id: str, rollback_task_id: str, evidence: list[Evidence] | None = None,
-                 **kwargs: Any):
-        super().__init__(options=[APPROVE, ROLL_BACK],
-                         options_mapping={APPROVE: approve_task_id, ROLL_BACK: rollback_task_id}, **kwargs)
+    def __init__(self, *, approve_task_id: str, evidence: list[Evidence] | None = None, **kwargs: Any):
+        super().__init__(options=[APPROVE, ROLL_BACK], options_mapping={APPROVE: approve_task_id}, **kwargs)
         self.evidence = evidence or []
 
     def execute(self, context: Any) -> Any:
         self._render_evidence(context)
         return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self._record_answer(context, event)
+        if event.get("chosen_options") != [ROLL_BACK]:
+            return super().execute_complete(context, event)
+        answer = HITLOperator.execute_complete(self, context, event)
+        self.log.warning("roll back requested by %s", answer["responded_by_user"])
+        self.do_branch(context, None)
+        return answer
+
+
+def rollback_requested(gates: list[str], ti: Any) -> bool:
+    """True when one of the gates was answered Roll back (a ShortCircuitOperator callable)."""
+    chosen = {gate: (ti.xcom_pull(task_ids=gate, key="answer") or {}).get("chosen_options") for gate in gates}
+    return any(options == [ROLL_BACK] for options in chosen.values())

@@ -124,10 +124,10 @@ class MigrationReportOperator(BaseOperator):
         ti = context["ti"]
         approvals = []
         for gate in self.gates:
-            answer = ti.xcom_pull(task_ids=gate)
+            answer = ti.xcom_pull(task_ids=gate, key="answer")
             if answer:
-                approvals.append({"gate": gate, "chosen": answer.get("chosen_options"),
-                                  "by": answer.get("responded_by_user"), "at": str(answer.get("responded_at"))})
+                approvals.append({"gate": gate, "chosen": answer["chosen_options"], "by": answer["responded_by"],
+                                  "at": answer["responded_at"]})
         switches, overrides = [], []
         for task_id in self.switches:
             record = ti.xcom_pull(task_ids=task_id, key="switch")
