@@ -259,3 +259,43 @@ def test_secrets_never_reach_logs_or_xcom(bag, acl_clusters, monkeypatch, capfd)
     logs = [p.read_text(errors="replace") for p in (TEST_DAGS.parent / "logs").rglob("*") if p.is_file()
             and "probe_secrets" in str(p)]
     assert all(secret not in text for text in logs)
+
+
+def test_metadata_sync_dry_run_changes_nothing_then_sync_converges_and_reruns_clean(bag, rmq_clusters, names):
+    source = rmq_clusters["source"]
+    topic, group = names.topic(), names.group()
+    RocketMQHook("rocketmq_source").run(lambda a: a.create_topic(source.broker, TopicConfig(topic, 3, 3)))
+    from rocketmq_core.model import GroupConfig
+
+    RocketMQHook("rocketmq_source").run(
+        lambda a: a.create_group(source.broker, GroupConfig(group, retry_max_times=5, broadcast=False)))
+    scope = {"topics": [topic], "groups": [group]}
+
+    run, tis = run_dag(bag, "probe_metadata", scope=scope, dry_run=True)
+    assert run.state == "success"
+    diff = tis["diff"].xcom_pull(task_ids="diff")
+    assert diff["counts"] == {"create": 2, "update": 0, "delete": 0} and topic in diff["text"]
+    assert tis["sync"].xcom_pull(task_ids="sync")["applied"] is False
+    target_topics = RocketMQHook("rocketmq_target").run(lambda a: a.topic_configs(rmq_clusters["target"].broker))
+    assert topic not in target_topics
+
+    run, tis = run_dag(bag, "probe_metadata", scope=scope, dry_run=False)
+    assert run.state == "success"
+    report = tis["sync"].xcom_pull(task_ids="sync")
+    assert report["applied"] is True and report["after"]["empty"] is True
+    target = rmq_clusters["target"]
+    assert RocketMQHook("rocketmq_target").run(lambda a: a.topic_configs(target.broker))[topic].read_queues == 3
+    assert RocketMQHook("rocketmq_target").run(lambda a: a.group_configs(target.broker))[group].retry_max_times == 5
+
+    run, tis = run_dag(bag, "probe_metadata", scope=scope, dry_run=False)  # a re-run converges: nothing to do
+    assert run.state == "success"
+    assert tis["sync"].xcom_pull(task_ids="sync")["plan"]["actions"] == []
+
+
+def test_metadata_diff_can_fail_on_drift(bag, rmq_clusters, names):
+    source = rmq_clusters["source"]
+    topic = names.topic()
+    RocketMQHook("rocketmq_source").run(lambda a: a.create_topic(source.broker, TopicConfig(topic, 2, 2)))
+    run, tis = run_dag(bag, "probe_metadata_drift", scope={"topics": [topic], "groups": ["none"]})
+    assert run.state == "failed"
+    assert tis["diff"].xcom_pull(task_ids="diff")["counts"]["create"] == 1

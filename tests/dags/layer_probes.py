@@ -8,6 +8,7 @@ from airflow.sdk import DAG, task
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWritesStoppedSensor
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -52,3 +53,13 @@ with _dag("probe_secrets", conn_id="rocketmq_source_acl", groups=["none"]):
         return [b.name for b in RocketMQHook(params["conn_id"]).run(lambda admin: admin.brokers())]
 
     sensor >> brokers()
+
+with _dag("probe_metadata", scope={"topics": ["none"], "groups": ["none"]}, dry_run=False):
+    MetadataDiffOperator(task_id="diff", source_conn_id="rocketmq_source", target_conn_id="rocketmq_target",
+                         scope="{{ params.scope }}")
+    MetadataSyncOperator(task_id="sync", source_conn_id="rocketmq_source", target_conn_id="rocketmq_target",
+                         scope="{{ params.scope }}", dry_run="{{ params.dry_run }}")
+
+with _dag("probe_metadata_drift", scope={"topics": ["none"], "groups": ["none"]}):
+    MetadataDiffOperator(task_id="diff", source_conn_id="rocketmq_source", target_conn_id="rocketmq_target",
+                         scope="{{ params.scope }}", fail_on_drift=True)

@@ -17,9 +17,9 @@ from rocketmq_provider.templating import truthy
 
 
 class _TwoClusterOperator(BaseOperator):
-    template_fields = ("source_conn_id", "target_conn_id")
+    template_fields = ("source_conn_id", "target_conn_id", "scope")
 
-    def __init__(self, *, source_conn_id: str, target_conn_id: str, scope: dict[str, Any] | None = None,
+    def __init__(self, *, source_conn_id: str, target_conn_id: str, scope: dict[str, Any] | str | None = None,
                  source_cluster: str | None = None, target_cluster: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.source_conn_id = source_conn_id
@@ -27,7 +27,8 @@ class _TwoClusterOperator(BaseOperator):
         self.scope = scope or {}
         self.source_cluster = source_cluster
         self.target_cluster = target_cluster
-        Scope.from_dict(self.scope)  # reject a bad scope when the DAG is parsed
+        if isinstance(self.scope, dict):
+            Scope.from_dict(self.scope)  # reject a bad scope when the DAG is parsed, unless templated
 
     def snapshot(self, conn_id: str, cluster: str | None) -> ClusterSnapshot:
         return RocketMQHook(conn_id).run(lambda admin: take_snapshot(admin, cluster))
