@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HARNESS := $(PY) -m rocketmq_harness
 
-.PHONY: setup prereqs jars clusters demo demo-status test stop status memory mqadmin
+.PHONY: setup prereqs jars schemas clusters demo demo-status test stop status memory mqadmin
 
 # Java 17 and Maven run the brokers; on a machine without them, install them from Debian.
 prereqs:
@@ -19,7 +19,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-setup: prereqs $(STAMP) jars
+setup: prereqs $(STAMP) jars schemas
+
+# The compose specification's JSON schema, as the pinned docker-compose wheel ships it; the
+# suite validates docker-compose.yaml against it (no Docker engine needed).
+COMPOSE_SCHEMA := .run/schemas/compose_spec.json
+schemas: $(COMPOSE_SCHEMA)
+$(COMPOSE_SCHEMA): $(STAMP)
+	mkdir -p .run/schemas
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps docker-compose==1.29.2 -d .run/schemas
+	$(PY) -c "import glob, zipfile; wheel = zipfile.ZipFile(glob.glob('.run/schemas/docker_compose-1.29.2-*.whl')[0]); open('$@', 'wb').write(wheel.read('compose/config/compose_spec.json'))"
 
 # Resolves both RocketMQ versions into the Maven cache (~/.m2), once.
 jars: $(STAMP)

@@ -5,6 +5,10 @@
     python -m rocketmq_demo status    where each member is, and the message accounting so far
     python -m rocketmq_demo down      stop the fleet (producers first) and the config service
     python -m rocketmq_demo serve     run the config service in the foreground (used by `up`)
+    python -m rocketmq_demo run       the config service and the fleet in the foreground (containers)
+
+RMQ_DEMO_SOURCE_NAMESRV / RMQ_DEMO_TARGET_NAMESRV name the clusters (default: the local
+harness's), RMQ_DEMO_CONFIG_PORT and RMQ_DEMO_BIND where the config service listens.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ CONFIG_URL = f"http://127.0.0.1:{CONFIG_PORT}"
 #: The fleet of specs/orders-migration.yaml.
 LAYOUT = FleetLayout(topic="orders_created", producer_group="PID_orders",
                      consumer_groups=["GID_orders_billing", "GID_orders_shipping"], rate=5)
-CLUSTER_CONNS = {"rocketmq_source": CLUSTERS["source"].namesrv, "rocketmq_target": CLUSTERS["target"].namesrv}
+CLUSTER_CONNS = {"rocketmq_source": os.environ.get("RMQ_DEMO_SOURCE_NAMESRV", CLUSTERS["source"].namesrv),
+                 "rocketmq_target": os.environ.get("RMQ_DEMO_TARGET_NAMESRV", CLUSTERS["target"].namesrv)}
+BIND = os.environ.get("RMQ_DEMO_BIND", "127.0.0.1")
 
 
 def _fleet() -> DemoFleet:
@@ -43,11 +49,12 @@ def _fleet() -> DemoFleet:
 
 
 async def _create_source_metadata() -> None:
-    source = CLUSTERS["source"]
-    async with ClusterAdmin(source.namesrv) as admin:
-        await admin.create_topic(source.broker, TopicConfig(LAYOUT.topic, 4, 4))
-        for group in LAYOUT.consumer_groups:
-            await admin.create_group(source.broker, GroupConfig(group, retry_max_times=3))
+    """The self-built cluster's state before the migration: the topic and groups, on the source only."""
+    async with ClusterAdmin(CLUSTER_CONNS["rocketmq_source"]) as admin:
+        for broker in await admin.masters():
+            await admin.create_topic(broker.master, TopicConfig(LAYOUT.topic, 4, 4))
+            for group in LAYOUT.consumer_groups:
+                await admin.create_group(broker.master, GroupConfig(group, retry_max_times=3))
 
 
 def up() -> None:
@@ -77,17 +84,46 @@ def _answers(url: str) -> bool:
         return False
 
 
-def run_service() -> None:
-    """Serve in the foreground; the members are registered on the source the first time."""
+def _serve() -> object:
+    """The config service; the members are registered on the source the first time."""
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
     state = DEMO_DIR / "fleet-config.json"
     fresh = not state.exists()
     config = FleetConfig(state, CLUSTER_CONNS)
     if fresh:
         DemoFleet(LAYOUT, DEMO_DIR / "fleet", CONFIG_URL).register(config, "rocketmq_source")
-    server = serve(config, CONFIG_PORT)
+    server = serve(config, CONFIG_PORT, BIND)
+    print(f"fleet config service on {BIND}:{CONFIG_PORT}", flush=True)
+    return server
+
+
+def run_service() -> None:
+    server = _serve()
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
-    print(f"fleet config service on {CONFIG_URL}", flush=True)
     signal.pause()
+
+
+def run_all() -> None:
+    """Config service and fleet in one foreground process, for a container; SIGTERM stops both."""
+    deadline = time.monotonic() + 300
+    while True:  # the brokers may still be starting
+        try:
+            asyncio.run(_create_source_metadata())
+            break
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(f"waiting for the source cluster: {exc}", flush=True)
+            time.sleep(5)
+    server = _serve()
+    fleet = DemoFleet(LAYOUT, DEMO_DIR / "fleet", CONFIG_URL)
+    fleet.start()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    while not stopping:
+        time.sleep(1)
+    fleet.stop()
+    server.shutdown()
 
 
 def status() -> None:
@@ -110,7 +146,7 @@ def down() -> None:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down, "status": status, "serve": run_service}
+    commands = {"up": up, "down": down, "status": status, "serve": run_service, "run": run_all}
     if len(argv) != 1 or argv[0] not in commands:
         print(__doc__)
         return 2

@@ -67,8 +67,8 @@ class FleetConfig:
             return {"fleet": fleet, "moved": moved, "members": members}
 
 
-def serve(config: FleetConfig, port: int = 0) -> ThreadingHTTPServer:
-    """Start the HTTP API on 127.0.0.1 in a background thread; port 0 picks a free port."""
+def serve(config: FleetConfig, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Start the HTTP API in a background thread; port 0 picks a free port."""
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: Any) -> None:
@@ -104,6 +104,6 @@ def serve(config: FleetConfig, port: int = 0) -> ThreadingHTTPServer:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="fleet-config").start()
     return server
