@@ -48,9 +48,24 @@ def test_gate_shows_live_evidence_and_approval_runs_what_it_guards(airflow_api, 
     assert gate["subject"] == "Switch the probe fleet?"
     assert f"| {online_group} | 0 | 1 |" in gate["body"], gate["body"]
     assert not (tmp_path / "guarded").exists()
+    assert "waiting for your approval: gate" in airflow_api.report_page(dag, run_id)
     airflow_api.answer(dag, run_id, "gate", "Approve")
     assert airflow_api.wait_for_run(dag, run_id) == "success"
     assert (tmp_path / "guarded").read_text() == "ran"
+    page = airflow_api.report_page(dag, run_id)
+    assert "<td>gate</td><td>Approve</td><td>admin</td>" in page
+    assert "<svg" in page and f"clients: {online_group} (last 1)" in page
+    assert "run success" in page
+
+
+def test_report_tab_is_registered_on_the_run_page(airflow_api):
+    plugins = airflow_api.call("GET", "/api/v2/plugins")["plugins"]
+    (ours,) = [p for p in plugins if p["name"] == "rocketmq_reports"]
+    assert ours["external_views"][0]["destination"] == "dag_run"
+    assert ours["external_views"][0]["href"] == "/rocketmq/reports/{DAG_ID}/{RUN_ID}"
+    with pytest.raises(AirflowApiError) as missing:
+        airflow_api.report_page("probe_gate_approval", "no-such-run")
+    assert missing.value.status == 404
 
 
 def test_rejected_gate_does_not_run_what_it_guards(airflow_api, tmp_path):

@@ -30,16 +30,23 @@ class AirflowApi:
         self.url = airflow.url
         self._token = airflow.token()
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def text(self, method: str, path: str, body: Any = None) -> str:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers={
             "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                text = resp.read().decode()
+                return resp.read().decode()
         except urllib.error.HTTPError as exc:
             raise AirflowApiError(method, path, exc.code, exc.read().decode(errors="replace")) from None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        text = self.text(method, path, body)
         return json.loads(text) if text else None
+
+    def report_page(self, dag_id: str, run_id: str) -> str:
+        """The RocketMQ report of a run, as the UI's tab on the run page loads it."""
+        return self.text("GET", f"/rocketmq/reports/{dag_id}/{_q(run_id)}")
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         """New DAG files appear after the dag-processor parses them."""
@@ -133,3 +140,4 @@ class AirflowApi:
 
 def _q(run_id: str) -> str:
     return urllib.parse.quote(run_id, safe="")
+

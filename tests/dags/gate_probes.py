@@ -9,6 +9,7 @@ from airflow.sdk import DAG, task
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 
+from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor
 from rocketmq_provider.operators.approval import (
     ClientsEvidence, EvidenceApprovalOperator, MigrationGate, rollback_requested,
 )
@@ -32,7 +33,9 @@ with DAG("probe_gate_approval", schedule=None, start_date=START, catchup=False, 
         evidence=[ClientsEvidence(["rocketmq_source", "rocketmq_target"], groups="{{ params.groups }}")],
         assigned_users=[{"id": "admin", "name": "admin"}],
     )
-    gate >> mark.override(task_id="guarded")("guarded")
+    watch = ClientsOnlineSensor(task_id="watch", rocketmq_conn_id="rocketmq_target", groups="{{ params.groups }}",
+                                min_clients=0, stable_checks=2, poke_interval=1, timeout=60)
+    watch >> gate >> mark.override(task_id="guarded")("guarded")
 
 with DAG("probe_gate_branch", schedule=None, start_date=START, catchup=False,
          params={"marker_dir": "/tmp"}, tags=["test-probe"]):

@@ -1,0 +1,149 @@
+"""The progress report of a migration or replication run: one HTML page, readable in ten seconds.
+
+It is built from what the run recorded: task states, the gates' answers, the switches, and the
+figures every sensor saw at each check (plotted over time). Inline SVG, no script, no external
+asset, so it renders inside Airflow's UI as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_COLOURS = {"success": "#2e7d32", "running": "#1565c0", "deferred": "#6a1b9a", "awaiting_input": "#ef6c00",
+                 "queued": "#546e7a", "scheduled": "#546e7a", "failed": "#c62828", "upstream_failed": "#e57373",
+                 "skipped": "#9e9e9e", None: "#bdbdbd"}
+WAITING = {"running", "deferred", "awaiting_input", "queued", "scheduled", "up_for_reschedule", "up_for_retry"}
+PALETTE = ["#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037", "#ad1457"]
+
+
+@dataclass
+class RunRecord:
+    """Everything the page shows, gathered from the metadata database by the caller."""
+
+    dag_id: str
+    run_id: str
+    state: str
+    tasks: list[tuple[str, str | None]]  # task id and state, in the DAG's order
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    switches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    observations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+
+
+def current_step(record: RunRecord) -> str:
+    """What the run is doing now, in words an on-call engineer acts on."""
+    for task_id, state in record.tasks:
+        if state == "awaiting_input":
+            return f"waiting for your approval: {task_id}"
+        if state in WAITING:
+            return f"{'waiting' if state == 'deferred' else state}: {task_id}"
+        if state in ("failed", "upstream_failed"):
+            return f"stopped: {task_id} {state}"
+    return f"run {record.state}"
+
+
+def render(record: RunRecord) -> str:
+    esc = html.escape
+    done = sum(1 for _, s in record.tasks if s in ("success", "skipped"))
+    parts = [
+        f"<h1>{esc(record.dag_id)}</h1>",
+        f"<p class=now><b>Now:</b> {esc(current_step(record))} &middot; {done}/{len(record.tasks)} steps done"
+        f" &middot; run <code>{esc(record.run_id)}</code> ({esc(record.state)})</p>",
+        _steps(record),
+        _gates(record),
+        _switches(record),
+        *(_chart(task, obs) for task, obs in record.observations.items() if obs),
+    ]
+    if record.report and record.report.get("override_reason"):
+        parts.append(f"<p class=warn><b>Override:</b> {esc(record.report['override_reason'])}</p>")
+    return _PAGE.format(title=esc(record.dag_id), body="\n".join(p for p in parts if p))
+
+
+def _steps(record: RunRecord) -> str:
+    cells = "".join(
+        f'<span class=step style="background:{STATE_COLOURS.get(state, "#bdbdbd")}" '
+        f'title="{html.escape(str(state))}">{html.escape(task)}</span>' for task, state in record.tasks)
+    return f"<h2>Steps</h2><div class=steps>{cells}</div>"
+
+
+def _gates(record: RunRecord) -> str:
+    if not record.answers:
+        return "<h2>Approvals</h2><p>No gate answered yet.</p>"
+    rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{html.escape(', '.join(a.get('chosen_options', [])))}</td>"
+                   f"<td>{html.escape(str(a.get('responded_by')))}</td><td>{html.escape(str(a.get('responded_at')))}</td></tr>"
+                   for g, a in record.answers.items())
+    return f"<h2>Approvals</h2><table><tr><th>gate</th><th>answer</th><th>by</th><th>at</th></tr>{rows}</table>"
+
+
+def _switches(record: RunRecord) -> str:
+    if not record.switches:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(t)}</td><td>{html.escape(str(s.get('role')))}s of {html.escape(str(s.get('fleet')))}</td>"
+        f"<td>{float(s.get('share', 0)):.0%}</td><td>{html.escape(str(s.get('cluster')))}</td>"
+        f"<td>{html.escape(str(s.get('at', '')))}</td></tr>" for t, s in record.switches.items())
+    return (f"<h2>Switches</h2><table><tr><th>task</th><th>fleet</th><th>share</th><th>to</th><th>at</th></tr>"
+            f"{rows}</table>")
+
+
+def series_of(observations: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Numeric figures over time: one series per key of each dict of numbers (per group, per topic)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for obs in observations:
+        at = float(obs.get("at", 0))
+        for name, value in (obs.get("figures") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                series.setdefault(name, []).append((at, float(value)))
+            elif isinstance(value, dict):
+                for key, inner in value.items():
+                    if isinstance(inner, (int, float)) and not isinstance(inner, bool):
+                        series.setdefault(f"{name}: {key}", []).append((at, float(inner)))
+    return series
+
+
+def _chart(task: str, observations: list[dict[str, Any]], width: int = 640, height: int = 180) -> str:
+    series = series_of(observations)
+    errors = sum(1 for o in observations if o.get("error"))
+    caption = f"{html.escape(task)} — {len(observations)} checks" + (f", {errors} could not measure" if errors else "")
+    if not series:
+        return f"<h3>{caption}</h3><p>{html.escape(observations[-1].get('summary', ''))}</p>"
+    times = [t for points in series.values() for t, _ in points]
+    values = [v for points in series.values() for _, v in points]
+    t0, t1 = min(times), max(times) or 1
+    top = max(values) or 1
+    pad = 30
+
+    def xy(t: float, v: float) -> str:
+        x = pad + (t - t0) / ((t1 - t0) or 1) * (width - 2 * pad)
+        y = height - pad - v / top * (height - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
+
+    lines, legend = [], []
+    for i, (name, points) in enumerate(sorted(series.items())):
+        colour = PALETTE[i % len(PALETTE)]
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
+                     f'points="{" ".join(xy(t, v) for t, v in points)}"><title>{html.escape(name)}</title></polyline>')
+        legend.append(f'<span style="color:{colour}">&#9632; {html.escape(name)} (last {points[-1][1]:g})</span>')
+    axes = (f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
+            f'<text x="2" y="{pad + 4}" font-size="11">{top:g}</text><text x="2" y="{height - pad}" font-size="11">0</text>'
+            f'<text x="{pad}" y="{height - 8}" font-size="11">{_clock(t0)}</text>'
+            f'<text x="{width - pad - 50}" y="{height - 8}" font-size="11">{_clock(t1)}</text>')
+    return (f'<h3>{caption}</h3><svg role="img" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}">{axes}{"".join(lines)}</svg><div class=legend>{" ".join(legend)}</div>')
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch)) + "Z"
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h1{{font-size:1.3em;margin:0}}
+.now{{font-size:1.15em;background:#fff8e1;padding:.5em;border-left:4px solid #ef6c00}}
+.steps{{display:flex;flex-wrap:wrap;gap:4px}} .step{{color:#fff;padding:2px 6px;border-radius:3px;font-size:.8em}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ddd;padding:3px 8px;font-size:.9em;text-align:left}}
+.legend span{{margin-right:1em;font-size:.85em}} .warn{{background:#ffebee;padding:.5em}}
+</style></head><body>{body}</body></html>"""

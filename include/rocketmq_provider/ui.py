@@ -1,0 +1,54 @@
+"""The report page as a FastAPI app mounted in Airflow's api-server by plugins/rocketmq_reports.py.
+
+It reads the run from the metadata database when the page is opened, so it shows where a run
+stands now. Access is Airflow's own: the caller must be allowed to read the DAG's runs.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.models.dagrun import DagRun
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+
+from rocketmq_provider.reporting import RunRecord, render
+
+app = FastAPI(title="RocketMQ migration reports")
+
+
+def load_run(session: Session, dag_id: str, run_id: str) -> RunRecord:
+    run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if run is None:
+        raise HTTPException(404, f"no run {run_id} of {dag_id}")
+    tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id))
+    # Upstream tasks weigh more (Airflow's default weight rule), which orders steps as the DAG does.
+    tasks = [(ti.task_id, ti.state) for ti in sorted(tis, key=lambda t: (-t.priority_weight, t.task_id))]
+    record = RunRecord(dag_id, run_id, str(run.state), [(t, str(s) if s else None) for t, s in tasks])
+    rows = session.scalars(select(XComModel).where(
+        XComModel.dag_id == dag_id, XComModel.run_id == run_id,
+        XComModel.key.in_(["answer", "switch", "observations", "return_value"])))
+    for row in rows:
+        value = XComModel.deserialize_value(row)
+        if row.key == "answer":
+            record.answers[row.task_id] = value
+        elif row.key == "switch":
+            record.switches[row.task_id] = value
+        elif row.key == "observations":
+            record.observations[row.task_id] = value or []
+        elif row.task_id == "report" and isinstance(value, dict):
+            record.report = value
+    return record
+
+
+@app.get("/reports/{dag_id}/{run_id}", response_class=HTMLResponse,
+         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN))])
+def report_page(dag_id: str, run_id: str) -> HTMLResponse:
+    with create_session() as session:
+        return HTMLResponse(render(load_run(session, dag_id, run_id)))

@@ -1,0 +1,32 @@
+"""The report page's rendering, from a recorded run (no Airflow needed to render)."""
+
+from rocketmq_provider.reporting import RunRecord, current_step, render, series_of
+
+OBS = [{"at": 1000.0 + i, "satisfied": i == 2, "summary": "s", "figures": {"total": 5 - 2 * i, "by_group": {"g": 5 - 2 * i}}}
+       for i in range(3)]
+
+
+def test_current_step_names_what_the_run_waits_for():
+    tasks = [("preflight", "success"), ("approve_cutover", "awaiting_input"), ("cutover", None)]
+    assert current_step(RunRecord("d", "r", "running", tasks)) == "waiting for your approval: approve_cutover"
+    tasks[1] = ("source_drained", "deferred")
+    assert current_step(RunRecord("d", "r", "running", tasks)) == "waiting: source_drained"
+    tasks[1] = ("switch", "failed")
+    assert current_step(RunRecord("d", "r", "failed", tasks)) == "stopped: switch failed"
+
+
+def test_series_follow_each_figure_over_time():
+    assert series_of(OBS) == {"total": [(1000.0, 5.0), (1001.0, 3.0), (1002.0, 1.0)],
+                              "by_group: g": [(1000.0, 5.0), (1001.0, 3.0), (1002.0, 1.0)]}
+
+
+def test_page_shows_gates_switches_and_plots_and_escapes_names():
+    record = RunRecord("d<x>", "r1", "running", [("source_drained", "deferred")],
+                       answers={"approve_cutover": {"chosen_options": ["Approve"], "responded_by": "alice",
+                                                    "responded_at": "2026-11-21 05:00:00+00:00"}},
+                       switches={"canary": {"role": "producer", "fleet": "f", "share": 0.5, "cluster": "t", "at": "x"}},
+                       observations={"source_drained": OBS})
+    page = render(record)
+    assert "d&lt;x&gt;" in page and "d<x>" not in page
+    assert "<td>approve_cutover</td><td>Approve</td><td>alice</td>" in page
+    assert "<td>50%</td>" in page and page.count("<polyline") == 2 and "total (last 1)" in page
