@@ -6,13 +6,13 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from rocketmq.client import Message, Producer, PushConsumer
 
 from conftest import TEST_DAGS
+from http_recorder import RecordingServer
 from rocketmq_core.model import TopicConfig
 from rocketmq_harness import clusters as harness
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
@@ -163,37 +163,13 @@ def test_writes_stopped_sensor_waits_for_quiet_topic(bag, rmq_clusters, names):
     assert not observations[0]["satisfied"]
 
 
-class SwitchApi:
-    """A real HTTP endpoint standing in for a config center: records requests, fails on /broken."""
-
-    def __init__(self):
-        self.requests: list[tuple[str, dict]] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-                api.requests.append((self.path, body))
-                status, text = (500, b"config center says: fleet lock held by deploy 4711") \
-                    if self.path == "/broken" else (200, b'{"switched": true}')
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(text)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def switch_api(monkeypatch):
-    api = SwitchApi()
-    monkeypatch.setenv("AIRFLOW_CONN_SWITCH_API", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": api.server.server_address[1], "schema": "http"}))
+    """A config center standing in for the fleet's: records switches, fails on /broken."""
+    api = RecordingServer({"/broken": (500, b"config center says: fleet lock held by deploy 4711")})
+    monkeypatch.setenv("AIRFLOW_CONN_SWITCH_API", json.dumps(api.connection()))
     yield api
-    api.server.shutdown()
+    api.close()
 
 
 def test_switch_refuses_when_precondition_fails_and_calls_nothing(bag, switch_api):

@@ -7,6 +7,7 @@ import time
 import pytest
 from rocketmq.client import PushConsumer
 
+from http_recorder import RecordingServer
 from rocketmq_harness.airflow_api import AirflowApiError
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
@@ -106,3 +107,33 @@ def test_approve_branch_runs_forward_and_skips_the_rollback(airflow_api, tmp_pat
     states = airflow_api.task_states(dag, run_id)
     assert (states["go"], states["roll_back"]) == ("success", "skipped")
     assert (tmp_path / "go").exists() and not (tmp_path / "roll_back").exists()
+
+
+def test_gate_opening_and_run_failure_are_announced_on_the_webhook(airflow_api):
+    hook = RecordingServer()
+    try:
+        airflow_api.set_connection("probe_webhook", **hook.connection())
+        dag = "probe_notifications"
+        airflow_api.wait_for_dag(dag)
+        run_id = airflow_api.trigger(dag)
+        airflow_api.wait_for_gate(dag, run_id, "gate")
+        opened = [b for _, b in hook.wait_for(lambda p, b: b.get("event") == "gate_opened")]
+        assert opened[0]["text"].startswith("probe_notifications: gate gate waits for approval: Proceed with the probe?")
+        assert opened[0]["report"].endswith(f"/rocketmq/reports/probe_notifications/{run_id}")
+        airflow_api.answer(dag, run_id, "gate", "Approve")
+        assert airflow_api.wait_for_run(dag, run_id) == "failed"
+        failed = [b for _, b in hook.wait_for(lambda p, b: b.get("event") == "run_failed", timeout=120)]
+        assert failed[0]["run_id"] == run_id and all(path == "/hook" for path, _ in hook.requests)
+    finally:
+        hook.close()
+
+
+def test_a_dead_webhook_does_not_block_the_gate(airflow_api):
+    airflow_api.set_connection("probe_webhook", conn_type="http", host="127.0.0.1", port=1, schema="http")
+    dag = "probe_notifications"
+    run_id = airflow_api.trigger(dag)
+    gate = airflow_api.wait_for_gate(dag, run_id, "gate")
+    assert gate["task_instance"]["state"] == "awaiting_input"
+    airflow_api.answer(dag, run_id, "gate", "Reject")
+    airflow_api.wait_for_run(dag, run_id)
+    assert airflow_api.task_states(dag, run_id) == {"gate": "success", "fail": "skipped"}

@@ -105,9 +105,18 @@ class StabilitySpec(_Strict):
     drain_timeout_seconds: Annotated[float, Field(gt=0)] = 7200
 
 
+class WebhookSpec(_Strict):
+    """An HTTP endpoint (Slack-compatible JSON with a "text" field) reached through an Airflow connection."""
+
+    http_conn_id: Annotated[str, Field(min_length=1)]
+    endpoint: str = ""
+
+
 class NotificationSpec(_Strict):
-    webhook_conn_id: str | None = None
-    emails: list[str] = []
+    """Who hears when a gate opens, a run fails, or replication delay passes its threshold."""
+
+    webhook: WebhookSpec | None = None
+    emails: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = []
 
 
 class _TaskSpec(_Strict):

@@ -19,6 +19,7 @@ from rocketmq_core.taskspec import FleetSpec, MigrationSpec
 from rocketmq_provider.operators.approval import (
     BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence, rollback_requested,
 )
+from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
@@ -82,11 +83,12 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
     consumers, producers = spec.groups_of("consumer"), spec.groups_of("producer")
     users = [{"id": u, "name": u} for u in spec.approvers]
     stability = spec.stability
-    gate_args: dict[str, Any] = {"assigned_users": users}
+    gate_args: dict[str, Any] = {"assigned_users": users, "notifiers": notifiers(spec.notifications, "gate_opened")}
     on_target_consumers = [Condition(tgt.conn_id, ClientsOnline(consumers, min_clients=1, cluster=tgt.cluster))]
     with DAG(migration_dag_id(spec), dag_display_name=f"Migration: {spec.name}", schedule=None, start_date=START,
              catchup=False, max_active_runs=1, render_template_as_native_obj=True, params=_params(spec),
              description=spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}",
+             on_failure_callback=notifiers(spec.notifications, "run_failed"),
              tags=["rocketmq", "migration"]) as dag:
         preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
         plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,

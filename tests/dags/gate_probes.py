@@ -9,12 +9,15 @@ from airflow.sdk import DAG, task
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 
+from rocketmq_core.taskspec import NotificationSpec
+from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor
 from rocketmq_provider.operators.approval import (
     ClientsEvidence, EvidenceApprovalOperator, MigrationGate, rollback_requested,
 )
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
+NOTIFY = NotificationSpec(webhook={"http_conn_id": "probe_webhook", "endpoint": "/hook"})
 
 
 @task
@@ -43,3 +46,15 @@ with DAG("probe_gate_branch", schedule=None, start_date=START, catchup=False,
     check = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
                                  op_kwargs={"gates": ["gate"]}, trigger_rule="all_done")
     gate >> mark.override(task_id="go")("go") >> check >> mark.override(task_id="roll_back")("roll_back")
+
+
+with DAG("probe_notifications", schedule=None, start_date=START, catchup=False, tags=["test-probe"],
+         on_failure_callback=notifiers(NOTIFY, "run_failed")):
+    gate = EvidenceApprovalOperator(task_id="gate", subject="Proceed with the probe?", body="probe",
+                                    notifiers=notifiers(NOTIFY, "gate_opened"))
+
+    @task
+    def fail() -> None:
+        raise RuntimeError("this probe fails on purpose")
+
+    gate >> fail()

@@ -1,0 +1,48 @@
+"""A real HTTP endpoint for tests: records every request, answers per path (default 200)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class RecordingServer:
+    def __init__(self, failures: dict[str, tuple[int, bytes]] | None = None):
+        self.requests: list[tuple[str, dict]] = []
+        failures = failures or {}
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                recorder.requests.append((self.path, json.loads(self.rfile.read(length) or b"{}")))
+                status, text = failures.get(self.path, (200, b'{"ok": true}'))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text)
+
+            do_POST = do_PUT = do_PATCH = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def connection(self) -> dict:
+        """The fields of an Airflow http connection pointing here."""
+        return {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http"}
+
+    def wait_for(self, predicate, timeout: float = 60) -> list[tuple[str, dict]]:
+        deadline = time.monotonic() + timeout
+        while not any(predicate(path, body) for path, body in self.requests):
+            assert time.monotonic() < deadline, f"no matching request within {timeout}s: {self.requests}"
+            time.sleep(0.5)
+        return self.requests
+
+    def close(self) -> None:
+        self.server.shutdown()
