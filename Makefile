@@ -7,10 +7,12 @@ HARNESS := $(PY) -m rocketmq_harness
 
 .PHONY: setup prereqs jars schemas clusters demo demo-status test stop status memory mqadmin
 
-# Java 17 and Maven run the brokers; on a machine without them, install them from Debian.
+# Java 17 and Maven run the brokers, Chromium and its driver run the browser test; on a
+# machine without them, install them from Debian.
 prereqs:
-	@command -v java >/dev/null && command -v mvn >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless maven)
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     openjdk-17-jdk-headless maven chromium chromium-driver)
 
 # Re-running is fast: pip only runs when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml

@@ -6,13 +6,16 @@ already runs them) and stopped at the end only if this session started them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from rocketmq.client import PushConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = ROOT / ".run" / "airflow-test"
@@ -40,6 +43,8 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(TEST_DAGS)
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
+from rocketmq_core.admin import ClusterAdmin  # noqa: E402
+from rocketmq_core.model import TopicConfig  # noqa: E402
 from rocketmq_harness import clusters as harness  # noqa: E402
 
 
@@ -127,3 +132,30 @@ def airflow_api(request, rmq_clusters):
     if pid is None and not os.environ.get("RMQ_HARNESS_KEEP"):
         request.addfinalizer(lambda: airflow_standalone.stop(spec))
     return AirflowApi(running)
+
+
+@pytest.fixture
+def online_group(rmq_clusters, names):
+    """A group with one real consumer online on the target and none on the source."""
+    target = rmq_clusters["target"]
+    group, topic = names.group(), names.topic()
+
+    async def create() -> None:
+        async with ClusterAdmin(target.namesrv) as admin:
+            await admin.create_topic(target.broker, TopicConfig(topic, 2, 2))
+
+    async def online() -> int:
+        async with ClusterAdmin(target.namesrv) as admin:
+            return (await admin.consumer_connection(target.broker, group)).online
+
+    asyncio.run(create())
+    consumer = PushConsumer(group)
+    consumer.set_namesrv_addr(target.namesrv)
+    consumer.subscribe(topic, lambda msg: None)
+    consumer.start()
+    deadline = time.monotonic() + 30
+    while asyncio.run(online()) != 1:
+        assert time.monotonic() < deadline, "consumer never came online"
+        time.sleep(0.5)
+    yield group
+    consumer.shutdown()

@@ -2,43 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from rocketmq.client import PushConsumer
 
 from http_recorder import RecordingServer
 from rocketmq_harness.airflow_api import AirflowApiError
-from rocketmq_provider.hooks.rocketmq import RocketMQHook
-
-
-@pytest.fixture
-def online_group(rmq_clusters, names):
-    """A group with one real consumer online on the target and none on the source."""
-    target = rmq_clusters["target"]
-    group, topic = names.group(), names.topic()
-    from rocketmq_core.admin import ClusterAdmin
-    from rocketmq_core.model import TopicConfig
-    import asyncio
-
-    async def create():
-        async with ClusterAdmin(target.namesrv) as admin:
-            await admin.create_topic(target.broker, TopicConfig(topic, 2, 2))
-    asyncio.run(create())
-    consumer = PushConsumer(group)
-    consumer.set_namesrv_addr(target.namesrv)
-    consumer.subscribe(topic, lambda msg: None)
-    consumer.start()
-    deadline = time.monotonic() + 30
-
-    async def online():
-        async with ClusterAdmin(target.namesrv) as admin:
-            return (await admin.consumer_connection(target.broker, group)).online
-    while asyncio.run(online()) != 1:
-        assert time.monotonic() < deadline, "consumer never came online"
-        time.sleep(0.5)
-    yield group
-    consumer.shutdown()
 
 
 def test_gate_shows_live_evidence_and_approval_runs_what_it_guards(airflow_api, online_group, tmp_path):

@@ -28,6 +28,7 @@ class AirflowApiError(RuntimeError):
 class AirflowApi:
     def __init__(self, airflow: RunningAirflow):
         self.url = airflow.url
+        self.password = airflow.password
         self._token = airflow.token()
 
     def text(self, method: str, path: str, body: Any = None) -> str:
