@@ -13,11 +13,12 @@ import fnmatch
 import hashlib
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from rocketmq_core.errors import InvalidSpec
 from rocketmq_core.metadata import Scope
@@ -191,19 +192,43 @@ class MigrationSpec(_TaskSpec):
         return sorted({t for f in self.fleets_of(role) for t in f.topics})
 
 
-TaskSpec = MigrationSpec
+class ReplicationSpec(_TaskSpec):
+    """A cross-cluster replication task: one-way, or two-way without loops."""
+
+    kind: Literal["replication"]
+    direction: Literal["one-way", "two-way"] = "one-way"
+    start: Literal["latest", "earliest"] | datetime = "latest"
+    rate_limit: Annotated[int, Field(gt=0)] | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    delay_alert_seconds: Annotated[float, Field(gt=0)] = 60
+    monitor_schedule: str | None = "*/5 * * * *"
+    metadata_sync_schedule: str | None = "*/10 * * * *"
+
+    @property
+    def group(self) -> str:
+        """The replicator's consumer group on each source side."""
+        return f"rmq_replicator_{self.slug}"
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> TaskSpec:
+TaskSpec = Annotated[MigrationSpec | ReplicationSpec, Field(discriminator="kind")]
+_TASK_SPEC = TypeAdapter(TaskSpec)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> MigrationSpec | ReplicationSpec:
     """Validate one spec; the error names the source and every failing field."""
     if not isinstance(data, dict):
         raise InvalidSpec(f"{source}: a task spec is a mapping, got {type(data).__name__}")
     try:
-        return MigrationSpec.model_validate(data)
+        return _TASK_SPEC.validate_python(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors())
+        kind = data.get("kind")
+        problems = "; ".join(f"{_field_path(err['loc'], kind) or '(top level)'}: {err['msg']}" for err in exc.errors())
         raise InvalidSpec(f"{source}: {problems}") from None
+
+
+def _field_path(loc: tuple[Any, ...], kind: Any) -> str:
+    """The field as the user wrote it: without the kind tag pydantic puts first for a tagged union."""
+    return ".".join(str(p) for p in (loc[1:] if loc and loc[0] == kind else loc))
 
 
 def specs_dir() -> Path:
@@ -211,13 +236,13 @@ def specs_dir() -> Path:
     return Path(os.environ.get(SPECS_DIR_ENV, str(default)))
 
 
-def load_specs(folder: Path | None = None) -> tuple[dict[Path, TaskSpec], dict[Path, str]]:
+def load_specs(folder: Path | None = None) -> tuple[dict[Path, Any], dict[Path, str]]:
     """Every spec in a folder: the valid ones, and an error text per invalid file.
 
     Reads files only (no network), so it is safe at DAG parse time.
     """
     folder = folder or specs_dir()
-    specs: dict[Path, TaskSpec] = {}
+    specs: dict[Path, Any] = {}
     errors: dict[Path, str] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
@@ -230,7 +255,7 @@ def load_specs(folder: Path | None = None) -> tuple[dict[Path, TaskSpec], dict[P
     return specs, errors
 
 
-def _reject_duplicates_and_overlaps(specs: dict[Path, TaskSpec], errors: dict[Path, str]) -> None:
+def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, str]) -> None:
     items = list(specs.items())
     clashes: dict[Path, list[str]] = {}
     for i, (path_a, a) in enumerate(items):
@@ -238,7 +263,7 @@ def _reject_duplicates_and_overlaps(specs: dict[Path, TaskSpec], errors: dict[Pa
             reason = None
             if a.slug == b.slug:
                 reason = f"same task name as {path_b.name}" if a.name == b.name else f"same DAG id as {path_b.name}"
-            elif a.source == b.source:
+            elif a.kind == b.kind and _share_a_source(a, b):
                 reason = _scope_overlap(a, b)
             if reason:
                 clashes.setdefault(path_a, []).append(f"{reason} (with {path_b.name})")
@@ -248,7 +273,14 @@ def _reject_duplicates_and_overlaps(specs: dict[Path, TaskSpec], errors: dict[Pa
         del specs[path]
 
 
-def _scope_overlap(a: TaskSpec, b: TaskSpec) -> str | None:
+def _share_a_source(a: Any, b: Any) -> bool:
+    """Clusters a task reads from: the source, and for two-way replication the target too."""
+    def sources(spec: Any) -> set[ClusterRef]:
+        return {spec.source, spec.target} if getattr(spec, "direction", "") == "two-way" else {spec.source}
+    return bool(sources(a) & sources(b))
+
+
+def _scope_overlap(a: Any, b: Any) -> str | None:
     for kind in ("topics", "groups"):
         pa, pb = getattr(a.scope, kind), getattr(b.scope, kind)
         for x in pa.include:

@@ -26,7 +26,8 @@ from pathlib import Path
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo.config_service import FleetConfig, serve
-from rocketmq_demo.fleet import DemoFleet, FleetLayout, alive
+from rocketmq_core.procutil import alive
+from rocketmq_demo.fleet import DemoFleet, FleetLayout
 from rocketmq_harness.clusters import CLUSTERS, RUN_DIR
 
 DEMO_DIR = RUN_DIR / "demo"

@@ -7,7 +7,6 @@ received by every group. Duplicates are receipts beyond the first, per group.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rocketmq_core.procutil import alive, signal_quietly
 
 from rocketmq_demo.config_service import FleetConfig
 
@@ -80,12 +81,12 @@ class DemoFleet:
         """Stop members cleanly (their clients shut down and unregister), killing stragglers."""
         members = [m for m in members if m in self.pids]
         for member in members:
-            _signal(self.pids[member], signal.SIGTERM)
+            signal_quietly(self.pids[member], signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(alive(self.pids[m]) for m in members):
             time.sleep(0.2)
         for member in members:
-            _signal(self.pids.pop(member), signal.SIGKILL)
+            signal_quietly(self.pids.pop(member), signal.SIGKILL)
         (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
 
     def events(self) -> list[dict[str, Any]]:
@@ -122,22 +123,3 @@ class DemoFleet:
                 return result
             time.sleep(1)
 
-
-def alive(pid: int) -> bool:
-    """Alive and not a zombie; reaps the member if it is our child and has exited."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -15,7 +15,7 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.checks import BacklogZero, ClientsOnline, MetadataPresent
-from rocketmq_core.taskspec import FleetSpec, MigrationSpec
+from rocketmq_core.taskspec import FleetSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
     BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence, rollback_requested,
 )
@@ -204,8 +204,13 @@ class SpecErrorsDag(DAG):
         raise ValueError("invalid task spec(s): " + " | ".join(self.description.split("\n")))
 
 
-def build_dags(specs: list[MigrationSpec], errors: dict[Any, str]) -> list[DAG]:
-    dags = [d for spec in specs for d in (build_migration_dag(spec), build_diff_dag(spec))]
+def build_dags(specs: list[MigrationSpec | ReplicationSpec], errors: dict[Any, str]) -> list[DAG]:
+    from rocketmq_provider.replication_dag import build_replication_dags
+
+    dags = []
+    for spec in specs:
+        dags += (build_replication_dags(spec) if isinstance(spec, ReplicationSpec)
+                 else [build_migration_dag(spec), build_diff_dag(spec)])
     if errors:
         dags.append(SpecErrorsDag("rmq_invalid_task_specs", schedule=None, start_date=START,
                                   description="\n".join(errors.values())))

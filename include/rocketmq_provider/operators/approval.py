@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator, HITLOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
@@ -171,3 +172,24 @@ def rollback_requested(gates: list[str], ti: Any) -> bool:
     """True when one of the gates was answered Roll back (a ShortCircuitOperator callable)."""
     chosen = {gate: (ti.xcom_pull(task_ids=gate, key="answer") or {}).get("chosen_options") for gate in gates}
     return any(options == [ROLL_BACK] for options in chosen.values())
+
+
+class ConflictGate(EvidenceGateMixin, HITLOperator):
+    """Opens only when a two-way sync left conflicts: which side's version wins?"""
+
+    template_fields = (*HITLOperator.template_fields, "evidence")
+
+    def __init__(self, *, sync_task_id: str, **kwargs: Any):
+        super().__init__(options=["Source wins", "Target wins"], **kwargs)
+        self.sync_task_id = sync_task_id
+        self.evidence = [XComEvidence(sync_task_id, "Changed on both sides since the last sync", key="conflicts")]
+
+    def execute(self, context: Any) -> Any:
+        if not context["ti"].xcom_pull(task_ids=self.sync_task_id, key="conflicts"):
+            raise AirflowSkipException("no conflict to decide")
+        self._render_evidence(context)
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self._record_answer(context, event)
+        return super().execute_complete(context, event)

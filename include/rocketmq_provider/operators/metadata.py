@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Variable
 from airflow.sdk.bases.notifier import BaseNotifier
 from airflow.sdk.exceptions import AirflowException
 
 from rocketmq_core.metadata import (
     DELETE, ClusterSnapshot, MetadataDiff, Scope, apply_plan, diff, make_plan, take_snapshot,
 )
+from rocketmq_core.two_way import resolve, three_way
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.templating import truthy
 
@@ -96,3 +98,67 @@ class MetadataSyncOperator(_TwoClusterOperator):
             raise AirflowException(f"after sync {len(left)} difference(s) remain:\n{after.render()}")
         return report
 
+
+
+class TwoWayMetadataSyncOperator(_TwoClusterOperator):
+    """Three-way sync for two-way replication, against the last agreed snapshot (an Airflow Variable).
+
+    Changes made on one side since then reach the other, deletions included. Objects changed on
+    both sides differently are not touched: they are pushed as ``conflicts`` for a person to
+    decide (see ConflictGate), and the base is only moved forward once both sides agree.
+    """
+
+    def __init__(self, *, base_variable: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.base_variable = base_variable
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        scope = Scope.from_dict(self.scope)
+        source = self.snapshot(self.source_conn_id, self.source_cluster)
+        target = self.snapshot(self.target_conn_id, self.target_cluster)
+        saved = Variable.get(self.base_variable, default=None)
+        result = three_way(source, target, ClusterSnapshot.from_export(saved) if saved else None, scope)
+        applied = {}
+        for side, changes, conn_id, cluster in (("target", result.to_target, self.target_conn_id, self.target_cluster),
+                                                ("source", result.to_source, self.source_conn_id, self.source_cluster)):
+            plan = make_plan(changes, allow_delete=True)
+            plan.validate()
+            self.log.info("to the %s:\n%s", side, changes.render())
+            if not plan.empty:
+                applied[side] = RocketMQHook(conn_id).run(
+                    lambda admin, p=plan, c=cluster: apply_plan(p, admin, c)).to_dict()
+        report = {**result.to_dict(), "applied": applied}
+        if result.conflicts:
+            context["ti"].xcom_push(key="conflicts", value=[f"{k} {n}" for k, n in result.conflicts])
+            self.log.warning("changed on both sides, left for a decision: %s", result.conflicts)
+            return report
+        agreed = self.snapshot(self.source_conn_id, self.source_cluster).scoped(scope)
+        Variable.set(self.base_variable, json.dumps(agreed.to_export()))
+        return report
+
+
+class ResolveConflictsOperator(_TwoClusterOperator):
+    """Make the losing side like the winner for the conflicting objects, as the gate decided."""
+
+    def __init__(self, *, gate_task_id: str, sync_task_id: str, base_variable: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gate_task_id = gate_task_id
+        self.sync_task_id = sync_task_id
+        self.base_variable = base_variable
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        answer = context["ti"].xcom_pull(task_ids=self.gate_task_id, key="answer") or {}
+        conflicts = context["ti"].xcom_pull(task_ids=self.sync_task_id, key="conflicts") or []
+        winner = {"Source wins": "source", "Target wins": "target"}[answer["chosen_options"][0]]
+        scope = Scope.from_dict(self.scope)
+        source = self.snapshot(self.source_conn_id, self.source_cluster)
+        target = self.snapshot(self.target_conn_id, self.target_cluster)
+        keys = [tuple(c.split(" ", 1)) for c in conflicts]
+        loser, changes = resolve(source, target, keys, winner, scope)
+        conn_id, cluster = ((self.target_conn_id, self.target_cluster) if loser == "target"
+                            else (self.source_conn_id, self.source_cluster))
+        plan = make_plan(changes, allow_delete=True)
+        result = RocketMQHook(conn_id).run(lambda admin: apply_plan(plan, admin, cluster))
+        agreed = self.snapshot(self.source_conn_id, self.source_cluster).scoped(scope)
+        Variable.set(self.base_variable, json.dumps(agreed.to_export()))
+        return {"winner": winner, "applied_to": loser, "result": result.to_dict()}

@@ -1,0 +1,120 @@
+"""Where replication workers run. Pluggable: the first runner starts them as local processes.
+
+A runner starts N workers of one replication direction from a config (JSON, no secret), hands
+each its secrets through the environment, stops them, and reports each worker's liveness and
+the counters it last wrote. Other runners (containers, Kubernetes pods) implement the same three
+methods; README.md shows the container and pod equivalents of what LocalProcessRunner does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from rocketmq_core.procutil import alive, signal_quietly
+
+STATE_DIR_ENV = "RMQ_STATE_DIR"
+
+
+def state_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / ".run" / "state"
+    return Path(os.environ.get(STATE_DIR_ENV, str(default)))
+
+
+class WorkerRunner(ABC):
+    @abstractmethod
+    def start(self, name: str, config: dict[str, Any], secrets: dict[str, str], workers: int) -> list[str]:
+        """Start the workers of ``name`` (idempotent: running ones are kept); return their ids."""
+
+    @abstractmethod
+    def stop(self, name: str) -> list[str]:
+        """Stop every worker of ``name`` cleanly (they commit and unregister); return their ids."""
+
+    @abstractmethod
+    def status(self, name: str) -> dict[str, dict[str, Any]]:
+        """Per worker id: whether it is alive and the stats it last wrote (None before the first)."""
+
+    @abstractmethod
+    def last_config(self, name: str) -> dict[str, Any] | None:
+        """The config the workers of ``name`` were last started with."""
+
+    @abstractmethod
+    def get_state(self, task: str) -> str | None:
+        """The task's recorded state: running, paused or stopped (None before its first start)."""
+
+    @abstractmethod
+    def set_state(self, task: str, state: str) -> None:
+        ...
+
+
+class LocalProcessRunner(WorkerRunner):
+    """Workers as detached local processes, with config, pid, stats and log files in the state dir."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = (root or state_dir()) / "replication"
+
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _pids(self, name: str) -> dict[str, int]:
+        path = self._dir(name) / "pids.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def start(self, name: str, config: dict[str, Any], secrets: dict[str, str], workers: int) -> list[str]:
+        folder = self._dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        pids = {w: p for w, p in self._pids(name).items() if alive(p)}
+        for i in range(workers):
+            worker = f"worker-{i}"
+            if worker in pids:
+                continue
+            cmd = [sys.executable, "-m", "rocketmq_core.replication.worker", "--config", str(folder / "config.json"),
+                   "--worker-id", worker, "--stats", str(folder / f"{worker}.stats.json")]
+            with open(folder / f"{worker}.log", "ab") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, **secrets}, start_new_session=True, cwd=folder)
+            pids[worker] = proc.pid
+        (folder / "pids.json").write_text(json.dumps(pids))
+        return sorted(pids)
+
+    def stop(self, name: str, grace: float = 60) -> list[str]:
+        pids = self._pids(name)
+        for pid in pids.values():
+            signal_quietly(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
+            time.sleep(0.2)
+        for pid in pids.values():
+            signal_quietly(pid, signal.SIGKILL)
+        if self._dir(name).exists():
+            (self._dir(name) / "pids.json").write_text("{}")
+        return sorted(pids)
+
+    def status(self, name: str) -> dict[str, dict[str, Any]]:
+        folder = self._dir(name)
+        result = {}
+        for worker, pid in self._pids(name).items():
+            stats_file = folder / f"{worker}.stats.json"
+            stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
+            result[worker] = {"alive": alive(pid), "pid": pid, "stats": stats}
+        return result
+
+    def last_config(self, name: str) -> dict[str, Any] | None:
+        path = self._dir(name) / "config.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def get_state(self, task: str) -> str | None:
+        path = self._dir(task) / "state.json"
+        return json.loads(path.read_text())["state"] if path.exists() else None
+
+    def set_state(self, task: str, state: str) -> None:
+        self._dir(task).mkdir(parents=True, exist_ok=True)
+        (self._dir(task) / "state.json").write_text(json.dumps({"state": state, "at": time.time()}))
