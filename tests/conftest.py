@@ -48,35 +48,28 @@ from rocketmq_core.model import TopicConfig  # noqa: E402
 from rocketmq_harness import clusters as harness  # noqa: E402
 
 
-def _cluster(name: str):
-    spec = harness.CLUSTERS[name]
-    already_running = harness.is_up(spec)
-    cluster = harness.start(spec)
-    return cluster, already_running
+def _started(request, names: tuple[str, ...]) -> dict:
+    """Start (or reuse) the named clusters; stop at the end those this session started."""
+    started = {}
+    for name in names:
+        spec = harness.CLUSTERS[name]
+        reused = harness.is_up(spec)
+        started[name] = harness.start(spec)
+        if not reused and not os.environ.get("RMQ_HARNESS_KEEP"):
+            request.addfinalizer(lambda spec=spec: harness.stop(spec))
+    return started
 
 
 @pytest.fixture(scope="session")
 def rmq_clusters(request):
     """The plain source (4.9.x) and target (5.x) clusters, by name."""
-    started = {}
-    for name in ("source", "target"):
-        cluster, reused = _cluster(name)
-        started[name] = cluster
-        if not reused and not os.environ.get("RMQ_HARNESS_KEEP"):
-            request.addfinalizer(lambda spec=cluster.spec: harness.stop(spec))
-    return started
+    return _started(request, ("source", "target"))
 
 
 @pytest.fixture(scope="session")
 def acl_clusters(request):
     """Clusters with authentication on: 4.9.x plain ACL and 5.x ACL 2.0, by name."""
-    started = {}
-    for name in ("source-acl", "target-acl"):
-        cluster, reused = _cluster(name)
-        started[name] = cluster
-        if not reused and not os.environ.get("RMQ_HARNESS_KEEP"):
-            request.addfinalizer(lambda spec=cluster.spec: harness.stop(spec))
-    return started
+    return _started(request, ("source-acl", "target-acl"))
 
 
 @pytest.fixture(params=["source", "target"])

@@ -102,6 +102,14 @@ class EvidenceGateMixin:
     evidence: list[Evidence]
     body: str | None
 
+    def execute(self, context: Any) -> Any:
+        self._render_evidence(context)
+        return super().execute(context)  # type: ignore[misc]
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self._record_answer(context, event)
+        return super().execute_complete(context, event)  # type: ignore[misc]
+
     def _record_answer(self, context: Any, event: dict[str, Any]) -> None:
         if "error" in event:
             return
@@ -132,14 +140,6 @@ class EvidenceApprovalOperator(EvidenceGateMixin, ApprovalOperator):
         super().__init__(**kwargs)
         self.evidence = evidence or []
 
-    def execute(self, context: Any) -> Any:
-        self._render_evidence(context)
-        return super().execute(context)
-
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        self._record_answer(context, event)
-        return super().execute_complete(context, event)
-
 
 class MigrationGate(EvidenceGateMixin, HITLBranchOperator):
     """Approve continues to ``approve_task_id``; Roll back skips everything after the gate.
@@ -154,14 +154,10 @@ class MigrationGate(EvidenceGateMixin, HITLBranchOperator):
         super().__init__(options=[APPROVE, ROLL_BACK], options_mapping={APPROVE: approve_task_id}, **kwargs)
         self.evidence = evidence or []
 
-    def execute(self, context: Any) -> Any:
-        self._render_evidence(context)
-        return super().execute(context)
-
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        self._record_answer(context, event)
         if event.get("chosen_options") != [ROLL_BACK]:
             return super().execute_complete(context, event)
+        self._record_answer(context, event)
         answer = HITLOperator.execute_complete(self, context, event)
         self.log.warning("roll back requested by %s", answer["responded_by_user"])
         self.do_branch(context, None)
@@ -187,9 +183,4 @@ class ConflictGate(EvidenceGateMixin, HITLOperator):
     def execute(self, context: Any) -> Any:
         if not context["ti"].xcom_pull(task_ids=self.sync_task_id, key="conflicts"):
             raise AirflowSkipException("no conflict to decide")
-        self._render_evidence(context)
         return super().execute(context)
-
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        self._record_answer(context, event)
-        return super().execute_complete(context, event)
