@@ -7,9 +7,11 @@ without a loop (operators, the CLI) wrap a call in ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import struct
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +30,21 @@ T = TypeVar("T")
 MAX_IN_FLIGHT = 256
 
 MASTER_ID = 0
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Build many objects at once without the cyclic collector re-scanning them as they are made
+    (about 40% of parsing 20,000 configs). Only around code that does not await: other tasks run
+    with the collector on."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,9 @@ class ClusterAdmin:
 
     async def topic_configs(self, addr: str) -> dict[str, TopicConfig]:
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_TOPIC_CONFIG, timeout=30)
-        table = loads(resp.body).get("topicConfigTable") or {}
-        return {name: TopicConfig.from_wire(cfg) for name, cfg in table.items()}
+        with gc_paused():
+            table = loads(resp.body).get("topicConfigTable") or {}
+            return {name: TopicConfig.from_wire(cfg) for name, cfg in table.items()}
 
     async def create_topic(self, addr: str, topic: TopicConfig) -> None:
         """Create or update a topic on one broker. A 4.9 broker ignores ``order``: there, ordering is
@@ -236,8 +254,9 @@ class ClusterAdmin:
 
     async def group_configs(self, addr: str) -> dict[str, GroupConfig]:
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=30)
-        table = loads(resp.body).get("subscriptionGroupTable") or {}
-        return {name: GroupConfig.from_wire(cfg) for name, cfg in table.items()}
+        with gc_paused():
+            table = loads(resp.body).get("subscriptionGroupTable") or {}
+            return {name: GroupConfig.from_wire(cfg) for name, cfg in table.items()}
 
     async def create_group(self, addr: str, group: GroupConfig) -> None:
         validate_group_name(group.name)
@@ -260,8 +279,10 @@ class ClusterAdmin:
             await self.gather(self.create_group(addr, g) for g in groups)
 
     async def delete_group(self, addr: str, group: str, clean_offset: bool = True) -> None:
+        # 4.9 reads removeOffset, 5.x cleanOffset: send both so offsets go on either version.
+        flag = str(clean_offset).lower()
         await self.client.invoke(addr, RequestCode.DELETE_SUBSCRIPTIONGROUP,
-                                 {"groupName": group, "cleanOffset": str(clean_offset).lower()})
+                                 {"groupName": group, "cleanOffset": flag, "removeOffset": flag})
 
     # --- clients ---------------------------------------------------------------------------
 
@@ -355,6 +376,19 @@ class ClusterAdmin:
                                  {"consumerGroup": group, "topic": topic, "queueId": queue_id,
                                   "commitOffset": offset})
 
+    async def update_consumer_offsets(self, addr: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Commit several queues of one (topic, group): the first alone, then the rest concurrently.
+
+        A broker (4.9 and 5.x ConsumerOffsetManager.commitOffset) creates the offset map of a
+        (topic, group) it has no offset for with get / new map / put and no lock, so concurrent
+        first commits replace each other's maps and some are silently lost (seen: 3 of 8,000 queues on 5.5.0).
+        """
+        items = sorted(offsets.items())
+        if not items:
+            return
+        await self.update_consumer_offset(addr, group, topic, *items[0])
+        await self.gather(self.update_consumer_offset(addr, group, topic, q, o) for q, o in items[1:])
+
     async def reset_offset_by_timestamp(self, group: str, topic: str, timestamp_ms: int,
                                         cluster: str | None = None) -> dict[MessageQueue, int]:
         """Move a group's committed offsets on a topic to the first message at or after a time.
@@ -403,7 +437,7 @@ class ClusterAdmin:
                     if exc.response_code != ResponseCode.CONSUMER_NOT_ONLINE:
                         raise
                     # the group went offline meanwhile: write the offsets directly
-            await self.gather(self.update_consumer_offset(addr, group, topic, q.queue_id, o) for q, o in exact.items())
+            await self.update_consumer_offsets(addr, group, topic, {q.queue_id: o for q, o in exact.items()})
             result.update(exact)
         return result
 

@@ -82,10 +82,10 @@ class BacklogZero(Check):
         return f"backlog of {len(self.groups)} group(s) is zero"
 
     async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
-        from rocketmq_core.backlog import measure_backlog
+        from rocketmq_core.backlog import attribute_system_rows, measure_backlog
 
         await self.live_masters(admin, self.cluster)
-        report = await measure_backlog(admin, self.groups, self.cluster)
+        report = await attribute_system_rows(admin, await measure_backlog(admin, self.groups, self.cluster))
         figures = {"total": report.total, "by_group": dict(report.by_group)}
         return CheckResult(report.total == 0, figures, f"backlog {report.total} message(s)")
 

@@ -43,10 +43,12 @@ class BacklogEvidence(Evidence):
         self.title = f"Backlog on `{rocketmq_conn_id}`"
 
     def render(self, context: Any) -> str:
-        from rocketmq_core.backlog import measure_backlog
+        from rocketmq_core.backlog import attribute_system_rows, measure_backlog
 
-        report = RocketMQHook(self.rocketmq_conn_id).run(
-            lambda admin: measure_backlog(admin, list(self.groups), self.cluster))
+        async def measure(admin):
+            return await attribute_system_rows(admin, await measure_backlog(admin, list(self.groups), self.cluster))
+
+        report = RocketMQHook(self.rocketmq_conn_id).run(measure)
         rows = [f"| {group} | {count} |" for group, count in sorted(report.by_group.items())]
         return "\n".join([f"**Total undelivered: {report.total}**", "", "| group | undelivered |", "|---|---:|", *rows])
 
