@@ -79,7 +79,7 @@ class AirflowApi:
         return data.get("hitl_details", [])
 
     def wait_for_gate(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300,
-                      settle: float = 3.0) -> dict[str, Any]:
+                      settle: float = 8.0) -> dict[str, Any]:
         """Wait until the gate's task is parked in awaiting_input, then ``settle`` seconds more.
 
         Airflow 3.3.2 fails a gate answered before the executor has reported the exit of the

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
@@ -171,17 +172,22 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
                                           remaining_consumers, rollback_producers, rollback_consumers)
                       for t in g.children.values()]
+        # A teardown runs whatever happened, and does not decide the run's state: a refused
+        # switch leaves the run failed even though its report was written.
         report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates],
                                          switches=switch_ids, offsets_task="cutover_offsets",
-                                         override_reason="{{ params.override_reason }}", trigger_rule="all_done")
+                                         override_reason="{{ params.override_reason }}").as_teardown()
 
         preflight >> plan >> gate_sync >> sync >> gates["approve_canary_consumers"] >> canary_consumers
         canary_consumers >> consumers_online >> gates["approve_canary_producers"] >> canary_producers
         canary_producers >> gates["approve_remaining_producers"] >> remaining_producers
         remaining_producers >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
         offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> rollback
-        rollback >> rollback_producers >> target_drained >> rollback_consumers >> report
-        [no_consumers_left, no_producers_left] >> report
+        rollback >> rollback_producers >> target_drained >> rollback_consumers
+        # The run's verdict: failed if the cutover or the rollback failed or was refused anywhere
+        # upstream, successful once either finished.
+        outcome = EmptyOperator(task_id="outcome", trigger_rule="none_failed_min_one_success")
+        [no_consumers_left, no_producers_left, rollback_consumers] >> outcome >> report
     return dag
 
 
