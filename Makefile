@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HARNESS := $(PY) -m rocketmq_harness
 
-.PHONY: setup prereqs jars schemas clusters demo demo-status test stop status memory mqadmin
+.PHONY: setup prereqs jars schemas clusters demo demo-status test bench stop status memory mqadmin
 
 # Java 17 and Maven run the brokers, Chromium and its driver run the browser test; on a
 # machine without them, install them from Debian.
@@ -47,6 +47,12 @@ demo: clusters
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# Benchmarks (tests/benchmarks/bench_*.py) on private clusters, not part of `make test`: each prints
+# its figures and writes bench-results/<name>.json; exit 1 when one misses its target. One: make bench BENCH=apply
+BENCH ?= $(patsubst tests/benchmarks/bench_%.py,%,$(sort $(wildcard tests/benchmarks/bench_*.py)))
+bench: setup
+	@rc=0; for b in $(BENCH); do $(PY) tests/benchmarks/bench_$$b.py || rc=1; done; exit $$rc
 
 stop:
 	-$(HARNESS) airflow stop

@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,13 +246,30 @@ def is_up(spec: ClusterSpec) -> bool:
     return brokers.get(spec.broker_name) == spec.broker
 
 
-def start(spec: ClusterSpec, timeout: float = 120) -> RunningCluster:
-    """Start the cluster unless ours is already running; wait for the broker to register."""
+def store_config_dir(spec: ClusterSpec) -> Path:
+    """Where the broker keeps topics.json, subscriptionGroup.json, consumerOffset.json, ..."""
+    return spec.home / "store" / "config"
+
+
+def start(spec: ClusterSpec, timeout: float = 120,
+          seed: Callable[[Path], None] | None = None) -> RunningCluster:
+    """Start the cluster unless ours is already running; wait for the broker to register.
+
+    ``seed``, when given, is called with the broker's store config directory after the configs
+    are written and before the broker starts, to pre-seed files such as topics.json or
+    subscriptionGroup.json (loading 20,000 topics from a file takes the broker a second; creating
+    them one request at a time takes minutes). A cluster that is already up cannot be seeded.
+    """
     if is_up(spec):  # ours, or another checkout's harness on the same ports: reuse it
+        if seed is not None:
+            raise RuntimeError(f"cluster {spec.name} is already running: it cannot be pre-seeded")
         return RunningCluster(spec, credentials(spec))
     stop(spec)
     cp = classpath(spec.version)
     _write_configs(spec)
+    if seed is not None:
+        store_config_dir(spec).mkdir(parents=True, exist_ok=True)
+        seed(store_config_dir(spec))
     procs = {"namesrv": _launch(spec, "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup",
                                 spec.home / "namesrv.conf", cp)}
     _pid_file(spec).write_text(json.dumps({role: p.pid for role, p in procs.items()}))
