@@ -27,7 +27,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.cli import main
 from rocketmq_core.errors import RocketMQError
-from rocketmq_core.metadata import ClusterSnapshot, Scope, diff, take_snapshot
+from rocketmq_core.metadata import Scope, diff, take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness.clusters import mqadmin
@@ -206,6 +206,10 @@ def test_diff_export_import_against_core_and_mqadmin(rmq_clusters, names, cleanu
     code, out, _ = cli(capsys, *diff_args)
     assert code == 0 and "no differences in scope" in out
     assert extra_topic not in on(target, lambda admin: take_snapshot(admin, include_acl=False)).topics
+    # the installed script, as a process: same answer, same exit code
+    done = subprocess.run([str(RMQCTL), *diff_args, "--json"], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["counts"] == {"create": 0, "update": 0, "delete": 0}
 
 
 # --- backlog ------------------------------------------------------------------------------------
