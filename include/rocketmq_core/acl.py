@@ -285,17 +285,6 @@ ACL_KINDS = (KIND_ACCOUNT, KIND_USER, KIND_POLICY)
 
 # --- reading --------------------------------------------------------------------------------
 
-async def broker_config(admin: ClusterAdmin, addr: str) -> dict[str, str]:
-    """The broker's configuration (GET_BROKER_CONFIG), as written ``key=value`` lines."""
-    resp = await admin.client.invoke(addr, RequestCode.GET_BROKER_CONFIG)
-    config = {}
-    for line in resp.body.decode("utf-8", "replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            config[key.strip()] = value.strip()
-    return config
-
-
 async def plain_accounts(admin: ClusterAdmin, addr: str) -> dict[str, PlainAccount]:
     """Every plain ACL account of one broker (code 54). Call only when aclEnable=true, see module doc."""
     resp = await admin.client.invoke(addr, RequestCode.GET_BROKER_CLUSTER_ACL_CONFIG)
@@ -336,7 +325,7 @@ async def get_policies(admin: ClusterAdmin, addr: str, subject: str) -> list[Acl
 
 async def read_acl(admin: ClusterAdmin, addr: str, major_version: int) -> AclState:
     """Everything the broker's ACL holds that can be read; each kind that cannot is None with a note."""
-    config = await broker_config(admin, addr)
+    config = await admin.broker_config(addr)
     notes: list[str] = []
     accounts = users = policies = None
     if config.get("aclEnable", "false").lower() == "true":

@@ -100,6 +100,16 @@ class ClusterAdmin:
             for name, entry in sorted((data.get("brokerAddrTable") or {}).items())
         ]
 
+    async def broker_config(self, addr: str) -> dict[str, str]:
+        """The broker's running configuration (GET_BROKER_CONFIG answers ``key=value`` lines)."""
+        resp = await self.client.invoke(addr, RequestCode.GET_BROKER_CONFIG)
+        config = {}
+        for line in resp.body.decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                config[key.strip()] = value.strip()
+        return config
+
     async def broker_runtime_info(self, addr: str) -> dict[str, str]:
         resp = await self.client.invoke(addr, RequestCode.GET_BROKER_RUNTIME_INFO)
         return dict(loads(resp.body).get("table", {}))

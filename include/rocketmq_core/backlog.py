@@ -65,7 +65,6 @@ import asyncio
 import re
 import struct
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -77,6 +76,7 @@ from rocketmq_core.errors import InvalidSpec, NotFound, ProtocolError, RocketMQE
 from rocketmq_core.model import HALF_TOPIC, RETRY_PREFIX, SCHEDULE_TOPIC, TIMER_TOPIC, validate_group_name
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode, ResponseCode
+from rocketmq_core.replication.codec import decode_message
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -355,7 +355,7 @@ async def _group_rows_broker_wide(admin: ClusterAdmin, addr: str, broker: str,
 # --- system rows: delayed, timer, half ---------------------------------------------------------
 
 async def _system_rows(admin: ClusterAdmin, addr: str, broker: str) -> list[BacklogRow]:
-    config = await broker_config(admin, addr)
+    config = await admin.broker_config(addr)
     if config.get("transRocksDBEnable", "false").lower() == "true":
         raise BacklogError(f"broker {broker} ({addr}) keeps half messages in RocksDB (transRocksDBEnable);"
                            " their number is not readable over the admin protocol")
@@ -368,17 +368,6 @@ async def _system_rows(admin: ClusterAdmin, addr: str, broker: str) -> list[Back
     if timer_enabled:
         parts.append(_timer_rows(admin, addr, broker))
     return [row for part in await asyncio.gather(*parts) for row in part]
-
-
-async def broker_config(admin: ClusterAdmin, addr: str) -> dict[str, str]:
-    """The broker's running configuration (GET_BROKER_CONFIG is a properties text)."""
-    resp = await admin.client.invoke(addr, RequestCode.GET_BROKER_CONFIG)
-    config = {}
-    for line in resp.body.decode("utf-8", "replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            config[key.strip()] = value.strip()
-    return config
 
 
 async def _delayed_rows(admin: ClusterAdmin, addr: str, broker: str, levels: int) -> list[BacklogRow]:
@@ -553,44 +542,12 @@ async def _in_flight(func: Callable[[T], Awaitable[R]], items: list[T], limit: i
 
 # --- wire formats ------------------------------------------------------------------------------
 
-_MAGIC_V1 = -626843481
-_MAGIC_V2 = -626843477
-_BORN_HOST_V6 = 0x10
-_STORE_HOST_V6 = 0x20
-_COMPRESSED = 0x1
 
 
 def decode_stored_message(data: bytes) -> tuple[dict[str, str], bytes]:
     """Properties and body of one message in the broker's stored layout (V1 4.x, V2 5.x)."""
-    try:
-        _, magic = struct.unpack_from(">ii", data, 0)
-        if magic not in (_MAGIC_V1, _MAGIC_V2):
-            raise ProtocolError(f"stored message has unknown magic {magic}")
-        (sys_flag,) = struct.unpack_from(">i", data, 36)
-        pos = 48 + (16 if sys_flag & _BORN_HOST_V6 else 4) + 4 + 8
-        pos += (16 if sys_flag & _STORE_HOST_V6 else 4) + 4 + 4 + 8
-        (body_len,) = struct.unpack_from(">i", data, pos)
-        body = data[pos + 4:pos + 4 + body_len]
-        pos += 4 + body_len
-        if magic == _MAGIC_V1:
-            topic_len = data[pos]
-            pos += 1
-        else:
-            (topic_len,) = struct.unpack_from(">h", data, pos)
-            pos += 2
-        pos += topic_len
-        (props_len,) = struct.unpack_from(">h", data, pos)
-        raw_props = data[pos + 2:pos + 2 + props_len].decode("utf-8", "replace")
-    except (struct.error, IndexError) as exc:
-        raise ProtocolError(f"truncated stored message of {len(data)} bytes: {exc}") from exc
-    if sys_flag & _COMPRESSED and (sys_flag & 0x700) >> 8 == 0:
-        body = zlib.decompress(body)
-    properties = {}
-    for pair in raw_props.split("\x02"):
-        key, sep, value = pair.partition("\x01")
-        if sep:
-            properties[key] = value
-    return properties, bytes(body)
+    message, _ = decode_message(data)
+    return message.properties, message.body
 
 
 _STATS_ENTRY = re.compile(
@@ -663,6 +620,6 @@ def _opt(value: int | None) -> str:
 
 __all__ = [
     "BacklogError", "BacklogReport", "BacklogRow", "HalfState", "Kind", "PER_GROUP_LIMIT",
-    "QUERY_CONSUME_QUEUE", "VIEW_MESSAGE_BY_ID", "broker_config", "decode_stored_message", "half_state",
+    "QUERY_CONSUME_QUEUE", "VIEW_MESSAGE_BY_ID", "decode_stored_message", "half_state",
     "measure_backlog",
 ]
