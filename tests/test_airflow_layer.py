@@ -95,10 +95,13 @@ def test_poke_mode_sensor_records_every_check(bag, rmq_clusters, names):
     assert observations[-1]["satisfied"] and observations[-1]["figures"]["clients"] == {group: 1}
 
 
+LAYER_PROBE = harness.ClusterSpec("layer-probe", harness.TARGET_VERSION, 17876, 18911)
+
+
 @pytest.fixture
 def private_cluster(monkeypatch):
     """A cluster of its own, so a test can kill its broker without hurting others."""
-    spec = harness.ClusterSpec("layer-probe", harness.TARGET_VERSION, 61876, 62911)
+    spec = LAYER_PROBE
     cluster = harness.start(spec)
     monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_PRIVATE",
                        json.dumps({"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port}))

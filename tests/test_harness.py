@@ -81,3 +81,21 @@ def test_unreachable_address_is_a_typed_error():
             await client.invoke("127.0.0.1:1", RequestCode.GET_BROKER_CLUSTER_INFO)
     with pytest.raises(ConnectionFailed, match="127.0.0.1:1"):
         asyncio.run(_run())
+
+
+def test_every_cluster_port_is_distinct_and_outside_the_ephemeral_range():
+    """A port in the kernel's ephemeral range can be taken by any client socket's local end, and
+    then the broker fails with BindException at start: that broke one CI run."""
+    import test_airflow_layer
+    import test_remoting
+    import test_replication
+    from benchmarks import _common
+
+    specs = [*harness.CLUSTERS.values(), test_remoting.RESTART_PROBE, test_airflow_layer.LAYER_PROBE,
+             test_replication.REPL_A, test_replication.REPL_B, _common.BENCH_SOURCE, _common.BENCH_TARGET,
+             _common.BENCH_REPL_SOURCE, _common.BENCH_REPL_TARGET]
+    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    ports = [port for spec in specs for port in spec.ports]
+    assert len(ports) == len(set(ports)), sorted(p for p in ports if ports.count(p) > 1)
+    inside = {spec.name: [p for p in spec.ports if low <= p <= high] for spec in specs}
+    assert not any(inside.values()), {name: p for name, p in inside.items() if p}

@@ -508,9 +508,12 @@ def test_broker_answers_a_binary_header_request_in_kind(cluster, names):
     assert other.opaque == 78 and other.is_response and other.ext_fields.get("offset") == "0"
 
 
+RESTART_PROBE = harness.ClusterSpec("restart-probe", harness.SOURCE_VERSION, 15876, 16911)
+
+
 def test_reconnect_after_the_broker_restarts():
     """A cluster of our own on spare ports: stop it under a client, start it again."""
-    spec = harness.ClusterSpec("restart-probe", harness.SOURCE_VERSION, 59876, 60911)
+    spec = RESTART_PROBE
     topic = f"T_restart_{uuid.uuid4().hex[:8]}"
     try:
         harness.start(spec)

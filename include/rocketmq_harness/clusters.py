@@ -53,6 +53,11 @@ class ClusterSpec:
         return f"127.0.0.1:{self.broker_port}"
 
     @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the cluster binds: name server, broker fast remoting, remoting and HA."""
+        return (self.namesrv_port, self.broker_port - 2, self.broker_port, self.broker_port + 1)
+
+    @property
     def broker_name(self) -> str:
         return f"{self.name}-b0"
 
@@ -65,12 +70,14 @@ class ClusterSpec:
         return RUN_DIR / self.name
 
 
-# Brokers also bind listenPort-2 (HA/fast) and listenPort+1, so ports stay 10 apart.
+# Brokers also bind listenPort-2 (fast remoting) and listenPort+1 (HA), so ports stay 10 apart.
+# All ports sit below 32768, outside Linux's ephemeral range: a client socket that happened to
+# take 50912 as its local port once kept a broker's HA service from binding (BindException).
 CLUSTERS: dict[str, ClusterSpec] = {
     "source": ClusterSpec("source", SOURCE_VERSION, 19876, 20911),
     "target": ClusterSpec("target", TARGET_VERSION, 29876, 30911),
-    "source-acl": ClusterSpec("source-acl", SOURCE_VERSION, 39876, 40911, acl=True),
-    "target-acl": ClusterSpec("target-acl", TARGET_VERSION, 49876, 50911, acl=True),
+    "source-acl": ClusterSpec("source-acl", SOURCE_VERSION, 11876, 12911, acl=True),
+    "target-acl": ClusterSpec("target-acl", TARGET_VERSION, 13876, 14911, acl=True),
 }
 
 

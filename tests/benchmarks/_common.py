@@ -33,6 +33,8 @@ RESULTS = PROJECT_ROOT / "bench-results"
 #: Ports of the benchmark clusters; brokers also bind listenPort-2 and listenPort+1.
 BENCH_SOURCE = ClusterSpec("bench-source", SOURCE_VERSION, 63876, 64911)
 BENCH_TARGET = ClusterSpec("bench-target", TARGET_VERSION, 65076, 65011)
+BENCH_REPL_SOURCE = ClusterSpec("bench-repl-src", SOURCE_VERSION, 23876, 24911)
+BENCH_REPL_TARGET = ClusterSpec("bench-repl-dst", TARGET_VERSION, 25876, 26911)
 
 
 def _data_version() -> dict[str, int]:

@@ -37,15 +37,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import fresh_cluster, verdict, write_result
+from _common import BENCH_REPL_SOURCE, BENCH_REPL_TARGET, fresh_cluster, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import TopicConfig
 from rocketmq_core.replication import remote
-from rocketmq_harness.clusters import SOURCE_VERSION, TARGET_VERSION, ClusterSpec, RunningCluster
+from rocketmq_harness.clusters import SOURCE_VERSION, TARGET_VERSION, RunningCluster
 
-SOURCE = ClusterSpec("bench-repl-src", SOURCE_VERSION, 23876, 24911)
-TARGET = ClusterSpec("bench-repl-dst", TARGET_VERSION, 25876, 26911)
 TOPIC = "BENCH_REPLICATION"
 QUEUES = 8
 SIZE = 1024
@@ -202,7 +200,8 @@ def main() -> int:
           f"load average {load_start[0]:.1f}", flush=True)
     result: dict[str, Any] = {"message_bytes": SIZE, "queues": QUEUES, "source_version": SOURCE_VERSION,
                               "target_version": TARGET_VERSION}
-    with tempfile.TemporaryDirectory() as tmp, fresh_cluster(SOURCE) as source, fresh_cluster(TARGET) as target:
+    with (tempfile.TemporaryDirectory() as tmp, fresh_cluster(BENCH_REPL_SOURCE) as source,
+          fresh_cluster(BENCH_REPL_TARGET) as target):
         async def create() -> None:
             for cluster in (source, target):
                 async with ClusterAdmin(cluster.namesrv) as admin:
