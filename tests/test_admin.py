@@ -146,7 +146,7 @@ async def start_at_zero(admin: ClusterAdmin, addr: str, topic: TopicConfig, grou
     """Topic and group with committed offsets at 0, so a consumer starts at the first message."""
     await admin.create_topic(addr, topic)
     await admin.create_group(addr, GroupConfig(group))
-    await admin.gather(admin.update_consumer_offset(addr, group, topic.name, q, 0) for q in range(topic.write_queues))
+    await admin.update_consumer_offsets(addr, group, topic.name, {q: 0 for q in range(topic.write_queues)})
 
 
 # --- metadata ---------------------------------------------------------------------------------
