@@ -38,11 +38,12 @@ class RecordingServer:
         return {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http"}
 
     def wait_for(self, predicate, timeout: float = 60) -> list[tuple[str, dict]]:
+        """The requests matching ``predicate``, once there is at least one."""
         deadline = time.monotonic() + timeout
-        while not any(predicate(path, body) for path, body in self.requests):
+        while not (matching := [(path, body) for path, body in self.requests if predicate(path, body)]):
             assert time.monotonic() < deadline, f"no matching request within {timeout}s: {self.requests}"
             time.sleep(0.5)
-        return self.requests
+        return matching
 
     def close(self) -> None:
         self.server.shutdown()

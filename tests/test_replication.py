@@ -15,15 +15,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, ProtocolError
-from rocketmq_core.model import TopicConfig
-from rocketmq_core.remoting.client import Credentials, RemotingClient
+from rocketmq_core.remoting.client import RemotingClient
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.replication import codec, remote
 from rocketmq_core.replication.codec import PullStatus, StoredMessage
@@ -33,6 +31,8 @@ from rocketmq_core.replication.policy import (
     replica_properties, would_loop,
 )
 from rocketmq_harness import clusters as harness
+
+from cluster_side import Side, has_route, wait_for
 
 # === codec, no broker ===========================================================================
 
@@ -280,85 +280,6 @@ def test_config_rejects_secrets_and_mistakes(tmp_path):
 # === helpers for the real clusters ==============================================================
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.3) -> Any:
-    """Poll until ``check`` returns something truthy; fail naming what was awaited and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
-
-
-class Side:
-    """One cluster as the tests reach it: name server, broker, credentials."""
-
-    def __init__(self, namesrv: str, broker: str, cluster_id: str, credentials: Credentials | None = None):
-        self.namesrv, self.broker, self.cluster_id, self.credentials = namesrv, broker, cluster_id, credentials
-
-    @classmethod
-    def of(cls, cluster: harness.RunningCluster) -> "Side":
-        return cls(cluster.namesrv, cluster.broker, cluster.name, cluster.credentials)
-
-    def endpoint(self, secret_env: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"namesrv": self.namesrv, "cluster_id": self.cluster_id}
-        if self.credentials is not None:
-            out.update(access_key=self.credentials.access_key, secret_key_env=secret_env)
-        return out
-
-    def run(self, job: Callable[[ClusterAdmin], Any]) -> Any:
-        async def _go():
-            async with ClusterAdmin(self.namesrv, self.credentials) as admin:
-                return await job(admin)
-        return asyncio.run(_go())
-
-    def create_topic(self, topic: str, queues: int = 4) -> None:
-        self.run(lambda a: a.create_topic(self.broker, TopicConfig(topic, queues, queues)))
-        wait_for(lambda: self.run(lambda a: _has_route(a, topic)), f"route of {topic} on {self.namesrv}", 30)
-
-    def max_offsets(self, topic: str) -> dict[int, int]:
-        table = self.run(lambda a: a.topic_offsets(self.broker, topic))
-        return {mq.queue_id: high for mq, (_, high) in table.items()}
-
-    def committed(self, group: str, topic: str, queues: int = 4) -> dict[int, int | None]:
-        async def _go(a: ClusterAdmin):
-            return {q: await a.query_consumer_offset(self.broker, group, topic, q) for q in range(queues)}
-        return self.run(_go)
-
-    def read(self, topic: str, since: dict[int, int] | None = None) -> list[StoredMessage]:
-        """Every message the broker stores for the topic (from ``since`` per queue), duplicates
-        included, read by pulls that commit nothing."""
-        async def _go(a: ClusterAdmin):
-            out: list[StoredMessage] = []
-            for mq, (low, high) in sorted((await a.topic_offsets(self.broker, topic)).items(),
-                                          key=lambda i: i[0].queue_id):
-                start = max(low, (since or {}).get(mq.queue_id, low))
-                out.extend(await remote.pull_range(a.client, self.broker, topic, mq.queue_id, start, high))
-            return out
-        return self.run(_go)
-
-    def keys(self, topic: str, since: dict[int, int] | None = None) -> Counter[str]:
-        return Counter(k for m in self.read(topic, since) for k in m.keys)
-
-    def send(self, topic: str, queue_id: int, key: str, properties: dict[str, str] | None = None) -> None:
-        """Store one message with our own client (works against ACL clusters, signed)."""
-        props = codec.encode_properties({"KEYS": key, "UNIQ_KEY": key, **(properties or {})})
-
-        async def _go(a: ClusterAdmin):
-            await remote.send_v2(a.client, self.broker, "PG_repl_test", topic, queue_id, key.encode(), props,
-                                 int(time.time() * 1000))
-        self.run(_go)
-
-
-async def _has_route(admin: ClusterAdmin, topic: str) -> bool:
-    try:
-        return bool((await admin.topic_route(topic)).get("queueDatas"))
-    except Exception:
-        return False
 
 
 NATIVE_PRODUCER = r"""
@@ -697,7 +618,7 @@ def test_ordered_topic_keeps_per_queue_order(sides, names, spawn, loads_, rmq_cl
     made = harness.mqadmin(rmq_clusters["source"].spec, ["updateTopic", "-c", "source", "-t", topic, "-r", "4",
                                                          "-w", "4", "-o", "true"])
     assert made.returncode == 0, made.stdout + made.stderr
-    wait_for(lambda: source.run(lambda a: _has_route(a, topic)), "ordered topic route", 30)
+    wait_for(lambda: source.run(lambda a: has_route(a, topic)), "ordered topic route", 30)
     target.create_topic(topic)
     worker = spawn(task_config(names.group("ord"), source, target, [topic], start="earliest",
                                tuning={"window": 64, "batch": batch}), "w1")

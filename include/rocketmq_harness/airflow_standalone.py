@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rocketmq_harness.clusters import CLUSTERS, PROJECT_ROOT, RUN_DIR
+from rocketmq_provider.replication_runner import LocalProcessRunner
 
 USER = "admin"
 
@@ -93,6 +94,8 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "RMQ_TASK_SPECS_DIR": str(spec.specs_dir),
+        # replication workers' config, pids and counters: one standalone's tasks never see another's
+        "RMQ_STATE_DIR": str(spec.home / "state"),
     }
     env["AIRFLOW_CONN_FLEET_CONFIG"] = json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080")),
@@ -163,7 +166,9 @@ def recorded_pid(spec: StandaloneSpec = DEMO) -> int | None:
 
 
 def stop(spec: StandaloneSpec = DEMO, grace: float = 30) -> int | None:
-    """Stop the standalone we started (its whole process group); return its pid."""
+    """Stop the standalone we started (its whole process group) and the replication workers its
+    tasks started (they run detached, to outlive an Airflow restart); return its pid."""
+    LocalProcessRunner(spec.home / "state").stop_all()
     pid = recorded_pid(spec)
     if not pid or not _alive(pid):
         _pid_file(spec).unlink(missing_ok=True)

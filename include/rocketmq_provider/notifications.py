@@ -43,7 +43,7 @@ class BestEffort(BaseNotifier):
 MESSAGES = {
     "gate_opened": "{{ dag.dag_id }}: gate {{ ti.task_id }} waits for approval: {{ task.subject }}",
     "run_failed": "{{ dag.dag_id }}: run {{ run_id }} failed",
-    "delay_exceeded": "{{ dag.dag_id }}: replication delay passed its threshold",
+    "replication_alert": "{{ dag.dag_id }}: replication needs attention: {{ exception }}",
 }
 
 

@@ -12,7 +12,8 @@ from rocketmq_provider.operators.metadata import (
     MetadataDiffOperator, MetadataSyncOperator, ResolveConflictsOperator, TwoWayMetadataSyncOperator,
 )
 from rocketmq_provider.operators.replication import (
-    ACTIONS, ReplicationControlOperator, ReplicationMonitorOperator, ReplicationStartOperator,
+    ACTIONS, ReplicationControlOperator, ReplicationMonitorOperator, ReplicationRescopeOperator,
+    ReplicationStartOperator,
 )
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -50,17 +51,19 @@ def build_replication_dags(spec: ReplicationSpec) -> list[DAG]:
         ReplicationControlOperator(task_id="control", spec=spec, action="{{ params.action }}",
                                    timestamp="{{ params.timestamp }}")
 
-    with _dag(spec, "monitor", "monitoring", schedule=spec.monitor_schedule,
-              on_failure_callback=notifiers(spec.notifications, "delay_exceeded")) as monitor:
-        ReplicationMonitorOperator(task_id="monitor", spec=spec)
+    with _dag(spec, "monitor", "monitoring", schedule=spec.monitor_schedule) as monitor:
+        ReplicationMonitorOperator(task_id="monitor", spec=spec,
+                                   on_failure_callback=notifiers(spec.notifications, "replication_alert"))
 
     with _dag(spec, "metadata", "metadata sync", schedule=spec.metadata_sync_schedule,
               on_failure_callback=failure) as metadata:
+        rescope = ReplicationRescopeOperator(task_id="restart_workers_on_scope_change", spec=spec)
         if spec.direction == "one-way":
-            MetadataSyncOperator(task_id="metadata_sync", allow_delete=True, **sync_args)
+            MetadataSyncOperator(task_id="metadata_sync", allow_delete=True, **sync_args) >> rescope
         else:
             base = f"rmq_two_way_base__{spec.slug}"
             sync = TwoWayMetadataSyncOperator(task_id="metadata_sync", base_variable=base, **sync_args)
+            sync >> rescope
             gate = ConflictGate(task_id="resolve_conflicts_gate", sync_task_id="metadata_sync",
                                 subject=f"{spec.name}: metadata changed on both sides; which side wins?",
                                 assigned_users=[{"id": u, "name": u} for u in spec.approvers],

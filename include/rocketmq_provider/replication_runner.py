@@ -98,6 +98,11 @@ class LocalProcessRunner(WorkerRunner):
             (self._dir(name) / "pids.json").write_text("{}")
         return sorted(pids)
 
+    def stop_all(self) -> list[str]:
+        """Stop the workers of every task this state dir records; return the names that had some."""
+        names = [str(f.parent.relative_to(self.root)) for f in sorted(self.root.glob("**/pids.json"))]
+        return [name for name in names if self.stop(name)]
+
     def status(self, name: str) -> dict[str, dict[str, Any]]:
         folder = self._dir(name)
         result = {}

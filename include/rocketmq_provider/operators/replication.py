@@ -63,6 +63,17 @@ class ReplicationOperator(BaseOperator):
     def state(self) -> str:
         return self.runner.get_state(self.spec.slug) or "created"
 
+    def topics_in_scope(self) -> tuple[list[str], list[str]]:
+        """The source's topics in the spec's scope now, and which of them are ordered."""
+        spec = self.spec
+        snapshot = RocketMQHook(spec.source.conn_id).run(
+            lambda admin: take_snapshot(admin, spec.source.cluster, include_acl=False))
+        scope = spec.scope.to_scope()
+        topics = sorted(t for t in snapshot.topics if scope.topic(t))
+        if not topics:
+            raise AirflowException(f"the scope of {spec.name} matches no topic on {spec.source.conn_id}")
+        return topics, sorted(t for t in topics if snapshot.topics[t].order)
+
     def start_workers(self, topics: list[str], ordered: list[str], start: Any) -> dict[str, list[str]]:
         started = {}
         for d in directions(self.spec):
@@ -94,18 +105,34 @@ class ReplicationStartOperator(ReplicationOperator):
         if self.state() == "running":
             raise AirflowException(f"replication {self.spec.name} is already running; use its control DAG")
         spec = self.spec
-        snapshot = RocketMQHook(spec.source.conn_id).run(
-            lambda admin: take_snapshot(admin, spec.source.cluster, include_acl=False))
-        scope = spec.scope.to_scope()
-        topics = sorted(t for t in snapshot.topics if scope.topic(t))
-        if not topics:
-            raise AirflowException(f"the scope of {spec.name} matches no topic on {spec.source.conn_id}")
-        ordered = sorted(t for t in topics if snapshot.topics[t].order)
+        topics, ordered = self.topics_in_scope()
         start = ({"timestamp_ms": int(spec.start.timestamp() * 1000)} if isinstance(spec.start, datetime)
                  else spec.start)
         started = self.start_workers(topics, ordered, start)
         self.log.info("replication %s started: %s over %d topic(s)", spec.name, started, len(topics))
         return {"topics": topics, "ordered_topics": ordered, "workers": started}
+
+
+class ReplicationRescopeOperator(ReplicationOperator):
+    """After a metadata sync: when topics entered or left the scope on the source, restart the
+    running workers on the new set. A new topic is replicated from its first message; the others
+    go on from their committed offsets."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        state = self.state()
+        if state != "running":
+            return {"state": state, "restarted": False}
+        before = self.runner.last_config(self.worker_name(directions(self.spec)[0])) or {}
+        topics, ordered = self.topics_in_scope()
+        if topics == before.get("topics") and ordered == before.get("ordered_topics", []):
+            return {"state": state, "restarted": False, "topics": topics}
+        added = sorted(set(topics) - set(before.get("topics", ())))
+        removed = sorted(set(before.get("topics", ())) - set(topics))
+        self.log.info("replication %s: topics added %s, removed %s; restarting its workers",
+                      self.spec.name, added, removed)
+        self.stop_workers("paused")
+        self.start_workers(topics, ordered, "earliest")
+        return {"state": "running", "restarted": True, "added": added, "removed": removed, "topics": topics}
 
 
 class ReplicationControlOperator(ReplicationOperator):
@@ -127,12 +154,14 @@ class ReplicationControlOperator(ReplicationOperator):
             return {"paused": self.stop_workers("paused")}
         if action == "stop":
             return {"stopped": self.stop_workers("stopped")}
-        if action == "resume":
-            self._require(state, "paused", "stopped")
+        if action == "resume":  # also while running: restarts workers that died, keeps the live ones
+            self._require(state, "paused", "stopped", "running")
             config = self.runner.last_config(self.worker_name(directions(self.spec)[0]))
             if config is None:
                 raise AirflowException(f"replication {self.spec.name} was never started")
-            return {"resumed": self.start_workers(config["topics"], config.get("ordered_topics", []), "latest")}
+            # Every queue seen before has a committed offset, so the start only applies to queues
+            # that appeared since (more queues on a topic): those are replicated from their first message.
+            return {"resumed": self.start_workers(config["topics"], config.get("ordered_topics", []), "earliest")}
         if action == "reset_offset":
             self._require(state, "paused")
             return {"reset": self._reset(self._timestamp_ms())}
