@@ -33,6 +33,12 @@ def browser(tmp_path):
     driver.quit()
 
 
+def until(driver, condition, timeout: float = 30):
+    """Wait for ``condition``; React replaces elements while it re-renders, so an element gone
+    stale between finding and reading it means "not yet", not a failure."""
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
 def shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
@@ -50,7 +56,7 @@ def click_button(driver, text: str, tags: tuple[str, ...] = ("button",)) -> None
                 return False
         return False
 
-    WebDriverWait(driver, 30).until(clicked)
+    until(driver, clicked)
 
 
 def click_button_or_link(driver, text: str) -> None:
@@ -65,22 +71,22 @@ def test_engineer_approves_a_gate_in_the_ui_after_reading_its_evidence(browser, 
     airflow_api.wait_for_gate(dag, run_id, "gate")
 
     browser.get(f"{airflow_api.url}/")
-    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.NAME, "username"))
+    until(browser, lambda d: d.find_elements(By.NAME, "username"))
     browser.find_element(By.NAME, "username").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys(airflow_api.password)
     shot(browser, "1-login")
     click_button(browser, "Sign in")
-    WebDriverWait(browser, 30).until(lambda d: "/auth/login" not in d.current_url)
+    until(browser, lambda d: "/auth/login" not in d.current_url)
 
-    browser.get(f"{airflow_api.url}/required_actions")
+    browser.get(f"{airflow_api.url}/required_actions?response_received=false")  # the UI's own "pending" link
     # React re-renders these lists: read texts and links inside the wait, keep no element.
-    href = WebDriverWait(browser, 30).until(lambda d: next(
+    href = until(browser, lambda d: next(
         (a.get_attribute("href") for a in d.find_elements(By.TAG_NAME, "a")
          if a.text == "Switch the probe fleet?" and run_id in (a.get_attribute("href") or "")), None))
     shot(browser, "2-required-actions")
     browser.get(href)
 
-    row = WebDriverWait(browser, 30).until(lambda d: next(
+    row = until(browser, lambda d: next(
         (r.text for r in d.find_elements(By.TAG_NAME, "tr") if r.text.startswith(online_group)), None))
     assert row.split()[1:] == ["0", "1"], "evidence: no consumer on the source, one on the target"
     assert "Online consumers per cluster" in browser.find_element(By.TAG_NAME, "body").text
@@ -90,13 +96,13 @@ def test_engineer_approves_a_gate_in_the_ui_after_reading_its_evidence(browser, 
     assert airflow_api.wait_for_run(dag, run_id, timeout=180) == "success"
     assert (tmp_path / "guarded").read_text() == "ran"
     browser.get(f"{airflow_api.url}/dags/{dag}/runs/{run_id}")
-    WebDriverWait(browser, 30).until(lambda d: "guarded" in d.find_element(By.TAG_NAME, "body").text)
+    until(browser, lambda d: "guarded" in d.find_element(By.TAG_NAME, "body").text)
     time.sleep(1)
     shot(browser, "4-run-moved-on")
     click_button_or_link(browser, "Migration report")
-    frame = WebDriverWait(browser, 30).until(lambda d: next(iter(d.find_elements(By.TAG_NAME, "iframe")), None))
+    frame = until(browser, lambda d: next(iter(d.find_elements(By.TAG_NAME, "iframe")), None))
     browser.switch_to.frame(frame)
-    WebDriverWait(browser, 30).until(lambda d: "Approvals" in d.find_element(By.TAG_NAME, "body").text)
+    until(browser, lambda d: "Approvals" in d.find_element(By.TAG_NAME, "body").text)
     assert "<td>gate</td><td>Approve</td><td>admin</td>" in browser.page_source
     browser.switch_to.default_content()
     shot(browser, "5-report-tab")
