@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, ProtocolError
+from rocketmq_core.model import TopicConfig
 from rocketmq_core.remoting.client import RemotingClient
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.replication import codec, remote
@@ -821,6 +822,28 @@ def test_a_new_group_starting_at_a_timestamp_begins_exactly_there(sides, names, 
     assert worker.stats()["consumed"] == len(expected)
 
 
+def test_queues_added_after_the_start_are_replicated_from_their_first_message(sides, names, spawn):
+    """start=latest skips what was there at the start, not what a queue added later holds before
+    the worker's next route refresh notices it."""
+    source, target = sides
+    topic = names.topic("grow")
+    source.create_topic(topic, queues=2)
+    target.create_topic(topic, queues=4)
+    for q in range(2):
+        source.send(topic, q, f"old-{q}")
+    worker = spawn(task_config(names.group("grow"), source, target, [topic], start="latest",
+                               tuning={"route_interval": 5.0}), "w1")
+    worker.wait_active(2)
+    source.run(lambda a: a.create_topic(source.broker, TopicConfig(topic, 4, 4)))
+    expected = [f"new-{q}" for q in range(4)]
+    for q, key in enumerate(expected):  # at once: before the next route refresh
+        source.send(topic, q, key)
+    worker.wait_active(4, timeout=30)
+    wait_for(lambda: sum(target.keys(topic).values()) >= len(expected), f"{len(expected)} replicated", 60)
+    time.sleep(1.5)
+    exactly_once(target.keys(topic), expected)
+
+
 def test_rate_limit_holds_over_a_window(sides, names, spawn, loads_):
     source, target = sides
     topic = names.topic("rate")
@@ -850,12 +873,15 @@ def test_a_target_without_the_topic_fails_counts_and_retries_until_it_exists(sid
     worker = spawn(config, "w1")
     stats = wait_for(lambda: (s := worker.stats()).get("failed", 0) >= 10 and s, "failed sends counted", 60)
     assert stats["replicated"] == 0 and stats["retrying"] > 0
+    first_age = stats["oldest_retry_age_ms"]
+    assert first_age > 0 and wait_for(lambda: (worker.stats()["oldest_retry_age_ms"] or 0) > first_age + 1000,
+                                      "the retry age growing (what the monitor alerts on)", 10)
     assert all(v in (0, None) for v in source.committed(group, topic).values())  # nothing committed past them
     target.create_topic(topic)
     wait_for(lambda: sum(target.keys(topic).values()) >= 20, "all 20 once the topic exists", 60)
     exactly_once(target.keys(topic), keys)
     stats = wait_for(lambda: (s := worker.stats())["retrying"] == 0 and s["lag"] == 0 and s, "retries done", 30)
-    assert stats["replicated"] == 20 and stats["failed"] >= 10
+    assert stats["replicated"] == 20 and stats["failed"] >= 10 and stats["oldest_retry_age_ms"] is None
 
 
 def test_acl_clusters_with_secrets_from_the_environment(acl_clusters, names, spawn):

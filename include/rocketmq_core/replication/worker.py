@@ -52,7 +52,7 @@ from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import ResponseCode
 from rocketmq_core.replication import codec, remote
 from rocketmq_core.replication.codec import PullStatus, StoredMessage
-from rocketmq_core.replication.config import ReplicationConfig
+from rocketmq_core.replication.config import ReplicationConfig, StartPosition
 from rocketmq_core.replication.policy import (
     OffsetTracker, TokenBucket, allocate_averagely, chunk_messages, replica_properties, would_loop,
 )
@@ -164,7 +164,7 @@ class QueueRunner:
                 if committed is not None and committed > 0:
                     self.committed = committed
                     return committed
-                start = w.config.start
+                start = w.start_of(self.mq)
                 if start.kind == "earliest":
                     offset = await w.source.min_offset(addr, topic, queue_id)
                 elif start.kind == "timestamp":
@@ -271,6 +271,8 @@ class QueueRunner:
             else:
                 wanted.append(message)
         for chunk in self._chunks(wanted):
+            if self.stop_event.is_set():  # released: the rest is tracked, never done, so never committed
+                break
             await self._dispatch(chunk)
 
     def _chunks(self, messages: list[StoredMessage]) -> list[list[StoredMessage]]:
@@ -339,6 +341,7 @@ class QueueRunner:
             self.counters.failed += len(chunk)
             if failures == 1:
                 w.retrying += len(chunk)
+                w.retry_started(chunk)
             if failures == 1 or failures % 20 == 0:
                 log.warning("send of %d message(s) of %s from offset %d to the target failed (attempt %d), retrying: %s",
                             len(chunk), queue_name(self.mq), first.queue_offset, failures, error)
@@ -348,10 +351,12 @@ class QueueRunner:
                 await asyncio.sleep(backoff)
             except asyncio.CancelledError:
                 w.retrying -= len(chunk)
+                w.retry_ended(chunk)
                 raise
             backoff = min(backoff * 2, w.tuning.max_backoff)
         if failures:
             w.retrying -= len(chunk)
+            w.retry_ended(chunk)
         self.counters.replicated += len(chunk)
         assert self.tracker is not None
         for m in chunk:
@@ -439,6 +444,8 @@ class ReplicationWorker:
         self._offset_tables: dict[str, tuple[float, asyncio.Future[dict[tuple[str, str], dict[int, int]]]]] = {}
         self._missing: set[tuple[str, str]] = set()
         self._started = time.time()
+        self._initial_queues: set[MessageQueue] | None = None
+        self._retrying_since: dict[int, float] = {}
 
     # --- what the queue runners use --------------------------------------------------------
 
@@ -478,6 +485,21 @@ class ReplicationWorker:
         self._delays.append((time.monotonic(), now_ms - store_timestamp))
         self._newest_store_ts = max(self._newest_store_ts, store_timestamp)
 
+    def start_of(self, mq: MessageQueue) -> StartPosition:
+        """Where a queue without a committed offset starts: the configured position for the
+        queues the source had when this worker started; a queue that appeared since (a topic
+        created later, more queues, a new broker) holds only messages written after the start,
+        so from its first message, or they would be skipped."""
+        if self._initial_queues is None or mq in self._initial_queues:
+            return self.config.start
+        return StartPosition("earliest")
+
+    def retry_started(self, chunk: list[StoredMessage]) -> None:
+        self._retrying_since[id(chunk)] = time.time()
+
+    def retry_ended(self, chunk: list[StoredMessage]) -> None:
+        self._retrying_since.pop(id(chunk), None)
+
     def request_route_refresh(self) -> None:
         self._route_wanted.set()
 
@@ -516,7 +538,12 @@ class ReplicationWorker:
         """Run until ``stop``; then drain, commit and unregister."""
         background: list[asyncio.Task[None]] = []
         try:
-            await self._refresh_routes()
+            # The queues there are now get the configured start; every later one its first message.
+            # So the view must be complete: wait out routes that cannot be read yet.
+            while await self._refresh_routes() and not self._stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 2.0)
+            self._initial_queues = {mq for queues in self._source_queues.values() for mq in queues}
             await self._heartbeat()
             await self._rebalance()
             self.state = "running"
@@ -574,12 +601,15 @@ class ReplicationWorker:
                 return None
             raise
 
-    async def _refresh_routes(self) -> None:
+    async def _refresh_routes(self) -> set[str]:
+        """Read both sides' routes of every topic; return the topics whose routes could not be read."""
+        unavailable: set[str] = set()
         for topic in self.config.topics:
             try:
                 src, dst = await asyncio.gather(self._route(self.source, topic), self._route(self.target, topic))
             except (ConnectionFailed, RequestTimeout, ResponseError) as exc:
                 log.warning("route of %s unavailable, keeping the last one: %s", topic, exc)
+                unavailable.add(topic)
                 continue
             self._note_missing("source", topic, src is None)
             self._note_missing("target", topic, dst is None)
@@ -593,6 +623,7 @@ class ReplicationWorker:
                 self._target_queues[topic] = [(q.broker, q.queue_id) for q in
                                               _queues(topic, dst, PERM_WRITE, "writeQueueNums", self._target_addrs)]
         await self._refresh_ordered()
+        return unavailable
 
     def _note_missing(self, side: str, topic: str, missing: bool) -> None:
         """Log a topic missing on a side once when it goes missing and once when it is back."""
@@ -638,7 +669,9 @@ class ReplicationWorker:
             if runner.task.done():  # ended on an unexpected error: start it again below
                 del self._runners[mq]
         owned: set[MessageQueue] = set()
-        others = False
+        # A restarted broker forgets its consumers: whoever heartbeats first sees itself alone
+        # while the others still own their queues. Having seen others last time counts as others.
+        others = len(self._consumers) > 1
         for topic, queues in sorted(self._source_queues.items()):
             current = {mq for mq in self._runners if mq.topic == topic}
             if not queues:
@@ -739,9 +772,12 @@ class ReplicationWorker:
                 setattr(totals, name, getattr(totals, name) + value)
         return {
             "task": self.config.task, "worker_id": self.worker_id, "client_id": self.client_id, "group": self.group,
-            "pid": os.getpid(), "state": self.state, "updated_at_ms": now_ms,
+            "pid": os.getpid(), "state": self.state, "started_at_ms": int(self._started * 1000), "updated_at_ms": now_ms,
             "source": self.config.source.cluster_id, "target": self.config.target.cluster_id,
             **asdict(totals), "retrying": self.retrying,
+            # a send retried this long is stuck (a read-only topic, a denied permission): the monitor alerts
+            "oldest_retry_age_ms": (now_ms - int(min(self._retrying_since.values()) * 1000)
+                                    if self._retrying_since else None),
             "topics": {t: asdict(c) for t, c in sorted(self._counters.items())},
             "owned_queues": sorted(queue_name(mq) for mq in self._runners),
             "active_queues": sorted(queue_name(mq) for mq, r in self._runners.items() if r.active),
