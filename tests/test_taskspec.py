@@ -91,3 +91,21 @@ def test_factory_keeps_valid_dags_and_reports_invalid_specs_as_an_import_error(t
     assert {"rmq_migration__orders-migration", "rmq_metadata_diff__orders-migration"} <= set(bag.dag_ids)
     (error,) = bag.import_errors.values()
     assert "bad.yaml: fleets.0.canary_share" in error and "garbage.yaml: not valid YAML" in error
+
+
+REPLICATION = yaml.safe_load((ROOT / "specs" / "orders-replication.yaml").read_text())
+
+
+def test_replication_sides_must_stamp_different_origins():
+    """Two clusters both keeping RocketMQ's default name would stamp one origin: loops undetectable."""
+    same = {**REPLICATION, "source": {"conn_id": "a", "cluster": "DefaultCluster"},
+            "target": {"conn_id": "b", "cluster": "DefaultCluster"}}
+    with pytest.raises(InvalidSpec, match="both stamp origin 'DefaultCluster'"):
+        parse_spec(same, "r.yaml")
+    spec = parse_spec({**same, "target": {"conn_id": "b", "cluster": "dr-cluster"}}, "r.yaml")
+    assert (spec.source.origin_id, spec.target.origin_id) == ("DefaultCluster", "dr-cluster")
+
+
+def test_a_replication_start_time_without_a_zone_is_utc():
+    spec = parse_spec({**REPLICATION, "start": "2026-03-01T08:00:00"}, "r.yaml")
+    assert spec.start.isoformat() == "2026-03-01T08:00:00+00:00"

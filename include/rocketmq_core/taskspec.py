@@ -13,7 +13,7 @@ import fnmatch
 import hashlib
 import os
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,12 @@ class ScopeSpec(_Strict):
 class ClusterRef(_Strict):
     conn_id: Annotated[str, Field(min_length=1)]
     cluster: str | None = None
+
+    @property
+    def origin_id(self) -> str:
+        """The id replication stamps on the messages it copies from this cluster, which is what
+        stops two-way loops: the cluster name, else the connection id."""
+        return re.sub(r"[^A-Za-z0-9_.:-]", "_", self.cluster or self.conn_id)
 
 
 class HttpSwitchSpec(_Strict):
@@ -203,6 +209,18 @@ class ReplicationSpec(_TaskSpec):
     delay_alert_seconds: Annotated[float, Field(gt=0)] = 60
     monitor_schedule: str | None = "*/5 * * * *"
     metadata_sync_schedule: str | None = "*/10 * * * *"
+
+    @field_validator("start")
+    @classmethod
+    def _utc_unless_told(cls, start: Any) -> Any:
+        return start.replace(tzinfo=timezone.utc) if isinstance(start, datetime) and start.tzinfo is None else start
+
+    @model_validator(mode="after")
+    def _distinct_origins(self) -> "ReplicationSpec":
+        if self.source.origin_id == self.target.origin_id:
+            raise ValueError(f"source and target would both stamp origin {self.source.origin_id!r} on replicated "
+                             "messages, so loops could not be told apart: give them different cluster names")
+        return self
 
     @property
     def group(self) -> str:
