@@ -16,6 +16,10 @@ STATE_COLOURS = {"success": "#2e7d32", "running": "#1565c0", "deferred": "#6a1b9
                  "queued": "#546e7a", "scheduled": "#546e7a", "failed": "#c62828", "upstream_failed": "#e57373",
                  "skipped": "#9e9e9e", None: "#bdbdbd"}
 WAITING = {"running", "deferred", "awaiting_input", "queued", "scheduled", "up_for_reschedule", "up_for_retry"}
+#: DAGs that record one observation per run on a schedule: their report plots this run and the
+#: runs before it (a day of five-minute monitor runs), or there would be one point to plot.
+HISTORY_DAG_PREFIXES = ("rmq_replication_monitor__",)
+HISTORY_RUNS = 288
 PALETTE = ["#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037", "#ad1457"]
 
 

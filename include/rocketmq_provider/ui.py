@@ -18,7 +18,7 @@ from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
-from rocketmq_provider.reporting import RunRecord, render
+from rocketmq_provider.reporting import HISTORY_DAG_PREFIXES, HISTORY_RUNS, RunRecord, render
 
 app = FastAPI(title="RocketMQ migration reports")
 
@@ -33,18 +33,33 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunRecord:
     record = RunRecord(dag_id, run_id, str(run.state), [(t, str(s) if s else None) for t, s in tasks])
     rows = session.scalars(select(XComModel).where(
         XComModel.dag_id == dag_id, XComModel.run_id == run_id,
-        XComModel.key.in_(["answer", "switch", "observations", "return_value"])))
+        XComModel.key.in_(["answer", "switch", "return_value"])))
     for row in rows:
         value = XComModel.deserialize_value(row)
         if row.key == "answer":
             record.answers[row.task_id] = value
         elif row.key == "switch":
             record.switches[row.task_id] = value
-        elif row.key == "observations":
-            record.observations[row.task_id] = value or []
         elif row.task_id == "report" and isinstance(value, dict):
             record.report = value
+    record.observations = _observations(session, run)
     return record
+
+
+def _observations(session: Session, run: DagRun) -> dict[str, list[dict]]:
+    """Per task, the figures its checks recorded: this run's, or for a monitoring DAG this run's
+    and those of up to HISTORY_RUNS runs before it, oldest first."""
+    run_ids = [run.run_id]
+    if run.dag_id.startswith(HISTORY_DAG_PREFIXES):
+        run_ids = list(session.scalars(
+            select(DagRun.run_id).where(DagRun.dag_id == run.dag_id, DagRun.run_after <= run.run_after)
+            .order_by(DagRun.run_after.desc()).limit(HISTORY_RUNS)))
+    rows = session.scalars(select(XComModel).where(
+        XComModel.dag_id == run.dag_id, XComModel.run_id.in_(run_ids), XComModel.key == "observations"))
+    observations: dict[str, list[dict]] = {}
+    for row in rows:
+        observations.setdefault(row.task_id, []).extend(XComModel.deserialize_value(row) or [])
+    return {task: sorted(obs, key=lambda o: o.get("at", 0)) for task, obs in observations.items()}
 
 
 @app.get("/reports/{dag_id}/{run_id}", response_class=HTMLResponse,
