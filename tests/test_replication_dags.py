@@ -172,6 +172,8 @@ def test_start_pause_reset_resume_monitor_stop_through_the_dags(airflow_api, sid
                                                 timeout=120)]
     assert [(body["dag_id"], body["run_id"]) for body in alerts] == [(task.dag("monitor"), run_id)], hook.requests
     assert "workers not running: ['forward/worker-0']" in alerts[0]["text"]
+    page = airflow_api.report_page(task.dag("monitor"), run_id)  # this run's figures and the earlier run's
+    assert "monitor — 2 checks" in page and "delay_seconds (last" in page and "replicated (last" in page, page
 
     assert control(airflow_api, task, "resume")[1] == "success"  # restarts the dead worker
     assert list(alive_workers(runner, task).values()) == [True]
@@ -182,6 +184,16 @@ def test_start_pause_reset_resume_monitor_stop_through_the_dags(airflow_api, sid
     run_id, state = control(airflow_api, task, "stop")
     assert state == "success" and alive_workers(runner, task) == {}
     assert airflow_api.xcom(task.dag("control"), run_id, "control") == {"stopped": {"forward": ["worker-0"]}}
+
+    group = f"rmq_replicator_{task.name}"
+    assert group in source.run(lambda a: a.group_configs(source.broker))
+    assert (topic, group) in source.run(lambda a: a.all_consumer_offsets(source.broker))
+    run_id, state = control(airflow_api, task, "delete")
+    assert state == "success" and group not in source.run(lambda a: a.group_configs(source.broker))
+    assert (topic, group) not in source.run(lambda a: a.all_consumer_offsets(source.broker))
+    run_id, state = run(airflow_api, task.dag("monitor"))  # a deleted task is no longer watched
+    assert (state, airflow_api.task_states(task.dag("monitor"), run_id)) == (
+        "success", {"task_active": "skipped", "monitor": "skipped"})
 
 
 def test_metadata_dag_carries_adds_and_deletes_and_replicates_new_topics(airflow_api, sides, runner, make_task):

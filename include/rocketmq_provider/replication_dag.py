@@ -12,8 +12,8 @@ from rocketmq_provider.operators.metadata import (
     MetadataDiffOperator, MetadataSyncOperator, ResolveConflictsOperator, TwoWayMetadataSyncOperator,
 )
 from rocketmq_provider.operators.replication import (
-    ACTIONS, ReplicationControlOperator, ReplicationMonitorOperator, ReplicationRescopeOperator,
-    ReplicationStartOperator,
+    ACTIONS, ReplicationActiveOperator, ReplicationControlOperator, ReplicationMonitorOperator,
+    ReplicationRescopeOperator, ReplicationStartOperator,
 )
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -43,7 +43,8 @@ def build_replication_dags(spec: ReplicationSpec) -> list[DAG]:
 
     with _dag(spec, "control", "control", schedule=None, render_template_as_native_obj=True, params={
         "action": Param("status", enum=list(ACTIONS), title="Action",
-                        description="pause and resume keep the position; reset_offset works only while paused"),
+                        description="pause and resume keep the position; reset_offset works only while paused; "
+                                    "delete (paused or stopped) removes the replicator's groups and offsets"),
         "timestamp": Param(None, type=["null", "string"], format="date-time", title="Reset to (UTC)",
                            description="For reset_offset: replication restarts from the first message stored "
                                        "at or after this time."),
@@ -52,18 +53,19 @@ def build_replication_dags(spec: ReplicationSpec) -> list[DAG]:
                                    timestamp="{{ params.timestamp }}")
 
     with _dag(spec, "monitor", "monitoring", schedule=spec.monitor_schedule) as monitor:
-        ReplicationMonitorOperator(task_id="monitor", spec=spec,
-                                   on_failure_callback=notifiers(spec.notifications, "replication_alert"))
+        ReplicationActiveOperator(task_id="task_active", spec=spec) >> ReplicationMonitorOperator(
+            task_id="monitor", spec=spec, on_failure_callback=notifiers(spec.notifications, "replication_alert"))
 
     with _dag(spec, "metadata", "metadata sync", schedule=spec.metadata_sync_schedule,
               on_failure_callback=failure) as metadata:
+        active = ReplicationActiveOperator(task_id="task_active", spec=spec)
         rescope = ReplicationRescopeOperator(task_id="restart_workers_on_scope_change", spec=spec)
         if spec.direction == "one-way":
-            MetadataSyncOperator(task_id="metadata_sync", allow_delete=True, **sync_args) >> rescope
+            active >> MetadataSyncOperator(task_id="metadata_sync", allow_delete=True, **sync_args) >> rescope
         else:
             base = f"rmq_two_way_base__{spec.slug}"
             sync = TwoWayMetadataSyncOperator(task_id="metadata_sync", base_variable=base, **sync_args)
-            sync >> rescope
+            active >> sync >> rescope
             gate = ConflictGate(task_id="resolve_conflicts_gate", sync_task_id="metadata_sync",
                                 subject=f"{spec.name}: metadata changed on both sides; which side wins?",
                                 assigned_users=[{"id": u, "name": u} for u in spec.approvers],

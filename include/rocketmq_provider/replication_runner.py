@@ -28,6 +28,27 @@ def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV, str(default)))
 
 
+WORKER_MODULE = "rocketmq_core.replication.worker"
+
+
+def worker_alive(pid: int) -> bool:
+    """Alive and still a replication worker: a recorded pid the kernel gave to another process
+    since must not count as a running worker, nor be signalled."""
+    if not alive(pid):
+        return False
+    try:
+        return WORKER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Replace the file at once: a task reading it meanwhile never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
 class WorkerRunner(ABC):
     @abstractmethod
     def start(self, name: str, config: dict[str, Any], secrets: dict[str, str], workers: int) -> list[str]:
@@ -40,6 +61,10 @@ class WorkerRunner(ABC):
     @abstractmethod
     def status(self, name: str) -> dict[str, dict[str, Any]]:
         """Per worker id: whether it is alive and the stats it last wrote (None before the first)."""
+
+    @abstractmethod
+    def log_tail(self, name: str, worker: str, lines: int = 20) -> str:
+        """The last lines a worker logged: why it exited, for the task that started it."""
 
     @abstractmethod
     def last_config(self, name: str) -> dict[str, Any] | None:
@@ -70,32 +95,34 @@ class LocalProcessRunner(WorkerRunner):
     def start(self, name: str, config: dict[str, Any], secrets: dict[str, str], workers: int) -> list[str]:
         folder = self._dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
-        pids = {w: p for w, p in self._pids(name).items() if alive(p)}
+        _write_json(folder / "config.json", config)
+        pids = {w: p for w, p in self._pids(name).items() if worker_alive(p)}
         for i in range(workers):
             worker = f"worker-{i}"
             if worker in pids:
                 continue
-            cmd = [sys.executable, "-m", "rocketmq_core.replication.worker", "--config", str(folder / "config.json"),
+            cmd = [sys.executable, "-m", WORKER_MODULE, "--config", str(folder / "config.json"),
                    "--worker-id", worker, "--stats", str(folder / f"{worker}.stats.json")]
             with open(folder / f"{worker}.log", "ab") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env={**os.environ, **secrets}, start_new_session=True, cwd=folder)
             pids[worker] = proc.pid
-        (folder / "pids.json").write_text(json.dumps(pids))
+        _write_json(folder / "pids.json", pids)
         return sorted(pids)
 
     def stop(self, name: str, grace: float = 60) -> list[str]:
         pids = self._pids(name)
-        for pid in pids.values():
+        running = [pid for pid in pids.values() if worker_alive(pid)]
+        for pid in running:
             signal_quietly(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
+        while time.monotonic() < deadline and any(alive(p) for p in running):
             time.sleep(0.2)
-        for pid in pids.values():
-            signal_quietly(pid, signal.SIGKILL)
+        for pid in running:
+            if worker_alive(pid):
+                signal_quietly(pid, signal.SIGKILL)
         if self._dir(name).exists():
-            (self._dir(name) / "pids.json").write_text("{}")
+            _write_json(self._dir(name) / "pids.json", {})
         return sorted(pids)
 
     def stop_all(self) -> list[str]:
@@ -109,8 +136,13 @@ class LocalProcessRunner(WorkerRunner):
         for worker, pid in self._pids(name).items():
             stats_file = folder / f"{worker}.stats.json"
             stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
-            result[worker] = {"alive": alive(pid), "pid": pid, "stats": stats}
+            result[worker] = {"alive": worker_alive(pid), "pid": pid, "stats": stats}
         return result
+
+    def log_tail(self, name: str, worker: str, lines: int = 20) -> str:
+        path = self._dir(name) / f"{worker}.log"
+        text = path.read_text(errors="replace") if path.exists() else "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
 
     def last_config(self, name: str) -> dict[str, Any] | None:
         path = self._dir(name) / "config.json"
@@ -122,4 +154,4 @@ class LocalProcessRunner(WorkerRunner):
 
     def set_state(self, task: str, state: str) -> None:
         self._dir(task).mkdir(parents=True, exist_ok=True)
-        (self._dir(task) / "state.json").write_text(json.dumps({"state": state, "at": time.time()}))
+        _write_json(self._dir(task) / "state.json", {"state": state, "at": time.time()})

@@ -1,4 +1,4 @@
-"""Replication task operators: start, control (pause, resume, stop, reset offsets), monitor.
+"""Replication task operators: start, control (pause, resume, stop, reset offsets, delete), monitor.
 
 A replication task has one direction (source -> target) or two (and target -> source). Each
 direction is a set of worker processes run by a WorkerRunner; its consumer group on the side it
@@ -7,21 +7,20 @@ reads from holds its position, so pausing keeps the position and resetting moves
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from rocketmq_core.metadata import take_snapshot
 from rocketmq_core.taskspec import ClusterRef, ReplicationSpec
 from rocketmq_provider.hooks.rocketmq import ClusterEndpoint, RocketMQHook
 from rocketmq_provider.replication_runner import LocalProcessRunner, WorkerRunner
 
-ACTIONS = ("pause", "resume", "stop", "reset_offset", "status")
+ACTIONS = ("pause", "resume", "stop", "reset_offset", "delete", "status")
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,8 @@ def directions(spec: ReplicationSpec) -> list[Direction]:
     return forward + [Direction("reverse", spec.target, spec.source)] if spec.direction == "two-way" else forward
 
 
-def cluster_id(ref: ClusterRef) -> str:
-    """The id stamped on replicated messages: the cluster name, else the connection id."""
-    return re.sub(r"[^A-Za-z0-9_.:-]", "_", ref.cluster or ref.conn_id)
-
-
 def _side(ref: ClusterRef, endpoint: ClusterEndpoint, secret_env: str) -> tuple[dict[str, Any], dict[str, str]]:
-    side: dict[str, Any] = {"namesrv": ";".join(endpoint.namesrv_addrs), "cluster_id": cluster_id(ref)}
+    side: dict[str, Any] = {"namesrv": ";".join(endpoint.namesrv_addrs), "cluster_id": ref.origin_id}
     if endpoint.credentials is None:
         return side, {}
     side.update(access_key=endpoint.credentials.access_key, secret_key_env=secret_env)
@@ -51,6 +45,9 @@ def _side(ref: ClusterRef, endpoint: ClusterEndpoint, secret_env: str) -> tuple[
 
 class ReplicationOperator(BaseOperator):
     """Shared by the replication operators: the spec, the runner, and the task's state."""
+
+    #: A worker still alive this long after its start got past its config, credentials and routes.
+    START_CHECK_SECONDS = 3.0
 
     def __init__(self, *, spec: ReplicationSpec, runner: WorkerRunner | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -64,7 +61,8 @@ class ReplicationOperator(BaseOperator):
         return self.runner.get_state(self.spec.slug) or "created"
 
     def topics_in_scope(self) -> tuple[list[str], list[str]]:
-        """The source's topics in the spec's scope now, and which of them are ordered."""
+        """The source's topics in the spec's scope now, and which of them are ordered (4.9 order
+        flag or 5.x FIFO type): a worker keeps per-queue order only for topics it knows at start."""
         spec = self.spec
         snapshot = RocketMQHook(spec.source.conn_id).run(
             lambda admin: take_snapshot(admin, spec.source.cluster, include_acl=False))
@@ -72,20 +70,40 @@ class ReplicationOperator(BaseOperator):
         topics = sorted(t for t in snapshot.topics if scope.topic(t))
         if not topics:
             raise AirflowException(f"the scope of {spec.name} matches no topic on {spec.source.conn_id}")
-        return topics, sorted(t for t in topics if snapshot.topics[t].order)
+        ordered = [t for t in topics if snapshot.topics[t].order or snapshot.topics[t].message_type == "FIFO"]
+        return topics, ordered
 
     def start_workers(self, topics: list[str], ordered: list[str], start: Any) -> dict[str, list[str]]:
-        started = {}
+        """Start every direction, or none: connections are resolved before anything starts, and a
+        worker that dies at once (a bad config, a refused credential) fails the task with its log,
+        after the directions this call started are stopped again."""
+        was_running = self.state() == "running"
+        plans = []
         for d in directions(self.spec):
-            source = RocketMQHook(d.source.conn_id).get_endpoint()
-            target = RocketMQHook(d.target.conn_id).get_endpoint()
-            source_side, source_secret = _side(d.source, source, f"RMQ_SECRET_{d.name.upper()}_SOURCE")
-            target_side, target_secret = _side(d.target, target, f"RMQ_SECRET_{d.name.upper()}_TARGET")
+            source_side, source_secret = _side(d.source, RocketMQHook(d.source.conn_id).get_endpoint(),
+                                               f"RMQ_SECRET_{d.name.upper()}_SOURCE")
+            target_side, target_secret = _side(d.target, RocketMQHook(d.target.conn_id).get_endpoint(),
+                                               f"RMQ_SECRET_{d.name.upper()}_TARGET")
             config = {"task": f"{self.spec.slug}_{d.name}", "group": self.spec.group, "source": source_side,
                       "target": target_side, "topics": topics, "ordered_topics": ordered, "start": start,
                       "rate_limit": self.spec.rate_limit}
-            started[d.name] = self.runner.start(self.worker_name(d), config, {**source_secret, **target_secret},
-                                                self.spec.workers)
+            plans.append((d, config, {**source_secret, **target_secret}))
+        started: dict[str, list[str]] = {}
+        try:
+            for d, config, secrets in plans:
+                started[d.name] = self.runner.start(self.worker_name(d), config, secrets, self.spec.workers)
+            time.sleep(self.START_CHECK_SECONDS)
+            for d, _, _ in plans:
+                for worker, info in self.runner.status(self.worker_name(d)).items():
+                    if not info["alive"]:
+                        raise AirflowException(f"replication worker {d.name}/{worker} of {self.spec.name} exited at "
+                                               f"start:\n{self.runner.log_tail(self.worker_name(d), worker)}")
+        except Exception:
+            if not was_running:
+                for d, _, _ in plans:
+                    if d.name in started:
+                        self.runner.stop(self.worker_name(d))
+            raise
         self.runner.set_state(self.spec.slug, "running")
         return started
 
@@ -164,7 +182,13 @@ class ReplicationControlOperator(ReplicationOperator):
             return {"resumed": self.start_workers(config["topics"], config.get("ordered_topics", []), "earliest")}
         if action == "reset_offset":
             self._require(state, "paused")
+            running = [f"{d}/{w}" for d, ws in self.worker_status().items() for w, info in ws.items() if info["alive"]]
+            if running:  # a live worker would commit over the reset
+                raise AirflowException(f"cannot reset {self.spec.name}: workers still running: {running}")
             return {"reset": self._reset(self._timestamp_ms())}
+        if action == "delete":
+            self._require(state, "paused", "stopped")
+            return {"deleted": self._delete()}
         return {"state": state, "workers": self.worker_status()}
 
     def _require(self, state: str, *allowed: str) -> None:
@@ -176,9 +200,26 @@ class ReplicationControlOperator(ReplicationOperator):
         if not self.timestamp:
             raise AirflowException("reset_offset needs a timestamp")
         try:
-            return int(datetime.fromisoformat(str(self.timestamp).replace("Z", "+00:00")).timestamp() * 1000)
+            moment = datetime.fromisoformat(str(self.timestamp).replace("Z", "+00:00"))
         except ValueError:
             raise AirflowException(f"timestamp {self.timestamp!r} is not an ISO date-time") from None
+        if moment.tzinfo is None:  # the form says UTC; the worker's local zone must not decide
+            moment = moment.replace(tzinfo=timezone.utc)
+        return int(moment.timestamp() * 1000)
+
+    def _delete(self) -> dict[str, str]:
+        """Stop for good: the replicator's group and its offsets go from every side it read, and
+        the scheduled DAGs skip from now on. A later start begins afresh at the spec's start."""
+        self.stop_workers("deleted")
+        deleted = {}
+        for d in directions(self.spec):
+            async def drop(admin, cluster=d.source.cluster):
+                brokers = [b.master for b in await admin.masters(cluster) if b.master]
+                await admin.gather(admin.delete_group(addr, self.spec.group) for addr in brokers)
+                return brokers
+            brokers = RocketMQHook(d.source.conn_id).run(drop)
+            deleted[d.name] = f"group {self.spec.group} on {d.source.conn_id} ({len(brokers)} broker(s))"
+        return deleted
 
     def _reset(self, timestamp_ms: int) -> dict[str, dict[str, int]]:
         """Every direction's group, on the side it reads from, moved to the first message at or after the time."""
@@ -196,38 +237,75 @@ class ReplicationControlOperator(ReplicationOperator):
         return result
 
 
+class ReplicationActiveOperator(ReplicationOperator):
+    """First task of the scheduled DAGs: once the task is deleted they skip instead of syncing
+    metadata or alerting on workers that are gone on purpose."""
+
+    def execute(self, context: Any) -> str:
+        state = self.state()
+        if state == "deleted":
+            raise AirflowSkipException(f"replication {self.spec.name} was deleted; remove its spec file")
+        return state
+
+
 class ReplicationMonitorOperator(ReplicationOperator):
-    """Record the counters and delay of every worker; fail (and notify) when the delay passes
-    the spec's threshold, when replication stalls with a backlog, or when a worker died."""
+    """Record the counters and delay of every worker; fail (and notify) when the delay passes the
+    spec's threshold, a worker died or stopped reporting, the lag cannot be measured, a send is
+    stuck retrying, or a direction has a backlog and replicates nothing."""
+
+    #: Stats older than this mean a hung worker or a lag nobody can measure (a broker unreachable).
+    STALE_MS = 60_000
 
     def execute(self, context: Any) -> dict[str, Any]:
         state, status = self.state(), self.worker_status()
-        figures: dict[str, Any] = {"consumed": 0, "replicated": 0, "failed": 0, "skipped_loop": 0, "lag": 0}
-        delay_ms, dead, stalled = 0, [], []
+        now_ms = time.time() * 1000
+        figures: dict[str, Any] = {"consumed": 0, "replicated": 0, "failed": 0, "skipped_loop": 0, "retrying": 0,
+                                   "lag": 0}
+        found: dict[str, list[str]] = {"dead": [], "stale": [], "unmeasured": [], "stuck": [], "stalled": []}
+        delay_ms = 0
         for direction, workers in status.items():
+            direction_lag, moving = 0, False
             for worker, info in workers.items():
-                stats = info["stats"] or {}
-                for key in ("consumed", "replicated", "failed", "skipped_loop"):
+                stats, name = info["stats"] or {}, f"{direction}/{worker}"
+                for key in ("consumed", "replicated", "failed", "skipped_loop", "retrying"):
                     figures[key] += int(stats.get(key) or 0)
-                figures["lag"] += int(stats.get("lag") or 0)
-                delay_ms = max(delay_ms, int((stats.get("delay") or {}).get("p99_ms") or 0))
-                if state == "running" and not info["alive"]:
-                    dead.append(f"{direction}/{worker}")
-                if state == "running" and (stats.get("lag") or 0) > 0 and not (stats.get("delay") or {}).get("samples"):
-                    stalled.append(f"{direction}/{worker}")
+                # every worker measures the whole group's lag, so a direction's lag is one of them
+                direction_lag = max(direction_lag, int(stats.get("lag") or 0))
+                delay = stats.get("delay") or {}
+                delay_ms = max(delay_ms, int(delay.get("p99_ms") or 0))
+                moving = moving or bool(delay.get("samples"))
+                problem = self._problem(info, stats, now_ms) if state == "running" else None
+                if problem:
+                    found[problem].append(name)
+            figures["lag"] += direction_lag
+            if state == "running" and direction_lag > 0 and not moving:
+                found["stalled"].append(direction)
         figures["delay_seconds"] = round(delay_ms / 1000, 3)
-        observation = {"at": time.time(), "satisfied": True, "figures": figures,
+        problems = [f"delay {figures['delay_seconds']}s passed {self.spec.delay_alert_seconds:g}s"] \
+            if figures["delay_seconds"] > self.spec.delay_alert_seconds else []
+        problems += [f"{text}: {found[key]}" for key, text in (
+            ("dead", "workers not running"), ("stale", "workers whose figures stopped updating"),
+            ("unmeasured", "workers that cannot measure the lag (a broker unreachable?)"),
+            ("stuck", f"workers with sends retried for over {self.spec.delay_alert_seconds:g}s"),
+            ("stalled", "directions with a backlog and nothing replicated lately")) if found[key]]
+        observation = {"at": time.time(), "satisfied": not problems, "figures": figures,
                        "summary": f"{state}: delay {figures['delay_seconds']}s, lag {figures['lag']}"}
-        problems = []
-        if figures["delay_seconds"] > self.spec.delay_alert_seconds:
-            problems.append(f"delay {figures['delay_seconds']}s passed {self.spec.delay_alert_seconds:g}s")
-        if dead:
-            problems.append(f"workers not running: {dead}")
-        if stalled:
-            problems.append(f"workers with a backlog and nothing replicated lately: {stalled}")
-        observation["satisfied"] = not problems
         context["ti"].xcom_push(key="observations", value=[observation])
         self.log.info("replication %s: %s", self.spec.name, observation["summary"])
         if problems:
             raise AirflowException(f"replication {self.spec.name}: " + "; ".join(problems))
         return {"state": state, **figures}
+
+    def _problem(self, info: dict[str, Any], stats: dict[str, Any], now_ms: float) -> str | None:
+        """What is wrong with one worker of a running task (a key of the found lists), if anything."""
+        if not info["alive"]:
+            return "dead"
+        if not stats:
+            return None  # started a moment ago: no figures written yet
+        if now_ms - (stats.get("updated_at_ms") or 0) > self.STALE_MS:
+            return "stale"
+        if now_ms - (stats.get("lag_measured_at_ms") or stats.get("started_at_ms") or 0) > self.STALE_MS:
+            return "unmeasured"
+        if (stats.get("oldest_retry_age_ms") or 0) > self.spec.delay_alert_seconds * 1000:
+            return "stuck"
+        return None
