@@ -374,7 +374,7 @@ class QueueRunner:
                         queue_name(self.mq), len(pending), timeout)
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _commit(self, force: bool = False) -> None:
+    async def _commit(self, force: bool = False, final: bool = False) -> None:
         tracker = self.tracker
         if tracker is None:
             return
@@ -385,9 +385,17 @@ class QueueRunner:
         addr = self.worker.source_addr(self.mq.broker)
         if addr is None:
             return
+        source, group = self.worker.source, self.worker.group
         try:
-            await self.worker.source.update_consumer_offset(addr, self.worker.group, self.mq.topic,
-                                                            self.mq.queue_id, offset)
+            if final:
+                # A released queue drains for up to the drain timeout, while its new owner may
+                # have started and committed further: never move the group's offset back.
+                current = await source.query_consumer_offset(addr, group, self.mq.topic, self.mq.queue_id)
+                if current is not None and current > offset:
+                    log.info("queue %s: not committing %d below the %d its new owner committed",
+                             queue_name(self.mq), offset, current)
+                    return
+            await source.update_consumer_offset(addr, group, self.mq.topic, self.mq.queue_id, offset)
         except _TRANSIENT as exc:
             log.warning("queue %s: commit of offset %d failed (retried later): %s", queue_name(self.mq), offset, exc)
             return
@@ -398,7 +406,7 @@ class QueueRunner:
         self.active = False
         try:
             await self._drain(self.worker.tuning.drain_timeout)
-            await self._commit(force=True)
+            await self._commit(force=True, final=True)
         except asyncio.CancelledError:
             pass
 
