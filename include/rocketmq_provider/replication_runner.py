@@ -8,6 +8,7 @@ methods; README.md shows the container and pod equivalents of what LocalProcessR
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,10 @@ class WorkerRunner(ABC):
     @abstractmethod
     def last_config(self, name: str) -> dict[str, Any] | None:
         """The config the workers of ``name`` were last started with."""
+
+    @abstractmethod
+    def exclusive(self, task: str) -> AbstractContextManager[None]:
+        """Held while one operator acts on the task: actions never interleave."""
 
     @abstractmethod
     def get_state(self, task: str) -> str | None:
@@ -147,6 +154,13 @@ class LocalProcessRunner(WorkerRunner):
     def last_config(self, name: str) -> dict[str, Any] | None:
         path = self._dir(name) / "config.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    @contextmanager
+    def exclusive(self, task: str) -> Iterator[None]:
+        self._dir(task).mkdir(parents=True, exist_ok=True)
+        with open(self._dir(task) / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
 
     def get_state(self, task: str) -> str | None:
         path = self._dir(task) / "state.json"

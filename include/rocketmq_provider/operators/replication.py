@@ -54,6 +54,15 @@ class ReplicationOperator(BaseOperator):
         self.spec = spec
         self.runner = runner or LocalProcessRunner()
 
+    def execute(self, context: Any) -> Any:
+        # One action at a time per task, across its DAGs: a pause must not land between the
+        # metadata DAG's stop and start of the workers, nor a reset while a resume starts them.
+        with self.runner.exclusive(self.spec.slug):
+            return self.act(context)
+
+    def act(self, context: Any) -> Any:
+        raise NotImplementedError
+
     def worker_name(self, direction: Direction) -> str:
         return f"{self.spec.slug}/{direction.name}"
 
@@ -119,7 +128,7 @@ class ReplicationOperator(BaseOperator):
 class ReplicationStartOperator(ReplicationOperator):
     """Resolve the scope to topics on the source, then start the workers of every direction."""
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def act(self, context: Any) -> dict[str, Any]:
         if self.state() == "running":
             raise AirflowException(f"replication {self.spec.name} is already running; use its control DAG")
         spec = self.spec
@@ -136,7 +145,7 @@ class ReplicationRescopeOperator(ReplicationOperator):
     running workers on the new set. A new topic is replicated from its first message; the others
     go on from their committed offsets."""
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def act(self, context: Any) -> dict[str, Any]:
         state = self.state()
         if state != "running":
             return {"state": state, "restarted": False}
@@ -163,7 +172,7 @@ class ReplicationControlOperator(ReplicationOperator):
         self.action = action
         self.timestamp = timestamp
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def act(self, context: Any) -> dict[str, Any]:
         action, state = self.action, self.state()
         if action not in ACTIONS:
             raise AirflowException(f"unknown action {action!r}; one of {ACTIONS}")
@@ -241,7 +250,7 @@ class ReplicationActiveOperator(ReplicationOperator):
     """First task of the scheduled DAGs: once the task is deleted they skip instead of syncing
     metadata or alerting on workers that are gone on purpose."""
 
-    def execute(self, context: Any) -> str:
+    def act(self, context: Any) -> str:
         state = self.state()
         if state == "deleted":
             raise AirflowSkipException(f"replication {self.spec.name} was deleted; remove its spec file")
@@ -256,7 +265,7 @@ class ReplicationMonitorOperator(ReplicationOperator):
     #: Stats older than this mean a hung worker or a lag nobody can measure (a broker unreachable).
     STALE_MS = 60_000
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def act(self, context: Any) -> dict[str, Any]:
         state, status = self.state(), self.worker_status()
         now_ms = time.time() * 1000
         figures: dict[str, Any] = {"consumed": 0, "replicated": 0, "failed": 0, "skipped_loop": 0, "retrying": 0,
