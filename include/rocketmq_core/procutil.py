@@ -1,9 +1,11 @@
-"""Process helpers shared by the replication runner and the demo fleet."""
+"""Process and state-file helpers shared by the replication worker, its runner and the demo fleet."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def alive(pid: int) -> bool:
@@ -25,3 +27,18 @@ def signal_quietly(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Replace the file at once: a process reading it meanwhile never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, or None while it does not exist yet."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None

@@ -9,7 +9,6 @@ methods; README.md shows the container and pod equivalents of what LocalProcessR
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from rocketmq_core.procutil import alive, signal_quietly
+from rocketmq_core.procutil import alive, read_json, signal_quietly, write_json
 
 STATE_DIR_ENV = "RMQ_STATE_DIR"
 
@@ -43,13 +42,6 @@ def worker_alive(pid: int) -> bool:
         return WORKER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Replace the file at once: a task reading it meanwhile never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class WorkerRunner(ABC):
@@ -97,12 +89,12 @@ class LocalProcessRunner(WorkerRunner):
 
     def _pids(self, name: str) -> dict[str, int]:
         path = self._dir(name) / "pids.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_json(path) or {}
 
     def start(self, name: str, config: dict[str, Any], secrets: dict[str, str], workers: int) -> list[str]:
         folder = self._dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "config.json", config)
+        write_json(folder / "config.json", config)
         pids = {w: p for w, p in self._pids(name).items() if worker_alive(p)}
         for i in range(workers):
             worker = f"worker-{i}"
@@ -114,7 +106,7 @@ class LocalProcessRunner(WorkerRunner):
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env={**os.environ, **secrets}, start_new_session=True, cwd=folder)
             pids[worker] = proc.pid
-        _write_json(folder / "pids.json", pids)
+        write_json(folder / "pids.json", pids)
         return sorted(pids)
 
     def stop(self, name: str, grace: float = 60) -> list[str]:
@@ -129,7 +121,7 @@ class LocalProcessRunner(WorkerRunner):
             if worker_alive(pid):
                 signal_quietly(pid, signal.SIGKILL)
         if self._dir(name).exists():
-            _write_json(self._dir(name) / "pids.json", {})
+            write_json(self._dir(name) / "pids.json", {})
         return sorted(pids)
 
     def stop_all(self) -> list[str]:
@@ -142,7 +134,7 @@ class LocalProcessRunner(WorkerRunner):
         result = {}
         for worker, pid in self._pids(name).items():
             stats_file = folder / f"{worker}.stats.json"
-            stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
+            stats = read_json(stats_file)
             result[worker] = {"alive": worker_alive(pid), "pid": pid, "stats": stats}
         return result
 
@@ -153,7 +145,7 @@ class LocalProcessRunner(WorkerRunner):
 
     def last_config(self, name: str) -> dict[str, Any] | None:
         path = self._dir(name) / "config.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path)
 
     @contextmanager
     def exclusive(self, task: str) -> Iterator[None]:
@@ -164,8 +156,8 @@ class LocalProcessRunner(WorkerRunner):
 
     def get_state(self, task: str) -> str | None:
         path = self._dir(task) / "state.json"
-        return json.loads(path.read_text())["state"] if path.exists() else None
+        return (read_json(path) or {}).get("state")
 
     def set_state(self, task: str, state: str) -> None:
         self._dir(task).mkdir(parents=True, exist_ok=True)
-        _write_json(self._dir(task) / "state.json", {"state": state, "at": time.time()})
+        write_json(self._dir(task) / "state.json", {"state": state, "at": time.time()})

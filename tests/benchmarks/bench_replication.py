@@ -40,6 +40,7 @@ from typing import Any
 from _common import BENCH_REPL_SOURCE, BENCH_REPL_TARGET, fresh_cluster, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.procutil import read_json
 from rocketmq_core.model import TopicConfig
 from rocketmq_core.replication import remote
 from rocketmq_harness.clusters import SOURCE_VERSION, TARGET_VERSION, RunningCluster
@@ -133,10 +134,7 @@ class Worker:
                                       "--log-level", "WARNING"], stdout=self.log, stderr=subprocess.STDOUT)
 
     def stats(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.stats_path) or {}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

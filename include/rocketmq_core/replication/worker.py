@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from rocketmq_core.errors import (
     ConnectionFailed, InvalidSpec, NotFound, ProtocolError, RequestTimeout, ResponseError, RocketMQError,
 )
 from rocketmq_core.model import GroupConfig, MessageQueue, PERM_READ, PERM_WRITE
+from rocketmq_core.procutil import write_json
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import ResponseCode
 from rocketmq_core.replication import codec, remote
@@ -829,13 +829,6 @@ def _local_ip() -> str:
 
 # --- the process ---------------------------------------------------------------------------------
 
-def write_stats(path: Path, data: dict[str, Any]) -> None:
-    """Replace the stats file atomically: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 async def run_process(worker: ReplicationWorker, stats_path: Path, interval: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -844,7 +837,7 @@ async def run_process(worker: ReplicationWorker, stats_path: Path, interval: flo
     async def stats_loop() -> None:
         while True:
             try:
-                write_stats(stats_path, worker.snapshot())
+                write_json(stats_path, worker.snapshot())
             except OSError as exc:
                 log.warning("cannot write stats to %s: %s", stats_path, exc)
             await asyncio.sleep(interval)
@@ -856,7 +849,7 @@ async def run_process(worker: ReplicationWorker, stats_path: Path, interval: flo
         stats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stats
-        write_stats(stats_path, worker.snapshot())
+        write_json(stats_path, worker.snapshot())
 
 
 def main(argv: list[str] | None = None) -> int:
