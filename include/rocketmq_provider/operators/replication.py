@@ -121,6 +121,10 @@ class ReplicationOperator(BaseOperator):
         self.runner.set_state(self.spec.slug, state)
         return stopped
 
+    def last_config(self) -> dict[str, Any] | None:
+        """The config the workers were last started with (its topics are every direction's)."""
+        return self.runner.last_config(self.worker_name(directions(self.spec)[0]))
+
     def worker_status(self) -> dict[str, dict[str, Any]]:
         return {d.name: self.runner.status(self.worker_name(d)) for d in directions(self.spec)}
 
@@ -149,7 +153,7 @@ class ReplicationRescopeOperator(ReplicationOperator):
         state = self.state()
         if state != "running":
             return {"state": state, "restarted": False}
-        before = self.runner.last_config(self.worker_name(directions(self.spec)[0])) or {}
+        before = self.last_config() or {}
         topics, ordered = self.topics_in_scope()
         if topics == before.get("topics") and ordered == before.get("ordered_topics", []):
             return {"state": state, "restarted": False, "topics": topics}
@@ -183,7 +187,7 @@ class ReplicationControlOperator(ReplicationOperator):
             return {"stopped": self.stop_workers("stopped")}
         if action == "resume":  # also while running: restarts workers that died, keeps the live ones
             self._require(state, "paused", "stopped", "running")
-            config = self.runner.last_config(self.worker_name(directions(self.spec)[0]))
+            config = self.last_config()
             if config is None:
                 raise AirflowException(f"replication {self.spec.name} was never started")
             # Every queue seen before has a committed offset, so the start only applies to queues
