@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import threading
 import time
@@ -27,7 +26,7 @@ from rocketmq_core.errors import ConnectionFailed, InvalidSpec, NotFound
 from rocketmq_core.model import HALF_TOPIC, SCHEDULE_TOPIC, TIMER_TOPIC, GroupConfig, TopicConfig
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
-from rocketmq_harness.clusters import mqadmin
+from rocketmq_harness.clusters import mqadmin, parse_consumer_progress
 
 QUEUES = 4
 
@@ -159,18 +158,9 @@ def mqadmin_progress(cluster, group: str) -> tuple[dict[tuple[str, int], tuple[i
     """(topic, queue id) -> (broker offset, consumer offset, diff) and Diff Total from consumerProgress."""
     result = mqadmin(cluster.spec, ["consumerProgress", "-g", group])
     assert result.returncode == 0, result.stdout + result.stderr
-    rows: dict[tuple[str, int], tuple[int, int, int]] = {}
-    total = None
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and not line.startswith("#") and all(p.lstrip("-").isdigit() for p in parts[2:6]):
-            assert parts[1] == cluster.spec.broker_name
-            rows[(parts[0], int(parts[2]))] = (int(parts[3]), int(parts[4]), int(parts[5]))
-        match = re.search(r"Diff Total:\s*(-?\d+)", line)
-        if match:
-            total = int(match.group(1))
-    assert total is not None, f"no Diff Total in mqadmin output:\n{result.stdout}\n{result.stderr}"
-    return rows, total
+    rows, total = parse_consumer_progress(result.stdout)
+    assert {broker for _, broker, _ in rows} <= {cluster.spec.broker_name}
+    return {(topic, queue): v for (topic, _, queue), v in rows.items()}, total
 
 
 def mqadmin_max_offsets(cluster, topic: str) -> dict[int, int]:

@@ -30,7 +30,7 @@ from rocketmq_core.errors import RocketMQError
 from rocketmq_core.metadata import Scope, diff, take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
-from rocketmq_harness.clusters import mqadmin
+from rocketmq_harness.clusters import mqadmin, parse_consumer_progress
 
 RMQCTL = Path(sys.executable).with_name("rmqctl")
 
@@ -102,17 +102,8 @@ def wait_for(check, what: str, timeout: float = 30.0):
 
 def mqadmin_progress(cluster, group: str) -> tuple[dict[tuple[str, int], tuple[int, int, int]], int]:
     """(topic, queue id) -> (broker offset, consumer offset, diff), and Diff Total, from consumerProgress."""
-    out = mq(cluster, "consumerProgress", "-g", group)
-    rows, total = {}, None
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and not line.startswith("#") and all(p.lstrip("-").isdigit() for p in parts[2:6]):
-            rows[(parts[0], int(parts[2]))] = (int(parts[3]), int(parts[4]), int(parts[5]))
-        match = re.search(r"Diff Total:\s*(-?\d+)", line)
-        if match:
-            total = int(match.group(1))
-    assert total is not None, out
-    return rows, total
+    rows, total = parse_consumer_progress(mq(cluster, "consumerProgress", "-g", group))
+    return {(topic, queue): v for (topic, _, queue), v in rows.items()}, total
 
 
 # --- diff, export, import ---------------------------------------------------------------------

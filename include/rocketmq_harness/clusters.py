@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -335,3 +336,19 @@ def mqadmin(spec: ClusterSpec, args: list[str], timeout: float = 120) -> subproc
            "org.apache.rocketmq.tools.command.MQAdminStartup", *args]
     env = {**os.environ, "ROCKETMQ_HOME": str(spec.home / "home")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def parse_consumer_progress(out: str) -> tuple[dict[tuple[str, str, int], tuple[int, int, int]], int]:
+    """mqadmin consumerProgress: (topic, broker, queue id) -> (broker offset, consumer offset, diff),
+    and its Diff Total."""
+    rows, total = {}, None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and not line.startswith("#") and all(p.lstrip("-").isdigit() for p in parts[2:6]):
+            rows[(parts[0], parts[1], int(parts[2]))] = (int(parts[3]), int(parts[4]), int(parts[5]))
+        match = re.search(r"Diff Total:\s*(-?\d+)", line)
+        if match:
+            total = int(match.group(1))
+    if total is None:
+        raise RuntimeError(f"no Diff Total in mqadmin consumerProgress output:\n{out[-2000:]}")
+    return rows, total

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import BacklogReport, measure_backlog
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
+from rocketmq_harness.clusters import parse_consumer_progress
 
 N_GROUPS = 10_000
 N_TOPICS = 10
@@ -105,17 +105,8 @@ def ours(namesrv: str) -> tuple[Timer, BacklogReport]:
 
 
 def parse_progress(out: str) -> tuple[dict[tuple[str, int], tuple[int, int, int]], int]:
-    rows, total = {}, None
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and not line.startswith("#") and all(p.lstrip("-").isdigit() for p in parts[2:6]):
-            rows[(parts[0], int(parts[2]))] = (int(parts[3]), int(parts[4]), int(parts[5]))
-        match = re.search(r"Diff Total:\s*(-?\d+)", line)
-        if match:
-            total = int(match.group(1))
-    if total is None:
-        raise RuntimeError(f"no Diff Total in consumerProgress output:\n{out[-2000:]}")
-    return rows, total
+    rows, total = parse_consumer_progress(out)
+    return {(topic, queue): v for (topic, _, queue), v in rows.items()}, total
 
 
 def parse_all_groups(out: str) -> dict[str, int]:
