@@ -121,16 +121,23 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_migration_dag_moves_a_live_fleet_without_losing_a_message(world, airflow_api, rmq_clusters):
-    layout = world.layout
-    _wait(lambda: all(_online(rmq_clusters["source"], g) == 2 for g in layout.consumer_groups), 60,
+def _run_approving(world: World, airflow_api, rmq_clusters, gates: list[str]) -> tuple[str, dict[str, str]]:
+    """Once the fleet's consumers are online on the source, trigger the migration and approve
+    ``gates`` in order; the run id and the body each gate showed."""
+    _wait(lambda: all(_online(rmq_clusters["source"], g) == 2 for g in world.layout.consumer_groups), 60,
           "consumers online on the source")
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
     run_id = airflow_api.trigger(world.dag_id)
     bodies = {}
-    for gate in GATES:
+    for gate in gates:
         bodies[gate] = airflow_api.wait_for_gate(world.dag_id, run_id, gate, timeout=600)["body"]
         airflow_api.answer(world.dag_id, run_id, gate, "Approve")
+    return run_id, bodies
+
+
+def test_migration_dag_moves_a_live_fleet_without_losing_a_message(world, airflow_api, rmq_clusters):
+    layout = world.layout
+    run_id, bodies = _run_approving(world, airflow_api, rmq_clusters, GATES)
     assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=600) == "success", \
         airflow_api.task_states(world.dag_id, run_id)
 
@@ -207,13 +214,7 @@ def test_dag_refuses_producers_when_target_consumers_vanished_after_the_sensor(w
     """The sensor saw consumers online on the target; they die before the gate is approved.
     The producer switch re-checks live, refuses, and no producer moves."""
     layout = world.layout
-    _wait(lambda: all(_online(rmq_clusters["source"], g) == 2 for g in layout.consumer_groups), 60,
-          "consumers online on the source")
-    airflow_api.wait_for_dag(world.dag_id, timeout=180)
-    run_id = airflow_api.trigger(world.dag_id)
-    for gate in GATES[:2]:
-        airflow_api.wait_for_gate(world.dag_id, run_id, gate, timeout=600)
-        airflow_api.answer(world.dag_id, run_id, gate, "Approve")
+    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:2])
     airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_producers", timeout=600)
     moved = [m for m, c in world.clusters_of("consumer").items() if c == TARGET]
     assert len(moved) == 2
@@ -231,13 +232,7 @@ def test_dag_refuses_last_consumers_while_a_producer_still_writes_to_the_source(
     """Sensors marked successful by hand while a stray producer still writes to the source:
     the cutover switch re-checks live, refuses, and the remaining consumers stay."""
     layout = world.layout
-    _wait(lambda: all(_online(rmq_clusters["source"], g) == 2 for g in layout.consumer_groups), 60,
-          "consumers online on the source")
-    airflow_api.wait_for_dag(world.dag_id, timeout=180)
-    run_id = airflow_api.trigger(world.dag_id)
-    for gate in GATES[:4]:
-        airflow_api.wait_for_gate(world.dag_id, run_id, gate, timeout=600)
-        airflow_api.answer(world.dag_id, run_id, gate, "Approve")
+    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:4])
     _wait(lambda: set(world.clusters_of("producer").values()) == {TARGET}, 120, "producers moved")
     world.put(layout.producer_fleet, [layout.producer_group], 0.5, SOURCE)  # a stray producer goes back
     for sensor in ("source_writes_stopped", "source_drained"):

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.procutil import read_json
 from rocketmq_core.errors import InvalidSpec, ProtocolError
 from rocketmq_core.model import TopicConfig
 from rocketmq_core.remoting.client import RemotingClient
@@ -446,10 +447,7 @@ class WorkerProcess:
         return self
 
     def stats(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.stats_path) or {}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -503,6 +501,14 @@ def loads_():
     yield _load
     for load in made:
         load.close()
+
+
+def topic_on_both(sides: tuple[Side, Side], names, label: str) -> str:
+    """A fresh topic of 4 queues on the source and the target."""
+    topic = names.topic(label)
+    for side in sides:
+        side.create_topic(topic)
+    return topic
 
 
 def task_config(task: str, source: Side, target: Side, topics: list[str], **extra: Any) -> dict[str, Any]:
@@ -645,9 +651,7 @@ def test_ordered_topic_keeps_per_queue_order(sides, names, spawn, loads_, rmq_cl
 
 def test_two_way_replication_does_not_loop(sides, names, spawn, loads_):
     source, target = sides
-    topic = names.topic("both")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "both")
     forward = spawn(task_config(names.group("fwd"), source, target, [topic]), "fwd")
     backward = spawn(task_config(names.group("rev"), target, source, [topic]), "rev")
     forward.wait_active(4)
@@ -673,9 +677,7 @@ def test_two_way_replication_does_not_loop(sides, names, spawn, loads_):
 
 def test_kill_9_mid_stream_loses_nothing(sides, names, spawn, loads_):
     source, target = sides
-    topic = names.topic("kill")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "kill")
     config = task_config(names.group("kill"), source, target, [topic], tuning={"commit_interval": 1.0})
     worker = spawn(config, "w1")
     worker.wait_active(4)
@@ -747,9 +749,7 @@ def test_two_workers_split_the_queues_without_double_work(sides, names, spawn, l
 
 def test_pause_and_resume_continue_exactly_where_it_stopped(sides, names, spawn, loads_):
     source, target = sides
-    topic = names.topic("pause")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "pause")
     config = task_config(names.group("pause"), source, target, [topic])
     group = ReplicationConfig.from_dict(config).consumer_group
     worker = spawn(config, "w1")
@@ -775,9 +775,7 @@ def test_pause_and_resume_continue_exactly_where_it_stopped(sides, names, spawn,
 
 def test_reset_by_timestamp_replays_exactly_from_that_time(sides, names, spawn, loads_):
     source, target = sides
-    topic = names.topic("reset")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "reset")
     config = task_config(names.group("reset"), source, target, [topic])
     group = ReplicationConfig.from_dict(config).consumer_group
     worker = spawn(config, "w1")
@@ -804,9 +802,7 @@ def test_reset_by_timestamp_replays_exactly_from_that_time(sides, names, spawn, 
 
 def test_a_new_group_starting_at_a_timestamp_begins_exactly_there(sides, names, spawn, loads_):
     source, target = sides
-    topic = names.topic("since")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "since")
     load = loads_(source.namesrv, names.group("pg"))
     load.burst(topic, "old", 20)
     time.sleep(0.5)
@@ -846,9 +842,7 @@ def test_queues_added_after_the_start_are_replicated_from_their_first_message(si
 
 def test_rate_limit_holds_over_a_window(sides, names, spawn, loads_):
     source, target = sides
-    topic = names.topic("rate")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "rate")
     load = loads_(source.namesrv, names.group("pg"))
     load.burst(topic, "backlog", 600)
     worker = spawn(task_config(names.group("rate"), source, target, [topic], start="earliest", rate_limit=40), "w1")
@@ -886,9 +880,7 @@ def test_a_target_without_the_topic_fails_counts_and_retries_until_it_exists(sid
 
 def test_acl_clusters_with_secrets_from_the_environment(acl_clusters, names, spawn):
     source, target = Side.of(acl_clusters["source-acl"]), Side.of(acl_clusters["target-acl"])
-    topic = names.topic("acl")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "acl")
     env = {"RMQ_TEST_SRC_SECRET": source.credentials.secret_key, "RMQ_TEST_DST_SECRET": target.credentials.secret_key}
     config = task_config(names.group("acl"), source, target, [topic], source_secret_env="RMQ_TEST_SRC_SECRET",
                          target_secret_env="RMQ_TEST_DST_SECRET")
@@ -936,9 +928,7 @@ def _restart_broker(spec: harness.ClusterSpec) -> None:
 
 def test_broker_restarts_on_either_side_lose_nothing(own_clusters, names, spawn, loads_):
     source, target = own_clusters
-    topic = names.topic("restart")
-    source.create_topic(topic)
-    target.create_topic(topic)
+    topic = topic_on_both((source, target), names, "restart")
     worker = spawn(task_config(names.group("restart"), source, target, [topic], tuning={"max_backoff": 1.0}), "w1")
     worker.wait_active(4, timeout=90)
     load = loads_(source.namesrv, names.group("pg"))
