@@ -7,6 +7,7 @@ reads from holds its position, so pausing keeps the position and resetting moves
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +47,8 @@ def _side(ref: ClusterRef, endpoint: ClusterEndpoint, secret_env: str) -> tuple[
 class ReplicationOperator(BaseOperator):
     """Shared by the replication operators: the spec, the runner, and the task's state."""
 
+    #: Longer than a broker holds a pull: the worker's suspend (5 s) plus the hold service's check interval.
+    HELD_PULL_SECONDS = 12.0
     #: A worker still alive this long after its start got past its config, credentials and routes.
     START_CHECK_SECONDS = 3.0
 
@@ -225,11 +228,21 @@ class ReplicationControlOperator(ReplicationOperator):
         the scheduled DAGs skip from now on. A later start begins afresh at the spec's start."""
         self.stop_workers("deleted")
         deleted = {}
+        group = self.spec.group
         for d in directions(self.spec):
             async def drop(admin, cluster=d.source.cluster):
+                # A broker answers the long-poll pulls a stopped worker left behind once they time
+                # out, and auto-creates the group again (seen on 4.9, seconds after the delete):
+                # delete until it stays gone for longer than a held pull can last.
                 brokers = [b.master for b in await admin.masters(cluster) if b.master]
-                await admin.gather(admin.delete_group(addr, self.spec.group) for addr in brokers)
-                return brokers
+                for _ in range(3):
+                    await admin.gather(admin.delete_group(addr, group) for addr in brokers)
+                    await asyncio.sleep(self.HELD_PULL_SECONDS)
+                    back = [a for a, configs in zip(brokers, await admin.gather(
+                        admin.group_configs(addr) for addr in brokers)) if group in configs]
+                    if not back:
+                        return brokers
+                raise AirflowException(f"group {group} keeps coming back on {back}: is a worker still running?")
             brokers = RocketMQHook(d.source.conn_id).run(drop)
             deleted[d.name] = f"group {self.spec.group} on {d.source.conn_id} ({len(brokers)} broker(s))"
         return deleted
