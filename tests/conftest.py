@@ -72,6 +72,19 @@ def acl_clusters(request):
     return _started(request, ("source-acl", "target-acl"))
 
 
+@pytest.fixture(scope="session")
+def ha_clusters(request):
+    """Production shapes: 4.9.x with two masters (the first with a slave), 5.x with two masters
+    behind a proxy, by name."""
+    return _started(request, ("source-ha", "target-ha"))
+
+
+@pytest.fixture(params=["source-ha", "target-ha"])
+def ha_cluster(request, ha_clusters):
+    """Each test using this runs once against each multi-broker cluster."""
+    return ha_clusters[request.param]
+
+
 @pytest.fixture(params=["source", "target"])
 def cluster(request, rmq_clusters):
     """Each test using this runs once against each version line."""

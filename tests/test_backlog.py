@@ -22,7 +22,7 @@ from rocketmq_core.backlog import (
     QUERY_CONSUME_QUEUE, VIEW_MESSAGE_BY_ID, BacklogError, BacklogReport, decode_stored_message,
     attribute_system_rows, half_state, measure_backlog,
 )
-from rocketmq_core.errors import ConnectionFailed, InvalidSpec, NotFound
+from rocketmq_core.errors import BrokerUnavailable, ConnectionFailed, InvalidSpec, NotFound
 from rocketmq_core.model import HALF_TOPIC, SCHEDULE_TOPIC, TIMER_TOPIC, GroupConfig, TopicConfig
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
@@ -440,7 +440,7 @@ def test_unknown_cluster_or_bad_input_raises(rmq_clusters):
 
     async def scenario():
         async with ClusterAdmin(source.namesrv) as admin:
-            with pytest.raises(BacklogError, match="no_such_cluster"):
+            with pytest.raises(BrokerUnavailable, match="no_such_cluster"):
                 await measure_backlog(admin, ["G_any"], cluster="no_such_cluster")
             with pytest.raises(InvalidSpec):
                 await measure_backlog(admin, ["not a group name"])

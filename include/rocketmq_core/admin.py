@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rocketmq_core.errors import ConnectionFailed, ProtocolError, RequestTimeout, ResponseError, RocketMQError
+from rocketmq_core.errors import (
+    BrokerUnavailable, ConnectionFailed, ProtocolError, RequestTimeout, ResponseError, RocketMQError,
+)
 from rocketmq_core.model import (
     ClientConnection, ConsumerConnection, GroupConfig, MessageQueue, QueueOffsets, TopicConfig,
     validate_group_name, validate_topic_name,
@@ -126,15 +128,28 @@ class ClusterAdmin:
 
     # --- brokers ---------------------------------------------------------------------------
 
-    async def masters(self, cluster: str | None = None) -> list[BrokerInfo]:
-        """Master brokers, of one cluster when named; a cluster without a live master is an error."""
+    async def masters(self, cluster: str | None = None, expected: Iterable[str] = ()) -> list[BrokerInfo]:
+        """Every broker of the selection (one cluster when named), each with its master.
+
+        The one policy for "which brokers hold the data": a broker name registered without a
+        master (its master died, a slave is left) or an ``expected`` broker name that is not
+        registered at all (the name server forgets a broker as soon as its connection drops)
+        raises BrokerUnavailable naming it, and so does an empty selection, which would make
+        every "nothing left" question vacuously true. Slaves are never returned to write to.
+        """
         brokers = [b for b in await self.brokers() if cluster is None or b.cluster == cluster]
-        masters = [b for b in brokers if b.master]
-        if not masters:
-            # An empty cluster would make every "nothing left" question vacuously true.
-            which = f"of cluster {cluster!r} " if cluster else ""
-            raise RocketMQError(f"no master broker {which}is registered at {','.join(self.namesrv_addrs)}")
-        return masters
+        where = f"{'cluster ' + repr(cluster) + ' at ' if cluster else ''}{','.join(self.namesrv_addrs)}"
+        headless = sorted(b.name for b in brokers if not b.master)
+        if headless:
+            raise BrokerUnavailable(f"broker(s) {', '.join(headless)} of {where} have no master registered;"
+                                    " what they hold is unknown")
+        missing = sorted(set(expected) - {b.name for b in brokers})
+        if missing:
+            raise BrokerUnavailable(f"broker(s) {', '.join(missing)} expected at {where} are not registered;"
+                                    " what they hold is unknown")
+        if not brokers:
+            raise BrokerUnavailable(f"no master broker is registered at {where}")
+        return brokers
 
     async def system_topics(self, addr: str) -> frozenset[str]:
         resp = await self.client.invoke(addr, RequestCode.GET_SYSTEM_TOPIC_LIST_FROM_BROKER)

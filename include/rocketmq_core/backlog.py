@@ -14,7 +14,10 @@ What is counted, per master broker:
   (clients commit retry offsets only after consuming a retry, so mqadmin omits such rows); its
   consumer offset is then 0, which is where a consumer starts on a retry queue. A topic the
   group has no committed offset on has no backlog for it (mqadmin agrees: it lists nothing);
-  neither do broadcasting groups, whose offsets live in the clients. ``%DLQ%`` messages are not
+  neither do broadcasting groups, whose offsets live in the clients. But on a cluster of several
+  masters, a topic the group has offsets for on one broker and none on another is counted on
+  that other broker too, from each queue's min offset (mqadmin lists nothing there, and a
+  consumer still receives every one of those messages). ``%DLQ%`` messages are not
   counted: no consumer receives them unless they are sent again.
 * ``delayed``: delay-level messages (4.x and 5.x), SCHEDULE_TOPIC_XXXX queue ``level - 1``, max
   offset minus the scheduler's delay offset (GET_ALL_DELAY_OFFSET). Retries pass through here
@@ -66,7 +69,7 @@ import re
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
@@ -106,7 +109,7 @@ QUERY_CONSUME_QUEUE = 321
 
 
 class BacklogError(RocketMQError):
-    """The backlog cannot be counted exactly: no master, or a store mode that hides pending messages."""
+    """The backlog cannot be counted exactly: a store mode that hides pending messages."""
 
 
 @dataclass(frozen=True)
@@ -220,11 +223,13 @@ class BacklogReport:
 
 
 async def measure_backlog(admin: ClusterAdmin, groups: list[str], cluster: str | None = None, *,
-                          method: Method = "auto") -> BacklogReport:
+                          method: Method = "auto", expected_brokers: Iterable[str] = ()) -> BacklogReport:
     """The exact undelivered messages of ``groups`` on every master broker (of ``cluster`` if named).
 
     Raises NotFound naming the groups that exist on no broker, ConnectionFailed or
-    RequestTimeout for a broker that cannot be reached or does not answer, BacklogError when a
+    RequestTimeout for a broker that cannot be reached or does not answer, BrokerUnavailable for
+    a broker without a master or one of ``expected_brokers`` that is not registered (a run keeps
+    the brokers it saw at its start: the name server forgets a dead one), BacklogError when a
     broker's pending messages cannot be counted.
     """
     names = tuple(dict.fromkeys(validate_group_name(g) for g in groups))
@@ -234,9 +239,11 @@ async def measure_backlog(admin: ClusterAdmin, groups: list[str], cluster: str |
         raise InvalidSpec(f"backlog method {method!r} is not one of auto, per_group, broker_wide")
     measured_at = datetime.now(timezone.utc)
     started = time.monotonic()
-    brokers = await _master_brokers(admin, cluster)
+    brokers = await admin.masters(cluster, expected_brokers)
     results = await admin.gather(_measure_broker(admin, b, names, method) for b in brokers)
     rows = [row for broker_rows, _ in results for row in broker_rows]
+    if len(brokers) > 1:
+        rows += await _unconsumed_rows(admin, brokers, rows)
     seen = set().union(*(known for _, known in results)) if results else set()
     missing = [g for g in names if g not in seen]
     if missing:
@@ -244,20 +251,6 @@ async def measure_backlog(admin: ClusterAdmin, groups: list[str], cluster: str |
     return BacklogReport(groups=names, rows=tuple(rows), measured_at=measured_at, cluster=cluster,
                          brokers=tuple(b.name for b in brokers), method=method,
                          elapsed=time.monotonic() - started)
-
-
-# --- brokers ---------------------------------------------------------------------------------
-
-async def _master_brokers(admin: ClusterAdmin, cluster: str | None) -> list[BrokerInfo]:
-    """Every broker of the selection; one without a master has unreadable queues, so that raises."""
-    brokers = [b for b in await admin.brokers() if cluster is None or b.cluster == cluster]
-    if not brokers:
-        what = f"of cluster {cluster!r} " if cluster else ""
-        raise BacklogError(f"no broker {what}is registered at {admin.namesrv_addrs}")
-    headless = [b.name for b in brokers if not b.master]
-    if headless:
-        raise BacklogError(f"broker(s) {', '.join(headless)} have no master registered; their backlog is unknown")
-    return brokers
 
 
 async def _measure_broker(admin: ClusterAdmin, broker: BrokerInfo, groups: tuple[str, ...],
@@ -269,6 +262,31 @@ async def _measure_broker(admin: ClusterAdmin, broker: BrokerInfo, groups: tuple
     (group_rows, known), system_rows = await asyncio.gather(
         group_part(admin, addr, broker.name, groups), _system_rows(admin, addr, broker.name))
     return group_rows + system_rows, known
+
+
+async def _unconsumed_rows(admin: ClusterAdmin, brokers: list[BrokerInfo],
+                           rows: list[BacklogRow]) -> list[BacklogRow]:
+    """Queues of a group's topics on brokers where it has no committed offset at all.
+
+    A group that consumed a topic on one broker only (the other broker joined the topic later,
+    or its consumers never reached it) has no row there: the broker and mqadmin list nothing,
+    yet every message stored there is still to be delivered to it. Such a queue counts from its
+    min offset to its max offset (consumer offset None).
+    """
+    where: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in rows:
+        if row.kind == "normal" and row.group is not None:
+            where[(row.group, row.topic)].add(row.broker)
+    topics = sorted({topic for _, topic in where})
+    routes = dict(zip(topics, await admin.gather(admin.topic_route(t) for t in topics)))
+    addrs = {b.name: b.master for b in brokers}
+    wanted = [(group, topic, q["brokerName"]) for (group, topic), have in sorted(where.items())
+              for q in routes[topic].get("queueDatas") or [] if q["brokerName"] in addrs and q["brokerName"] not in have]
+    pairs = sorted({(broker, topic) for _, topic, broker in wanted})
+    tables = dict(zip(pairs, await admin.gather(admin.topic_offsets(addrs[b], t) for b, t in pairs)))
+    return [BacklogRow(group, topic, broker, queue.queue_id, high, None, max(high - low, 0), "normal")
+            for group, topic, broker in wanted
+            for queue, (low, high) in sorted(tables[(broker, topic)].items(), key=lambda kv: kv[0].queue_id)]
 
 
 async def _raise_unless_exist(admin: ClusterAdmin, brokers: list[BrokerInfo], candidates: list[str]) -> None:

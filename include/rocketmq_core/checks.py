@@ -13,12 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.errors import InvalidSpec, RocketMQError
-
-
-class BrokerVanished(RocketMQError):
-    """A broker seen earlier is gone from the name server."""
-
+from rocketmq_core.errors import InvalidSpec
 
 @dataclass
 class CheckResult:
@@ -36,23 +31,24 @@ class CheckResult:
 class Check:
     """A condition with a name; ``kwargs`` rebuilds it (see ``build_check``).
 
-    A check remembers every master broker it has seen: when one disappears from the name
-    server (it does so as soon as the broker's connection drops), the figures it held are
+    ``brokers`` is the run's broker set: the broker names seen when the run started. A check
+    also remembers every broker it has seen itself. When one of them is missing (the name server
+    drops a broker as soon as its connection does) or has no master, the figures it held are
     unknown, so the check raises instead of evaluating over the brokers that are left.
     """
 
     kind: ClassVar[str]
+    brokers: list[str]
     _seen_brokers: set[str] | None = None
 
     async def live_masters(self, admin: ClusterAdmin, cluster: str | None) -> list[str]:
-        masters = await admin.masters(cluster)
-        names = {b.name for b in masters}
-        vanished = (self._seen_brokers or set()) - names
-        self._seen_brokers = (self._seen_brokers or set()) | names
-        if vanished:
-            raise BrokerVanished(f"broker(s) {sorted(vanished)} no longer registered at "
-                                 f"{','.join(admin.namesrv_addrs)}; their figures are unknown")
+        expected = (self._seen_brokers or set()) | set(self.brokers)
+        masters = await admin.masters(cluster, expected)
+        self._seen_brokers = expected | {b.name for b in masters}
         return [b.master for b in masters if b.master]
+
+    def common_kwargs(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "brokers": self.brokers}
 
     def kwargs(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -69,14 +65,15 @@ class BacklogZero(Check):
 
     kind = "backlog_zero"
 
-    def __init__(self, groups: list[str], cluster: str | None = None):
+    def __init__(self, groups: list[str], cluster: str | None = None, brokers: list[str] | None = None):
         if not groups:
             raise InvalidSpec("backlog_zero needs at least one consumer group")
         self.groups = sorted(groups)
         self.cluster = cluster
+        self.brokers = sorted(brokers or [])
 
     def kwargs(self) -> dict[str, Any]:
-        return {"groups": self.groups, "cluster": self.cluster}
+        return {"groups": self.groups, **self.common_kwargs()}
 
     def describe(self) -> str:
         return f"backlog of {len(self.groups)} group(s) is zero"
@@ -85,7 +82,8 @@ class BacklogZero(Check):
         from rocketmq_core.backlog import attribute_system_rows, measure_backlog
 
         await self.live_masters(admin, self.cluster)
-        report = await attribute_system_rows(admin, await measure_backlog(admin, self.groups, self.cluster))
+        report = await attribute_system_rows(admin, await measure_backlog(
+            admin, self.groups, self.cluster, expected_brokers=self._seen_brokers or ()))
         figures = {"total": report.total, "by_group": dict(report.by_group)}
         return CheckResult(report.total == 0, figures, f"backlog {report.total} message(s)")
 
@@ -96,7 +94,7 @@ class ClientsOnline(Check):
     kind = "clients_online"
 
     def __init__(self, groups: list[str], role: str = "consumer", min_clients: int = 1,
-                 max_clients: int | None = None, cluster: str | None = None):
+                 max_clients: int | None = None, cluster: str | None = None, brokers: list[str] | None = None):
         if role not in ("consumer", "producer"):
             raise InvalidSpec(f"clients_online role must be consumer or producer, not {role!r}")
         if not groups:
@@ -108,10 +106,11 @@ class ClientsOnline(Check):
         self.min_clients = min_clients
         self.max_clients = max_clients
         self.cluster = cluster
+        self.brokers = sorted(brokers or [])
 
     def kwargs(self) -> dict[str, Any]:
         return {"groups": self.groups, "role": self.role, "min_clients": self.min_clients,
-                "max_clients": self.max_clients, "cluster": self.cluster}
+                "max_clients": self.max_clients, **self.common_kwargs()}
 
     def describe(self) -> str:
         bound = (f"exactly {self.min_clients}" if self.max_clients == self.min_clients
@@ -145,16 +144,18 @@ class WritesStopped(Check):
 
     kind = "writes_stopped"
 
-    def __init__(self, topics: list[str], window_seconds: float = 60, cluster: str | None = None):
+    def __init__(self, topics: list[str], window_seconds: float = 60, cluster: str | None = None,
+                 brokers: list[str] | None = None):
         if not topics:
             raise InvalidSpec("writes_stopped needs at least one topic")
         self.topics = sorted(topics)
         self.window_seconds = window_seconds
         self.cluster = cluster
+        self.brokers = sorted(brokers or [])
         self._baseline: tuple[float, dict[str, int]] | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        return {"topics": self.topics, "window_seconds": self.window_seconds, "cluster": self.cluster}
+        return {"topics": self.topics, "window_seconds": self.window_seconds, **self.common_kwargs()}
 
     def describe(self) -> str:
         return f"no writes to {len(self.topics)} topic(s) for {self.window_seconds:g}s"
@@ -180,15 +181,17 @@ class MetadataPresent(Check):
 
     kind = "metadata_present"
 
-    def __init__(self, topics: list[str], groups: list[str], cluster: str | None = None):
+    def __init__(self, topics: list[str], groups: list[str], cluster: str | None = None,
+                 brokers: list[str] | None = None):
         if not topics and not groups:
             raise InvalidSpec("metadata_present needs a topic or a group")
         self.topics = sorted(topics)
         self.groups = sorted(groups)
         self.cluster = cluster
+        self.brokers = sorted(brokers or [])
 
     def kwargs(self) -> dict[str, Any]:
-        return {"topics": self.topics, "groups": self.groups, "cluster": self.cluster}
+        return {"topics": self.topics, "groups": self.groups, **self.common_kwargs()}
 
     def describe(self) -> str:
         return f"{len(self.topics)} topic(s) and {len(self.groups)} group(s) exist"

@@ -93,6 +93,32 @@ def _namesrv_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--cluster", help="only the brokers of this cluster")
 
 
+def _expect_brokers_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expect-brokers", metavar="NAMES|FILE",
+                        help="broker names that must be registered with a master, comma-separated, or a JSON"
+                             " file holding them (a list, or an object with 'brokers' or 'versions', as the"
+                             " migration preflight and 'diff --json' write); exit 2 naming any that is not:"
+                             " the name server forgets a dead broker, and what it held is unknown")
+
+
+def expected_brokers(value: str | None) -> list[str]:
+    """The --expect-brokers names, from the option itself or the JSON file it names."""
+    if not value:
+        return []
+    path = Path(value)
+    if not path.is_file():
+        return [name for name in _split([value], ()) if name]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--expect-brokers {value}: not a readable JSON file ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get("brokers") or sorted(data.get("versions") or {})
+    if not isinstance(data, list) or not data or not all(isinstance(n, str) for n in data):
+        raise UsageError(f"--expect-brokers {value}: holds no list of broker names")
+    return data
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Undelivered messages of the groups (lag and retry per queue) plus the"
                                         " cluster's pending delayed, timer and transactional half messages.")
     _namesrv_arg(p)
+    _expect_brokers_arg(p)
     p.add_argument("groups", nargs="*", metavar="GROUP", help="consumer groups")
     p.add_argument("--groups-file", metavar="FILE", help="more groups, one per line ('-' for stdin)")
     p.add_argument("--method", choices=("auto", "per_group", "broker_wide"), default="auto",
@@ -155,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="consumer and producer connections of groups",
                             description="Who is connected for each group, on every master broker.")
     _namesrv_arg(p)
+    _expect_brokers_arg(p)
     p.add_argument("groups", nargs="+", metavar="GROUP", help="consumer and/or producer groups")
     p.add_argument("--role", choices=("consumer", "producer", "both"), default="both",
                    help="which connections to list (default both)")
@@ -278,7 +306,8 @@ def _cmd_backlog(args: argparse.Namespace) -> int:
 
     async def _go():
         async with _admin(_namesrv(args), creds, args) as admin:
-            return await measure_backlog(admin, groups, args.cluster, method=args.method)
+            return await measure_backlog(admin, groups, args.cluster, method=args.method,
+                                         expected_brokers=expected_brokers(args.expect_brokers))
 
     report = asyncio.run(_go())
     if args.json:
@@ -393,7 +422,8 @@ def _cmd_clients(args: argparse.Namespace) -> int:
 
     async def _go() -> dict[str, dict[str, Any]]:
         async with _admin(_namesrv(args), creds, args) as admin:
-            masters = [(b.name, b.master) for b in await admin.masters(args.cluster) if b.master]
+            masters = [(b.name, b.master) for b in
+                       await admin.masters(args.cluster, expected_brokers(args.expect_brokers)) if b.master]
             result: dict[str, dict[str, Any]] = {}
             for group in dict.fromkeys(args.groups):
                 entry: dict[str, Any] = {}

@@ -58,3 +58,9 @@ class NotFound(ResponseError):
 
 class InvalidSpec(RocketMQError):
     """Input rejected before anything is sent: a bad name, a bad value, a bad task spec."""
+
+
+class BrokerUnavailable(RocketMQError):
+    """A broker whose figures a question needs is not there: no master registered for its name,
+    or a broker the caller expected (the run's broker set) missing from the name server. What it
+    held is unknown, never zero."""

@@ -1,9 +1,11 @@
 """Local RocketMQ clusters on loopback from the official Apache jars on Maven Central.
 
-Each cluster is one name server and one broker, with its own ports, data directory, small heap
-and logs under the run directory (``.run/`` in the project, git-ignored). Maven resolves the
-jars into the local Maven cache; we only ask it for the runtime classpath of one version.
-Processes are recorded by pid and stopped by exactly those pids.
+A cluster is one name server, one or more brokers (masters, and slaves that share a master's
+broker name with broker id 1) and, for 5.x, an optional proxy in cluster mode; each with its
+own ports, data directory, small heap and logs under the run directory (``.run/`` in the
+project, git-ignored). Maven resolves the jars into the local Maven cache; we only ask it for
+the runtime classpath of one version. Processes are recorded by pid and stopped by exactly
+those pids.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,17 +36,68 @@ SOURCE_VERSION = os.environ.get("RMQ_SOURCE_VERSION", "4.9.7")
 TARGET_VERSION = os.environ.get("RMQ_TARGET_VERSION", "5.5.0")
 ADMIN_ACCESS_KEY = "rocketmq-admin"
 _MARKER = "-Drmq.harness.cluster="
+#: A slave's broker id (any id above 0 is a slave; one slave per master is what we run).
+SLAVE_ID = 1
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """One broker process: its broker name (shared by a master and its slave), id and port."""
+
+    name: str
+    port: int
+    broker_id: int = 0
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def is_master(self) -> bool:
+        return self.broker_id == 0
+
+    @property
+    def role(self) -> str:
+        """Its key in the pid file and the name of its log and config files."""
+        return f"broker-{self.name}-{self.broker_id}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Fast remoting (port-2), remoting and HA (port+1)."""
+        return (self.port - 2, self.port, self.port + 1)
 
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """What to start: a version, two ports, and whether authentication is on."""
+    """What to start: a version, a name server port, the brokers, an optional proxy, and whether
+    authentication is on.
+
+    ``masters`` brokers named ``<name>-b<i>`` listen on ``broker_port + 10 * i``; the first
+    ``slaves`` of them get a slave, 10 ports further on each. ``proxy_port`` (5.x only) is the
+    proxy's remoting port; its gRPC port is the next one.
+    """
 
     name: str
     version: str
     namesrv_port: int
     broker_port: int
     acl: bool = False
+    masters: int = 1
+    slaves: int = 0
+    proxy_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slaves <= self.masters:
+            raise ValueError(f"cluster {self.name}: {self.slaves} slave(s) for {self.masters} master(s)")
+        if self.proxy_port is not None and self.major < 5:
+            raise ValueError(f"cluster {self.name}: RocketMQ {self.version} has no proxy")
+
+    @property
+    def brokers(self) -> tuple[BrokerSpec, ...]:
+        masters = [BrokerSpec(f"{self.name}-b{i}", self.broker_port + 10 * i) for i in range(self.masters)]
+        slaves = [BrokerSpec(m.name, self.broker_port + 10 * (self.masters + i), SLAVE_ID)
+                  for i, m in enumerate(masters[:self.slaves])]
+        return (*masters, *slaves)
 
     @property
     def namesrv(self) -> str:
@@ -51,16 +105,32 @@ class ClusterSpec:
 
     @property
     def broker(self) -> str:
-        return f"127.0.0.1:{self.broker_port}"
-
-    @property
-    def ports(self) -> tuple[int, ...]:
-        """Every port the cluster binds: name server, broker fast remoting, remoting and HA."""
-        return (self.namesrv_port, self.broker_port - 2, self.broker_port, self.broker_port + 1)
+        """The first master's address."""
+        return self.brokers[0].addr
 
     @property
     def broker_name(self) -> str:
-        return f"{self.name}-b0"
+        return self.brokers[0].name
+
+    @property
+    def master_addrs(self) -> dict[str, str]:
+        """Broker name -> master address, as the name server should list them."""
+        return {b.name: b.addr for b in self.brokers if b.is_master}
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy's remoting address, which clients may use as their name server."""
+        return f"127.0.0.1:{self.proxy_port}" if self.proxy_port else None
+
+    @property
+    def proxy_grpc(self) -> str | None:
+        return f"127.0.0.1:{self.proxy_port + 1}" if self.proxy_port else None
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the cluster binds."""
+        proxy = (self.proxy_port, self.proxy_port + 1) if self.proxy_port else ()
+        return (self.namesrv_port, *(p for b in self.brokers for p in b.ports), *proxy)
 
     @property
     def major(self) -> int:
@@ -79,6 +149,9 @@ CLUSTERS: dict[str, ClusterSpec] = {
     "target": ClusterSpec("target", TARGET_VERSION, 29876, 30911),
     "source-acl": ClusterSpec("source-acl", SOURCE_VERSION, 11876, 12911, acl=True),
     "target-acl": ClusterSpec("target-acl", TARGET_VERSION, 13876, 14911, acl=True),
+    # Production shapes: two masters, the first with a slave (4.9); two masters behind a proxy (5.x).
+    "source-ha": ClusterSpec("source-ha", SOURCE_VERSION, 31876, 31911, masters=2, slaves=1),
+    "target-ha": ClusterSpec("target-ha", TARGET_VERSION, 32076, 32111, masters=2, proxy_port=32181),
 }
 
 
@@ -122,9 +195,17 @@ def classpath(version: str) -> str:
     return out.read_text().strip()
 
 
+def _kind(role: str) -> str:
+    """namesrv, broker, proxy or mqadmin: what a role runs."""
+    return role.split("-", 1)[0]
+
+
 def _java_opts(spec: ClusterSpec, role: str) -> list[str]:
+    # Each process gets its own user.home and log directory: 5.x keeps logs (and the name
+    # server its kvConfig) under user.home, and two brokers must not write one another's files.
+    home = spec.home / role
     opts = [f"{_MARKER}{spec.name}/{role}", f"-Drocketmq.home.dir={spec.home / 'home'}",
-            f"-Duser.home={spec.home}", f"-Drocketmq.log.dir={spec.home / 'logs'}",
+            f"-Duser.home={home}", f"-Drocketmq.log.dir={home / 'logs'}",
             "-Drocketmq.broker.diskSpaceWarningLevelRatio=0.98", "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1" if role == "mqadmin" else "-XX:+UseStringDeduplication"]
     if spec.major == 4:
@@ -136,6 +217,7 @@ def _java_opts(spec: ClusterSpec, role: str) -> list[str]:
 
 _HEAPS = {"namesrv": ["-Xms64m", "-Xmx96m"],
           "broker": ["-Xms192m", "-Xmx256m", "-XX:MaxDirectMemorySize=256m"],
+          "proxy": ["-Xms96m", "-Xmx160m", "-XX:MaxDirectMemorySize=128m"],
           "mqadmin": ["-Xmx128m"]}
 
 _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
@@ -162,6 +244,14 @@ def credentials(spec: ClusterSpec) -> Credentials | None:
     return Credentials(ADMIN_ACCESS_KEY, _secret(spec)) if spec.acl else None
 
 
+def _store(spec: ClusterSpec, broker: BrokerSpec) -> Path:
+    return spec.home / broker.role / "store"
+
+
+def _conf(spec: ClusterSpec, role: str) -> Path:
+    return spec.home / f"{role}.conf"
+
+
 def _write_configs(spec: ClusterSpec) -> None:
     conf = spec.home / "home" / "conf"
     conf.mkdir(parents=True, exist_ok=True)
@@ -169,28 +259,18 @@ def _write_configs(spec: ClusterSpec) -> None:
     for role in ("namesrv", "broker", "tools"):
         (conf / f"logback_{role}.xml").write_text(_LOGBACK.format(role=role))
     bind = ["bindAddress=127.0.0.1"] if spec.major >= 5 else []
-    (spec.home / "namesrv.conf").write_text("\n".join([f"listenPort={spec.namesrv_port}", *bind]) + "\n")
-    store = spec.home / "store"
-    broker = [
-        f"brokerClusterName={spec.name}", f"brokerName={spec.broker_name}", "brokerId=0",
-        "brokerIP1=127.0.0.1", f"listenPort={spec.broker_port}", f"namesrvAddr={spec.namesrv}",
-        f"storePathRootDir={store}", f"storePathCommitLog={store / 'commitlog'}",
-        "mappedFileSizeCommitLog=67108864", "mappedFileSizeConsumeQueue=600000",
-        "mappedFileSizeTimerLog=16777216", "maxIndexNum=100000", "maxHashSlotNum=10000",
-        "flushDiskType=ASYNC_FLUSH", "transientStorePoolEnable=false",
-        "autoCreateTopicEnable=true", "autoCreateSubscriptionGroup=true",
-        "diskMaxUsedSpaceRatio=95", "diskSpaceWarningLevelRatio=0.98", *bind,
-    ]
+    _conf(spec, "namesrv").write_text("\n".join([f"listenPort={spec.namesrv_port}", *bind]) + "\n")
     secret = _secret(spec) if spec.acl else ""
+    auth: list[str] = []
     if spec.acl and spec.major == 4:
-        broker.append("aclEnable=true")
+        auth.append("aclEnable=true")
         (conf / "plain_acl.yml").write_text(
             "globalWhiteRemoteAddresses: []\naccounts:\n"
             f"  - accessKey: {ADMIN_ACCESS_KEY}\n    secretKey: {secret}\n    admin: true\n")
     elif spec.acl:
         user = json.dumps({"username": ADMIN_ACCESS_KEY, "password": secret})
         inner = json.dumps({"accessKey": ADMIN_ACCESS_KEY, "secretKey": secret})
-        broker += [
+        auth += [
             "authenticationEnabled=true", "authorizationEnabled=true",
             "authenticationProvider=org.apache.rocketmq.auth.authentication.provider.DefaultAuthenticationProvider",
             "authorizationProvider=org.apache.rocketmq.auth.authorization.provider.DefaultAuthorizationProvider",
@@ -201,7 +281,26 @@ def _write_configs(spec: ClusterSpec) -> None:
         ]
     if spec.acl:
         (conf / "tools.yml").write_text(f"accessKey: {ADMIN_ACCESS_KEY}\nsecretKey: {secret}\n")
-    (spec.home / "broker.conf").write_text("\n".join(broker) + "\n")
+    for broker in spec.brokers:
+        store = _store(spec, broker)
+        lines = [
+            f"brokerClusterName={spec.name}", f"brokerName={broker.name}", f"brokerId={broker.broker_id}",
+            f"brokerRole={'ASYNC_MASTER' if broker.is_master else 'SLAVE'}",
+            "brokerIP1=127.0.0.1", f"listenPort={broker.port}", f"namesrvAddr={spec.namesrv}",
+            f"storePathRootDir={store}", f"storePathCommitLog={store / 'commitlog'}",
+            "mappedFileSizeCommitLog=67108864", "mappedFileSizeConsumeQueue=600000",
+            "mappedFileSizeTimerLog=16777216", "maxIndexNum=100000", "maxHashSlotNum=10000",
+            "flushDiskType=ASYNC_FLUSH", "transientStorePoolEnable=false",
+            "autoCreateTopicEnable=true", "autoCreateSubscriptionGroup=true",
+            "diskMaxUsedSpaceRatio=95", "diskSpaceWarningLevelRatio=0.98", *bind, *auth,
+        ]
+        _conf(spec, broker.role).write_text("\n".join(lines) + "\n")
+    if spec.proxy_port:
+        _conf(spec, "proxy").write_text(json.dumps({
+            "rocketMQClusterName": spec.name, "namesrvAddr": spec.namesrv,
+            # The address the proxy puts in the routes it serves; by default the host's own IP.
+            "localServeAddr": "127.0.0.1", "remotingAccessAddr": "127.0.0.1",
+            "remotingListenPort": spec.proxy_port, "grpcServerPort": spec.proxy_port + 1}))
 
 
 def _pid_file(spec: ClusterSpec) -> Path:
@@ -228,10 +327,19 @@ def _is_ours(pid: int, spec: ClusterSpec) -> bool:
     return False
 
 
-def _launch(spec: ClusterSpec, role: str, main: str, conf: Path, cp: str) -> subprocess.Popen[bytes]:
-    cmd = ["java", *_HEAPS[role], *_java_opts(spec, role), "-cp", cp, main, "-c", str(conf)]
-    if role == "broker":
+_MAINS = {"namesrv": ("org.apache.rocketmq.namesrv.NamesrvStartup", "-c"),
+          "broker": ("org.apache.rocketmq.broker.BrokerStartup", "-c"),
+          "proxy": ("org.apache.rocketmq.proxy.ProxyStartup", "-pc")}
+
+
+def _launch(spec: ClusterSpec, role: str, cp: str) -> subprocess.Popen[bytes]:
+    main, conf_flag = _MAINS[_kind(role)]
+    cmd = ["java", *_HEAPS[_kind(role)], *_java_opts(spec, role), "-cp", cp, main, conf_flag, str(_conf(spec, role))]
+    if _kind(role) == "broker":
         cmd += ["-n", spec.namesrv]
+    elif role == "proxy":
+        cmd += ["-pm", "cluster"]
+    (spec.home / role).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ROCKETMQ_HOME": str(spec.home / "home")}
     with open(spec.home / "logs" / f"{role}.out", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -239,32 +347,47 @@ def _launch(spec: ClusterSpec, role: str, main: str, conf: Path, cp: str) -> sub
     return proc
 
 
-async def _registered_brokers(namesrv: str, creds: Credentials | None) -> dict[str, str | None]:
-    """Broker name -> master address as the name server reports them."""
+async def _registered_brokers(namesrv: str, creds: Credentials | None) -> dict[str, dict[int, str]]:
+    """Broker name -> broker id -> address, as the name server reports them."""
     async with ClusterAdmin(namesrv, creds, timeout=3, connect_timeout=1) as admin:
-        return {b.name: b.master for b in await admin.brokers()}
+        return {b.name: b.addrs for b in await admin.brokers()}
+
+
+def brokers_registered(spec: ClusterSpec) -> bool:
+    """The name server answers and lists every broker of the spec at its address and id."""
+    try:
+        registered = asyncio.run(_registered_brokers(spec.namesrv, credentials(spec)))
+    except Exception:
+        return False
+    return all(registered.get(b.name, {}).get(b.broker_id) == b.addr for b in spec.brokers)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def is_up(spec: ClusterSpec) -> bool:
-    """The name server answers and lists our broker at its address."""
-    try:
-        brokers = asyncio.run(_registered_brokers(spec.namesrv, credentials(spec)))
-    except Exception:
-        return False
-    return brokers.get(spec.broker_name) == spec.broker
+    """Every broker is registered, and the proxy (if any) takes connections on both its ports."""
+    proxy = (spec.proxy_port, spec.proxy_port + 1) if spec.proxy_port else ()
+    return brokers_registered(spec) and all(_listening(p) for p in proxy)
 
 
 def store_config_dir(spec: ClusterSpec) -> Path:
-    """Where the broker keeps topics.json, subscriptionGroup.json, consumerOffset.json, ..."""
-    return spec.home / "store" / "config"
+    """Where the first master keeps topics.json, subscriptionGroup.json, consumerOffset.json, ..."""
+    return _store(spec, spec.brokers[0]) / "config"
 
 
 def start(spec: ClusterSpec, timeout: float = 120,
           seed: Callable[[Path], None] | None = None) -> RunningCluster:
-    """Start the cluster unless ours is already running; wait for the broker to register.
+    """Start the cluster unless ours is already running; wait for every broker to register and the
+    proxy (started once the brokers are registered) to listen.
 
-    ``seed``, when given, is called with the broker's store config directory after the configs
-    are written and before the broker starts, to pre-seed files such as topics.json or
+    ``seed``, when given, is called with the first master's store config directory after the
+    configs are written and before the broker starts, to pre-seed files such as topics.json or
     subscriptionGroup.json (loading 20,000 topics from a file takes the broker a second; creating
     them one request at a time takes minutes). A cluster that is already up cannot be seeded.
     """
@@ -278,14 +401,18 @@ def start(spec: ClusterSpec, timeout: float = 120,
     if seed is not None:
         store_config_dir(spec).mkdir(parents=True, exist_ok=True)
         seed(store_config_dir(spec))
-    procs = {"namesrv": _launch(spec, "namesrv", "org.apache.rocketmq.namesrv.NamesrvStartup",
-                                spec.home / "namesrv.conf", cp)}
-    _pid_file(spec).write_text(json.dumps({role: p.pid for role, p in procs.items()}))
-    procs["broker"] = _launch(spec, "broker", "org.apache.rocketmq.broker.BrokerStartup",
-                              spec.home / "broker.conf", cp)
-    _pid_file(spec).write_text(json.dumps({role: p.pid for role, p in procs.items()}))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def launch(role: str) -> None:
+        procs[role] = _launch(spec, role, cp)
+        _pid_file(spec).write_text(json.dumps({r: p.pid for r, p in procs.items()}))
+
+    for role in ("namesrv", *(b.role for b in spec.brokers)):
+        launch(role)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if spec.proxy_port and "proxy" not in procs and brokers_registered(spec):
+            launch("proxy")
         if is_up(spec):
             return RunningCluster(spec, credentials(spec))
         if any(p.poll() is not None for p in procs.values()):
@@ -303,13 +430,15 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"--- {path}: missing"
 
 
-def stop(spec: ClusterSpec, grace: float = 15, roles: tuple[str, ...] = ("namesrv", "broker")) -> list[int]:
+def stop(spec: ClusterSpec, grace: float = 15, roles: tuple[str, ...] = ("namesrv", "broker", "proxy")) -> list[int]:
     """Stop exactly the processes this harness recorded for the cluster; return their pids.
 
-    ``roles=("broker",)`` stops only the broker, as tests of a broker failure need.
+    A role is a kind (``broker`` stops every broker, as tests of a broker failure need) or one
+    process (``BrokerSpec.role``: one master, or one slave).
     """
     recorded = _recorded_pids(spec)
-    pids = [pid for role, pid in recorded.items() if role in roles and _is_ours(pid, spec)]
+    chosen = {role for role in recorded if role in roles or _kind(role) in roles}
+    pids = [pid for role, pid in recorded.items() if role in chosen and _is_ours(pid, spec)]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -318,7 +447,7 @@ def stop(spec: ClusterSpec, grace: float = 15, roles: tuple[str, ...] = ("namesr
     for pid in pids:
         if _is_ours(pid, spec):
             os.kill(pid, signal.SIGKILL)
-    remaining = {role: pid for role, pid in recorded.items() if role not in roles}
+    remaining = {role: pid for role, pid in recorded.items() if role not in chosen}
     if remaining:
         _pid_file(spec).write_text(json.dumps(remaining))
     else:
