@@ -215,6 +215,35 @@ def test_override_reason_lets_a_switch_past_a_failed_precondition(bag, switch_ap
     assert len(switch_api.requests) == 1
 
 
+def test_switch_refuses_when_a_broker_of_the_run_is_gone(bag, ha_clusters, switch_api, monkeypatch, capfd):
+    """The name server forgets a stopped master; the switch's live check still knows the run's
+    broker set, so the figures of the missing broker are unknown and nothing is switched."""
+    spec = ha_clusters["source-ha"].spec
+    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_SOURCE_HA", json.dumps(
+        {"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port}))
+    b0, b1 = spec.master_addrs
+    run_set = {"rocketmq_source_ha": [b0, b1]}
+    run, _ = run_dag(bag, "probe_switch_run_brokers", broker_sets=run_set)
+    assert run.state == "success" and len(switch_api.requests) == 1  # every broker there: it acts
+    stopped = next(b for b in spec.brokers if b.name == b1)
+    try:
+        harness.stop(spec, roles=(stopped.role,))
+        deadline = time.monotonic() + 60
+        while b1 in {b.name for b in RocketMQHook("rocketmq_source_ha").run(lambda a: a.brokers())}:
+            assert time.monotonic() < deadline, f"{b1} still registered"
+            time.sleep(0.5)
+        capfd.readouterr()
+        run, _ = run_dag(bag, "probe_switch_run_brokers", broker_sets=run_set)
+        assert run.state == "failed" and len(switch_api.requests) == 1
+        out = capfd.readouterr()
+        assert f"{b1} expected" in out.out + out.err and "not switching" in out.out + out.err
+        # Without the run's set the same switch sees one broker with nobody on it, and acts.
+        run, _ = run_dag(bag, "probe_switch_run_brokers", broker_sets={})
+        assert run.state == "success" and len(switch_api.requests) == 2
+    finally:
+        harness.start(spec, timeout=180)
+
+
 def test_secrets_never_reach_logs_or_xcom(bag, acl_clusters, monkeypatch, capfd):
     cluster = acl_clusters["source-acl"]
     secret = cluster.credentials.secret_key

@@ -32,8 +32,13 @@ START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
 def resolved(key: str) -> str:
-    """A template for part of the scope the preflight resolved (a list, rendered natively)."""
+    """A template for part of what the preflight resolved (rendered natively: a list, a dict)."""
     return f"{{{{ ti.xcom_pull(task_ids='preflight')['{key}'] }}}}"
+
+
+def run_brokers(side: str) -> str:
+    """A template for the broker set the preflight saw on one side (``source`` or ``target``)."""
+    return f"{{{{ ti.xcom_pull(task_ids='preflight')['{side}']['brokers'] }}}}"
 
 
 def migration_dag_id(spec: MigrationSpec) -> str:
@@ -70,6 +75,7 @@ def _switches(spec: MigrationSpec, group_id: str, role: str, to: str, canary: bo
                 switcher=_switcher(fleet), preconditions=preconditions,
                 share=f"{{{{ params.canary_share or {fleet.canary_share} }}}}" if canary else 1.0,
                 override_reason="{{ params.override_reason }}", dry_run="{{ params.dry_run }}",
+                broker_sets=resolved("broker_sets"),
             )
     return group
 
@@ -128,18 +134,18 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             Condition(tgt.conn_id, MetadataPresent(spec.topics_of("consumer"), consumers, tgt.cluster))])
         consumers_online = ClientsOnlineSensor(
             task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
-            cluster=tgt.cluster, poke_interval=stability.poll_interval_seconds,
+            cluster=tgt.cluster, brokers=run_brokers("target"), poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
         canary_producers = _switches(spec, "canary_producers", "producer", tgt.conn_id, True, on_target_consumers)
         remaining_producers = _switches(spec, "remaining_producers", "producer", tgt.conn_id, False,
                                         on_target_consumers)
         writes_stopped = SourceWritesStoppedSensor(
             task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
-            cluster=src.cluster, window_seconds=stability.writes_quiet_seconds,
+            cluster=src.cluster, brokers=run_brokers("source"), window_seconds=stability.writes_quiet_seconds,
             poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         drained = BacklogZeroSensor(
             task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=resolved("groups"),
-            cluster=src.cluster, stable_checks="{{ params.backlog_checks }}",
+            cluster=src.cluster, brokers=run_brokers("source"), stable_checks="{{ params.backlog_checks }}",
             poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id, groups=consumers,
                                          cluster=src.cluster)
@@ -149,11 +155,13 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         ])
         no_consumers_left = ClientsOnlineSensor(
             task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
-            max_clients=0, cluster=src.cluster, poke_interval=stability.poll_interval_seconds,
+            max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
+            poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
         no_producers_left = ClientsOnlineSensor(
             task_id="cutover_verified_producers", rocketmq_conn_id=src.conn_id, groups=producers, role="producer",
-            min_clients=0, max_clients=0, cluster=src.cluster, poke_interval=stability.poll_interval_seconds,
+            min_clients=0, max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
+            poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
 
         rollback = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
@@ -163,6 +171,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))])
         target_drained = BacklogZeroSensor(
             task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers, cluster=tgt.cluster,
+            brokers=run_brokers("target"),
             stable_checks="{{ params.backlog_checks }}", poke_interval=stability.poll_interval_seconds,
             timeout=stability.drain_timeout_seconds)
         rollback_consumers = _switches(spec, "rollback_consumers", "consumer", src.conn_id, False, [

@@ -44,6 +44,15 @@ with _dag("probe_switch", endpoint="/switch", override_reason=""):
         override_reason="{{ params.override_reason }}",
     )
 
+with _dag("probe_switch_run_brokers", broker_sets={}):
+    # Nobody of the group is online: satisfied, unless a broker of the run's set is missing.
+    FleetSwitchOperator(
+        task_id="switch", fleet="probe", role="consumer", groups=["PROBE_CONSUMERS"], to_cluster="target",
+        switcher=HttpSwitcher("switch_api", endpoint="/switch", method="POST"),
+        preconditions=[Condition("rocketmq_source_ha", ClientsOnline([SWITCH_GUARD_GROUP], "producer", 0, 0))],
+        broker_sets="{{ params.broker_sets }}",
+    )
+
 with _dag("probe_secrets", conn_id="rocketmq_source_acl", groups=["none"]):
     sensor = ClientsOnlineSensor(task_id="clients", rocketmq_conn_id="{{ params.conn_id }}",
                                  groups="{{ params.groups }}", min_clients=0, poke_interval=1, timeout=20)

@@ -80,16 +80,19 @@ class FleetSwitchOperator(BaseOperator):
     ``preconditions`` are evaluated against the live clusters when the task runs; if any does
     not hold, nothing is switched and the task fails naming what it saw. The only way past a
     failing precondition is a non-empty ``override_reason`` (templated), which is logged and
-    pushed to XCom for the report. ``wait_for`` (optional) is a condition awaited after the
+    pushed to XCom for the report. ``broker_sets`` (templated) maps a connection id to the run's
+    broker set on that cluster: a precondition that does not see all of them fails as unknown.
+    ``wait_for`` (optional) is a condition awaited after the
     switch, deferred to the triggerer, within ``wait_timeout`` seconds.
     """
 
-    template_fields = ("switcher", "override_reason", "share", "dry_run")
+    template_fields = ("switcher", "override_reason", "share", "dry_run", "broker_sets")
 
     def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
                  share: float | str = 1.0, preconditions: list[Condition] | None = None,
                  wait_for: Condition | None = None, wait_timeout: float = 600, poll_interval: float = 5,
-                 override_reason: str = "", dry_run: bool | str = False, **kwargs: Any):
+                 override_reason: str = "", dry_run: bool | str = False,
+                 broker_sets: dict[str, list[str]] | str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if role not in ("consumer", "producer"):
             raise ValueError(f"role must be consumer or producer, not {role!r}")
@@ -105,6 +108,7 @@ class FleetSwitchOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.override_reason = override_reason
         self.dry_run = dry_run
+        self.broker_sets = broker_sets
 
     @property
     def switch_request(self) -> dict[str, Any]:
@@ -114,10 +118,13 @@ class FleetSwitchOperator(BaseOperator):
     def check_preconditions(self) -> list[dict[str, Any]]:
         """Evaluate every precondition now; return the observations of those that failed."""
         failed = []
+        broker_sets = self.broker_sets or {}
         for condition in self.preconditions:
-            observation = RocketMQHook(condition.rocketmq_conn_id).run(
-                lambda admin, c=condition: observe(c.check, admin))
-            observation["condition"] = f"{condition.check.describe()} on {condition.rocketmq_conn_id}"
+            conn_id = condition.rocketmq_conn_id
+            check = build_check(condition.check.kind,
+                                {**condition.check.kwargs(), "brokers": list(broker_sets.get(conn_id, []))})
+            observation = RocketMQHook(conn_id).run(lambda admin: observe(check, admin))
+            observation["condition"] = f"{check.describe()} on {conn_id}"
             self.log.info("precondition %s: %s", observation["condition"], observation["summary"])
             if not observation["satisfied"]:
                 failed.append(observation)

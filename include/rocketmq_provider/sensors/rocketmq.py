@@ -20,14 +20,16 @@ from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
 class RocketMQCheckSensor(BaseSensorOperator):
     """Waits until a check holds ``stable_checks`` times in a row on the cluster of a connection."""
 
-    template_fields = ("rocketmq_conn_id", "stable_checks")
+    template_fields = ("rocketmq_conn_id", "stable_checks", "brokers")
 
     def __init__(self, *, rocketmq_conn_id: str, stable_checks: int | str = 1, deferrable: bool = True,
-                 **kwargs: Any):
+                 brokers: list[str] | str | None = None, **kwargs: Any):
+        """``brokers`` is the run's broker set (templated): a check that misses one of them is unknown."""
         super().__init__(**kwargs)
         if isinstance(stable_checks, int) and stable_checks < 1:
             raise ValueError("stable_checks must be at least 1")
         self.rocketmq_conn_id = rocketmq_conn_id
+        self.brokers = brokers
         self.stable_checks = stable_checks
         self.deferrable = deferrable
         self._check: Check | None = None
@@ -84,7 +86,7 @@ class BacklogZeroSensor(RocketMQCheckSensor):
         self.cluster = cluster
 
     def build_check(self) -> Check:
-        return BacklogZero(list(self.groups), self.cluster)
+        return BacklogZero(list(self.groups), self.cluster, list(self.brokers or []))
 
 
 class ClientsOnlineSensor(RocketMQCheckSensor):
@@ -103,7 +105,8 @@ class ClientsOnlineSensor(RocketMQCheckSensor):
         ClientsOnline(list(groups) or ["-"], role, min_clients, max_clients)  # reject bad bounds at parse time
 
     def build_check(self) -> Check:
-        return ClientsOnline(list(self.groups), self.role, self.min_clients, self.max_clients, self.cluster)
+        return ClientsOnline(list(self.groups), self.role, self.min_clients, self.max_clients, self.cluster,
+                             list(self.brokers or []))
 
 
 class SourceWritesStoppedSensor(RocketMQCheckSensor):
@@ -121,4 +124,4 @@ class SourceWritesStoppedSensor(RocketMQCheckSensor):
         self.cluster = cluster
 
     def build_check(self) -> Check:
-        return WritesStopped(list(self.topics), self.window_seconds, self.cluster)
+        return WritesStopped(list(self.topics), self.window_seconds, self.cluster, list(self.brokers or []))
