@@ -4,6 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HARNESS := $(PY) -m rocketmq_harness
+# make demo TOPOLOGY=ha: the demo on clusters of two masters (4.9 with a slave, 5.x behind a proxy).
+TOPOLOGY ?= small
+export RMQ_TOPOLOGY := $(TOPOLOGY)
+DEMO_CLUSTERS := $(if $(filter ha,$(TOPOLOGY)),source-ha target-ha,source target)
 
 .PHONY: setup prereqs jars schemas clusters demo demo-status test bench stop status memory mqadmin
 
@@ -37,7 +41,7 @@ jars: $(STAMP)
 	$(PY) -c "from rocketmq_harness.clusters import classpath, SOURCE_VERSION, TARGET_VERSION; classpath(SOURCE_VERSION); classpath(TARGET_VERSION)"
 
 clusters: setup
-	$(HARNESS) start source target
+	$(HARNESS) start $(DEMO_CLUSTERS)
 
 demo: clusters
 	$(PY) -m rocketmq_demo up

@@ -8,7 +8,7 @@
     python -m rocketmq_demo run       the config service and the fleet in the foreground (containers)
 
 RMQ_DEMO_SOURCE_NAMESRV / RMQ_DEMO_TARGET_NAMESRV name the clusters (default: the local
-harness's), RMQ_DEMO_CONFIG_PORT and RMQ_DEMO_BIND where the config service listens.
+harness's of the RMQ_TOPOLOGY, small or ha), RMQ_DEMO_CONFIG_PORT and RMQ_DEMO_BIND where the config service listens.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo.config_service import FleetConfig, serve
 from rocketmq_core.procutil import alive
 from rocketmq_demo.fleet import DemoFleet, FleetLayout
-from rocketmq_harness.clusters import CLUSTERS, RUN_DIR
+from rocketmq_harness.clusters import RUN_DIR, demo_clusters
 
 DEMO_DIR = RUN_DIR / "demo"
 CONFIG_PORT = int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080"))
@@ -36,8 +36,8 @@ CONFIG_URL = f"http://127.0.0.1:{CONFIG_PORT}"
 #: The fleet of specs/orders-migration.yaml.
 LAYOUT = FleetLayout(topic="orders_created", producer_group="PID_orders",
                      consumer_groups=["GID_orders_billing", "GID_orders_shipping"], rate=5)
-CLUSTER_CONNS = {"rocketmq_source": os.environ.get("RMQ_DEMO_SOURCE_NAMESRV", CLUSTERS["source"].namesrv),
-                 "rocketmq_target": os.environ.get("RMQ_DEMO_TARGET_NAMESRV", CLUSTERS["target"].namesrv)}
+CLUSTER_CONNS = {"rocketmq_source": os.environ.get("RMQ_DEMO_SOURCE_NAMESRV", demo_clusters()["source"].namesrv),
+                 "rocketmq_target": os.environ.get("RMQ_DEMO_TARGET_NAMESRV", demo_clusters()["target"].namesrv)}
 BIND = os.environ.get("RMQ_DEMO_BIND", "127.0.0.1")
 
 

@@ -33,7 +33,9 @@ def main(argv: list[str]) -> int:
         for spec in _specs(rest, ["source", "target"]):
             cluster = start(spec)
             auth = f", auth on (access key {cluster.credentials.access_key})" if cluster.credentials else ""
-            print(f"{spec.name}: RocketMQ {spec.version} name server {spec.namesrv}, broker {spec.broker}{auth}")
+            brokers = ", ".join(f"{b.name}{'' if b.is_master else ' slave'} {b.addr}" for b in spec.brokers)
+            proxy = f", proxy {spec.proxy} (gRPC {spec.proxy_grpc})" if spec.proxy else ""
+            print(f"{spec.name}: RocketMQ {spec.version} name server {spec.namesrv}, brokers {brokers}{proxy}{auth}")
     elif verb == "stop":
         for spec in _specs(rest, list(CLUSTERS)):
             pids = stop(spec)
@@ -51,11 +53,14 @@ def main(argv: list[str]) -> int:
         else:
             sys.exit("usage: airflow start|stop")
     elif verb == "memory":
-        total = 0
-        for label, rss in resident_memory():
-            total += rss
+        rows = resident_memory()
+        for label, rss in rows:
             print(f"{rss / 2**20:8.0f} MiB  {label}")
-        print(f"{total / 2**20:8.0f} MiB  total")
+        for name in CLUSTERS:  # one figure per topology: its name server, brokers and proxy together
+            processes = [rss for label, rss in rows if label.split()[0] == name]
+            if processes:
+                print(f"{sum(processes) / 2**20:8.0f} MiB  cluster {name} ({len(processes)} processes)")
+        print(f"{sum(rss for _, rss in rows) / 2**20:8.0f} MiB  total")
     else:
         if not rest:
             sys.exit("usage: mqadmin NAME ARGS...")

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocketmq_harness.clusters import CLUSTERS, PROJECT_ROOT, RUN_DIR
+from rocketmq_harness.clusters import PROJECT_ROOT, RUN_DIR, demo_clusters
 from rocketmq_provider.replication_runner import LocalProcessRunner
 
 USER = "admin"
@@ -100,8 +100,7 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
     env["AIRFLOW_CONN_FLEET_CONFIG"] = json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080")),
          "schema": "http"})
-    for name in ("source", "target"):
-        spec = CLUSTERS[name]
+    for name, spec in demo_clusters().items():
         env[f"AIRFLOW_CONN_ROCKETMQ_{name.upper()}"] = json.dumps(
             {"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port})
     return env

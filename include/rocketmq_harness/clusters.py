@@ -154,6 +154,18 @@ CLUSTERS: dict[str, ClusterSpec] = {
     "target-ha": ClusterSpec("target-ha", TARGET_VERSION, 32076, 32111, masters=2, proxy_port=32181),
 }
 
+#: The clusters ``make demo`` runs as its source and target, by topology (``RMQ_TOPOLOGY``).
+TOPOLOGIES: dict[str, dict[str, str]] = {"small": {"source": "source", "target": "target"},
+                                         "ha": {"source": "source-ha", "target": "target-ha"}}
+
+
+def demo_clusters() -> dict[str, ClusterSpec]:
+    """``source`` and ``target`` of the demo: one broker each, or the multi-broker clusters."""
+    topology = os.environ.get("RMQ_TOPOLOGY", "small")
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"RMQ_TOPOLOGY={topology!r} is not one of {sorted(TOPOLOGIES)}")
+    return {role: CLUSTERS[name] for role, name in TOPOLOGIES[topology].items()}
+
 
 @dataclass(frozen=True)
 class RunningCluster:
