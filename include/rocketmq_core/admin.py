@@ -339,6 +339,16 @@ class ClusterAdmin:
             raise
         return tuple(_client(c) for c in loads(resp.body).get("connectionSet", []))
 
+    async def topic_readers(self, addr: str, topic: str) -> frozenset[str]:
+        """Groups one broker knows to read a topic: online subscriptions and committed offsets."""
+        try:
+            resp = await self.client.invoke(addr, RequestCode.QUERY_TOPIC_CONSUME_BY_WHO, {"topic": topic})
+        except ResponseError as exc:
+            if exc.response_code == ResponseCode.TOPIC_NOT_EXIST:
+                return frozenset()
+            raise
+        return frozenset(loads(resp.body).get("groupList") or ())
+
     async def all_producers(self, addr: str) -> dict[str, tuple[ClientConnection, ...]]:
         """Every producer group with live producers on one broker."""
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_PRODUCER_INFO)

@@ -43,11 +43,14 @@ class Patterns(_Strict):
 class ScopeSpec(_Strict):
     topics: Patterns = Patterns()
     groups: Patterns = Patterns()
+    #: Source broker -> target broker, for topics that must land on a given broker (see README).
+    brokers: dict[str, str] = {}
 
     def to_scope(self) -> Scope:
         """The metadata scope the diff, sync and preflight resolve names with."""
         return Scope(topics=tuple(self.topics.include), exclude_topics=tuple(self.topics.exclude),
-                     groups=tuple(self.groups.include), exclude_groups=tuple(self.groups.exclude))
+                     groups=tuple(self.groups.include), exclude_groups=tuple(self.groups.exclude),
+                     broker_map=self.brokers)
 
 
 class ClusterRef(_Strict):
@@ -164,6 +167,15 @@ class MigrationSpec(_TaskSpec):
     diff_schedule: str | None = "@hourly"
     stability: StabilitySpec = StabilitySpec()
     allow_delete: bool = False
+    #: Consumer groups that read in-scope topics and stay on the source on purpose (the report lists them).
+    leave_behind: list[str] = []
+    #: Broadcasting groups the on-call decided to move anyway: no backlog figure covers them.
+    broadcast_groups: list[str] = []
+
+    @field_validator("leave_behind", "broadcast_groups")
+    @classmethod
+    def _decided_group_names(cls, groups: list[str]) -> list[str]:
+        return [_as_value_error(validate_group_name, g) for g in groups]
 
     @model_validator(mode="after")
     def _fleets_consistent(self) -> "MigrationSpec":
@@ -220,6 +232,9 @@ class ReplicationSpec(_TaskSpec):
         if self.source.origin_id == self.target.origin_id:
             raise ValueError(f"source and target would both stamp origin {self.source.origin_id!r} on replicated "
                              "messages, so loops could not be told apart: give them different cluster names")
+        if self.direction == "two-way" and self.scope.brokers:
+            raise ValueError("scope.brokers maps source brokers to target brokers: two-way sync also goes the "
+                             "other way, where that map does not apply")
         return self
 
     @property

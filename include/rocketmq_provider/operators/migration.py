@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.metadata import take_snapshot
 from rocketmq_core.taskspec import MigrationSpec, load_specs
@@ -31,8 +32,10 @@ class MigrationPreflightOperator(BaseOperator):
     """Everything that must hold before a migration changes anything.
 
     Both clusters answer, with their versions; the credentials are accepted; the scope resolves
-    to concrete topics and groups on the source; every consumer fleet's group exists there; the
-    target has brokers; and no other task spec on the same source claims any of the same topics
+    to concrete topics and groups on the source; every consumer fleet's group exists there; every
+    group the source's brokers know to read an in-scope topic is in a fleet or left behind on
+    purpose, no fleet group reads a topic outside the scope, and no broadcasting group moves
+    without the spec saying so (the census); the target has brokers; and no other task spec on the same source claims any of the same topics
     or groups. Returns the resolved scope, which later steps use.
     """
 
@@ -59,12 +62,24 @@ class MigrationPreflightOperator(BaseOperator):
         if missing:
             problems.append(f"consumer groups {missing} do not exist on {spec.source.conn_id}")
         problems += self._claims_elsewhere(set(topics), set(groups), snapshot)
+        census = None
+        if topics:
+            try:
+                census = RocketMQHook(spec.source.conn_id).run(
+                    lambda a: take_census(a, topics, spec.source.cluster, source["brokers"]))
+            except RocketMQError as exc:
+                raise AirflowException(f"preflight: census of the readers of {topics}: {exc}") from exc
+            problems += census.problems(spec.groups_of("consumer"), scope.topic, spec.leave_behind,
+                                        spec.broadcast_groups)
         self.log.info("source %s: %s; target %s: %s", spec.source.conn_id, source["versions"],
                       spec.target.conn_id, target["versions"])
         self.log.info("scope resolves to %d topic(s) and %d group(s)", len(topics), len(groups))
         if problems:
             raise AirflowException("preflight: " + "; ".join(problems))
-        return {"source": source, "target": target, "topics": topics, "groups": groups,
+        # The run's broker sets: every later check must see all of these, or its figures are unknown.
+        broker_sets = {spec.source.conn_id: source["brokers"], spec.target.conn_id: target["brokers"]}
+        return {"source": source, "target": target, "broker_sets": broker_sets, "topics": topics, "groups": groups,
+                "census": census.to_dict() if census else None, "left_behind": spec.leave_behind,
                 "consumer_groups": spec.groups_of("consumer"), "producer_groups": spec.groups_of("producer")}
 
     def _claims_elsewhere(self, topics: set[str], groups: set[str], snapshot: Any) -> list[str]:
@@ -110,15 +125,11 @@ class ConsumeOffsetsOperator(BaseOperator):
 class MigrationReportOperator(BaseOperator):
     """Who approved what and when, overrides and their reasons, offsets at cutover, phase timeline."""
 
-    template_fields = ("override_reason",)
-
-    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, override_reason: str = "",
-                 **kwargs: Any):
+    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.gates = gates
         self.switches = switches
         self.offsets_task = offsets_task
-        self.override_reason = override_reason
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -142,7 +153,6 @@ class MigrationReportOperator(BaseOperator):
         phases = [{"from": a, "to": b, "seconds": round((pendulum.parse(tb) - pendulum.parse(ta)).total_seconds(), 1)}
                   for (ta, a), (tb, b) in zip(timeline, timeline[1:])]
         report = {"approvals": approvals, "switches": switches, "overrides": overrides,
-                  "override_reason": str(self.override_reason),
                   "offsets_at_cutover": ti.xcom_pull(task_ids=self.offsets_task),
                   "timeline": [{"at": at, "event": e} for at, e in timeline], "phases": phases}
         self.log.info("migration report:\n%s", "\n".join(f"{at}  {e}" for at, e in timeline))

@@ -1,0 +1,89 @@
+"""The census of a migration's readers, from the brokers: groups outside every fleet, fleet groups
+that also read a topic outside the scope, and broadcasting groups, on one and on two masters;
+each group checked against mqadmin's ``topicList -c`` (the same broker request)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from rocketmq.client import PushConsumer
+from rocketmq.ffi import MessageModel
+
+from cluster_side import wait_for
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.census import BROADCASTING, take_census
+from rocketmq_core.model import TopicConfig
+from rocketmq_harness import clusters as harness
+
+
+def admin_run(cluster, job):
+    async def _go():
+        async with ClusterAdmin(cluster.namesrv, cluster.credentials) as admin:
+            return await job(admin)
+    return asyncio.run(_go())
+
+
+def create_topics(cluster, *topics: str) -> None:
+    async def _go(admin: ClusterAdmin):
+        for addr in cluster.spec.master_addrs.values():
+            for topic in topics:
+                await admin.create_topic(addr, TopicConfig(topic, 2, 2))
+    admin_run(cluster, _go)
+
+
+@contextlib.contextmanager
+def consumers(cluster, subscriptions: dict[str, list[str]], broadcasting: tuple[str, ...] = ()):
+    """A real push consumer per group, subscribed to its topics, online for the with-block."""
+    started = []
+    for group, topics in subscriptions.items():
+        model = MessageModel.BROADCASTING if group in broadcasting else MessageModel.CLUSTERING
+        consumer = PushConsumer(group, message_model=model)
+        consumer.set_namesrv_addr(cluster.namesrv)
+        for topic in topics:
+            consumer.subscribe(topic, lambda msg: None)
+        consumer.start()
+        started.append(consumer)
+    try:
+        yield
+    finally:
+        for consumer in started:
+            consumer.shutdown()
+
+
+@pytest.fixture(params=["source", "target-ha"])
+def census_cluster(request, rmq_clusters, ha_clusters):
+    return {**rmq_clusters, **ha_clusters}[request.param]
+
+
+def test_census_names_every_reader_the_spec_did_not_decide(census_cluster, names):
+    cluster = census_cluster
+    topic, outside = names.topic("scope"), names.topic("outside")
+    fleet_group, stranger, wide, broadcast = (names.group(label) for label in ("fleet", "stranger", "wide", "bcast"))
+    create_topics(cluster, topic, outside)
+    groups = {fleet_group: [topic], stranger: [topic], wide: [topic, outside], broadcast: [topic]}
+    with consumers(cluster, groups, broadcasting=(broadcast,)):
+        census = wait_for(lambda: (c := admin_run(cluster, lambda a: take_census(a, [topic])))
+                          and set(c.readers) == set(groups) and all(r.online for r in c.readers.values()) and c,
+                          "every reader online in the census", 60)
+        # mqadmin's topicList -c asks every broker the same question (QUERY_TOPIC_CONSUME_BY_WHO)
+        listed = harness.mqadmin(cluster.spec, ["topicList", "-c"])
+    assert listed.returncode == 0, listed.stderr
+    theirs = {parts[2] for parts in map(str.split, listed.stdout.splitlines()) if len(parts) > 2 and parts[1] == topic}
+    assert theirs == set(census.readers) == set(groups)
+    assert census.readers[wide].subscriptions == tuple(sorted([topic, outside]))
+    assert census.readers[broadcast].message_model == BROADCASTING
+    assert census.readers[fleet_group].message_model == "CLUSTERING"
+    assert sorted(census.brokers) == sorted(cluster.spec.master_addrs)
+
+    in_scope = lambda t: t == topic  # noqa: E731
+    problems = census.problems([fleet_group, wide, broadcast], in_scope)
+    assert len(problems) == 3, problems
+    assert any(stranger in p and "in no fleet" in p for p in problems)
+    assert any(wide in p and outside in p and "outside the scope" in p for p in problems)
+    assert any(broadcast in p and "broadcasting" in p for p in problems)
+    # Decided in the spec: the stranger stays on purpose, the broadcast group moves knowingly.
+    decided = census.problems([fleet_group, wide, broadcast], in_scope, left_behind=[stranger],
+                              broadcast_allowed=[broadcast])
+    assert decided == [p for p in problems if wide in p]
