@@ -245,3 +245,122 @@ def test_dag_refuses_last_consumers_while_a_producer_still_writes_to_the_source(
     states = airflow_api.task_states(world.dag_id, run_id)
     assert states[f"remaining_consumers.{layout.consumer_fleet}"] == "failed"
     assert SOURCE in set(world.clusters_of("consumer").values())
+
+
+class StrayProducer:
+    """A producer of a group no spec lists, writing the migrated topic on the source: the fleet
+    inventory does not know it, only the brokers do."""
+
+    def __init__(self, namesrv: str, topic: str):
+        from rocketmq.client import Producer
+
+        self.producer = Producer(f"PID_stray_{uuid.uuid4().hex[:8]}")
+        self.producer.set_namesrv_addr(namesrv)
+        self.topic = topic
+        self.sent: list[str] = []
+        self.stopping = False
+
+    def __enter__(self) -> "StrayProducer":
+        import threading
+
+        from rocketmq.client import Message
+
+        self.producer.start()
+
+        def produce() -> None:
+            while not self.stopping:
+                key = f"stray-{len(self.sent)}"
+                message = Message(self.topic)
+                message.set_keys(key)
+                message.set_body(key.encode())
+                self.producer.send_sync(message)
+                self.sent.append(key)
+                time.sleep(0.3)
+
+        self.thread = threading.Thread(target=produce, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping = True
+        self.thread.join(10)
+        self.producer.shutdown()
+
+
+def test_dag_refuses_the_cutover_while_a_producer_outside_the_spec_writes_the_source(world, airflow_api,
+                                                                                     rmq_clusters):
+    """Every listed producer moved; one of a group the spec does not list keeps writing the
+    source. With both sensors marked successful by hand, only the cutover's own re-measurement
+    of the topic's writes stands between it and loss: it refuses, naming the topic, and the
+    consumers stay where the stray's messages are."""
+    layout = world.layout
+    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:4])
+    _wait(lambda: set(world.clusters_of("producer").values()) == {TARGET}, 120, "producers moved")
+    with StrayProducer(rmq_clusters["source"].namesrv, layout.topic) as stray:
+        for sensor in ("source_writes_stopped", "source_drained"):
+            _wait(lambda s=sensor: airflow_api.task_states(world.dag_id, run_id).get(s) in ("deferred", "running"),
+                  120, f"{sensor} waiting")
+            airflow_api.set_task_state(world.dag_id, run_id, sensor, "success")
+        airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=300)
+        airflow_api.answer(world.dag_id, run_id, "approve_cutover", "Approve")
+        assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
+    states = airflow_api.task_states(world.dag_id, run_id)
+    switch = f"remaining_consumers.{layout.consumer_fleet}"
+    assert states[switch] == "failed"
+    log = airflow_api.task_log(world.dag_id, run_id, switch)
+    assert "no measurement in this run found the writes stopped" in log, log[-3000:]
+    assert set(world.clusters_of("consumer").values()) == {SOURCE, TARGET}
+    assert len(stray.sent) > 10
+    received = {(e["group"], e["key"]) for e in world.fleet.events() if e["e"] == "recv"}
+    missing = {g: [k for k in stray.sent if (g, k) not in received] for g in layout.consumer_groups}
+    deadline = time.monotonic() + 60
+    while any(missing.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+        received = {(e["group"], e["key"]) for e in world.fleet.events() if e["e"] == "recv"}
+        missing = {g: [k for k in stray.sent if (g, k) not in received] for g in layout.consumer_groups}
+    assert not any(missing.values()), missing
+
+
+def test_a_gate_marked_successful_by_hand_unlocks_nothing(world, airflow_api, rmq_clusters):
+    """Marking a gate successful (as the UI allows) records no answer: the switch after it reads
+    the gate's recorded answer, finds none, and moves nobody."""
+    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:1])
+    airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_consumers", timeout=300, settle=2)
+    airflow_api.set_task_state(world.dag_id, run_id, "approve_canary_consumers", "success")
+    assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
+    switch = f"canary_consumers.{world.layout.consumer_fleet}"
+    assert airflow_api.task_states(world.dag_id, run_id)[switch] == "failed"
+    log = airflow_api.task_log(world.dag_id, run_id, switch)
+    assert "not approved" in log and "no recorded answer" in log, log[-3000:]
+    assert set(world.clusters_of("consumer").values()) == {SOURCE}
+
+
+def test_preflight_refuses_readers_the_spec_did_not_decide(world, airflow_api, rmq_clusters):
+    """A group outside every fleet and a broadcasting group read the migrated topic: the
+    preflight names both, and nothing after it runs."""
+    from rocketmq.client import PushConsumer
+    from rocketmq.ffi import MessageModel
+
+    source = rmq_clusters["source"]
+    stranger, broadcast = f"GID_stranger_{world.name}", f"GID_broadcast_{world.name}"
+    readers = []
+    for group, model in ((stranger, MessageModel.CLUSTERING), (broadcast, MessageModel.BROADCASTING)):
+        consumer = PushConsumer(group, message_model=model)
+        consumer.set_namesrv_addr(source.namesrv)
+        consumer.subscribe(world.layout.topic, lambda msg: None)
+        consumer.start()
+        readers.append(consumer)
+    try:
+        _wait(lambda: _online(source, stranger) == 1 and _online(source, broadcast) == 1, 60, "readers online")
+        airflow_api.wait_for_dag(world.dag_id, timeout=180)
+        run_id = airflow_api.trigger(world.dag_id)
+        assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
+    finally:
+        for consumer in readers:
+            consumer.shutdown()
+    states = airflow_api.task_states(world.dag_id, run_id)
+    assert states["preflight"] == "failed" and states["metadata_sync"] in ("upstream_failed", None)
+    log = airflow_api.task_log(world.dag_id, run_id, "preflight")
+    assert f"consumer group {stranger} reads ['{world.layout.topic}'] but is in no fleet" in log, log[-3000:]
+    assert f"consumer group {broadcast} consumes ['{world.layout.topic}'] in broadcasting mode" in log
+    assert set(world.clusters_of("consumer").values()) == {SOURCE}

@@ -161,12 +161,7 @@ class WritesStopped(Check):
         return f"no writes to {len(self.topics)} topic(s) for {self.window_seconds:g}s"
 
     async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
-        masters = await self.live_masters(admin, self.cluster)
-        pairs = [(addr, topic) for addr in masters for topic in self.topics]
-        tables = await admin.gather(admin.topic_offsets(addr, topic) for addr, topic in pairs)
-        offsets = {topic: 0 for topic in self.topics}
-        for (_, topic), table in zip(pairs, tables):
-            offsets[topic] += sum(high for _, high in table.values())
+        offsets = await max_offsets(admin, await self.live_masters(admin, self.cluster), self.topics)
         now = time.time()
         if self._baseline is None or self._baseline[1] != offsets:
             self._baseline = (now, offsets)
@@ -174,6 +169,54 @@ class WritesStopped(Check):
         figures = {"max_offsets": offsets, "seconds_unchanged": round(still, 1)}
         return CheckResult(still >= self.window_seconds, figures,
                            f"offsets unchanged for {still:.0f}s of {self.window_seconds:g}s")
+
+
+async def max_offsets(admin: ClusterAdmin, masters: list[str], topics: list[str]) -> dict[str, int]:
+    """Per topic, the sum of its queues' max offsets over the masters: moves with every write."""
+    pairs = [(addr, topic) for addr in masters for topic in topics]
+    tables = await admin.gather(admin.topic_offsets(addr, topic) for addr, topic in pairs)
+    offsets = dict.fromkeys(topics, 0)
+    for (_, topic), table in zip(pairs, tables):
+        offsets[topic] += sum(high for _, high in table.values())
+    return offsets
+
+
+class WritesUnchanged(Check):
+    """No write since a WritesStopped measurement found the topics quiet: their max offsets still
+    equal what its last satisfied observation saw, re-measured now.
+
+    ``observations`` are that measurement's (a sensor's XCom, so usually a template). None, or
+    none satisfied, means nobody found the writes stopped in this run (a sensor marked
+    successful by hand), which is not satisfied.
+    """
+
+    kind = "writes_unchanged"
+
+    def __init__(self, observations: list[dict[str, Any]] | str | None = None, cluster: str | None = None,
+                 brokers: list[str] | None = None):
+        self.observations = observations
+        self.cluster = cluster
+        self.brokers = sorted(brokers or [])
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"observations": self.observations, **self.common_kwargs()}
+
+    def describe(self) -> str:
+        return "no write to the topics since their writes were measured stopped"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        quiet = [o for o in self.observations or [] if isinstance(o, dict) and o.get("satisfied")]
+        if not quiet:
+            return CheckResult(False, {"baseline": None}, "no measurement in this run found the writes stopped"
+                                                          " (was the sensor marked successful by hand?)")
+        baseline = quiet[-1]["figures"]["max_offsets"]
+        offsets = await max_offsets(admin, await self.live_masters(admin, self.cluster), sorted(baseline))
+        moved = {topic: {"then": baseline[topic], "now": offsets[topic]}
+                 for topic in sorted(baseline) if offsets[topic] != baseline[topic]}
+        summary = ("no write since" if not moved else
+                   f"{len(moved)} topic(s) written since: " + ", ".join(f"{t} {m['then']} -> {m['now']}"
+                                                                      for t, m in moved.items()))
+        return CheckResult(not moved, {"baseline": baseline, "max_offsets": offsets, "moved": moved}, summary)
 
 
 class MetadataPresent(Check):
@@ -208,7 +251,8 @@ class MetadataPresent(Check):
                                                                   f"groups {missing_groups}")
 
 
-CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped, MetadataPresent)}
+CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped, WritesUnchanged,
+                                                       MetadataPresent)}
 
 
 def build_check(kind: str, kwargs: dict[str, Any]) -> Check:

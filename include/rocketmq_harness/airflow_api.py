@@ -99,9 +99,10 @@ class AirflowApi:
             time.sleep(2)
         raise TimeoutError(f"gate {task_id} did not open within {timeout}s: {self.task_states(dag_id, run_id)}")
 
-    def answer(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1) -> Any:
+    def answer(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1,
+               params_input: dict[str, Any] | None = None) -> Any:
         return self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/{task_id}/{map_index}/hitlDetails",
-                         {"chosen_options": [option], "params_input": {}})
+                         {"chosen_options": [option], "params_input": params_input or {}})
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         deadline = time.monotonic() + timeout

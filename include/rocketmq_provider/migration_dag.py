@@ -15,10 +15,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
-from rocketmq_core.checks import BacklogZero, ClientsOnline, MetadataPresent
+from rocketmq_core.checks import BacklogZero, ClientsOnline, MetadataPresent, WritesUnchanged
 from rocketmq_core.taskspec import FleetSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
-    BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence, rollback_requested,
+    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence, rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
@@ -59,23 +59,20 @@ def _params(spec: MigrationSpec) -> dict[str, Param]:
                                 description="Consecutive zero-backlog checks required before the last consumers move."),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Plan and check everything, change nothing (no sync, no switch)."),
-        "override_reason": Param("", type="string", title="Override reason",
-                                 description="Leave empty. If set, a switch proceeds even when its live precondition "
-                                             "fails; the reason is written to the report."),
     }
 
 
 def _switches(spec: MigrationSpec, group_id: str, role: str, to: str, canary: bool,
-              preconditions: list[Condition]) -> TaskGroup:
-    """One switch per fleet of the role (its canary share, or all of it), guarded by live preconditions."""
+              preconditions: list[Condition], approval: Approval) -> TaskGroup:
+    """One switch per fleet of the role (its canary share, or all of it), guarded by its gate's
+    recorded answer and by live preconditions."""
     with TaskGroup(group_id) as group:
         for fleet in spec.fleets_of(role):
             FleetSwitchOperator(
                 task_id=fleet.name, fleet=fleet.name, role=role, groups=fleet.groups, to_cluster=to,
                 switcher=_switcher(fleet), preconditions=preconditions,
                 share=f"{{{{ params.canary_share or {fleet.canary_share} }}}}" if canary else 1.0,
-                override_reason="{{ params.override_reason }}", dry_run="{{ params.dry_run }}",
-                broker_sets=resolved("broker_sets"),
+                approval=approval, dry_run="{{ params.dry_run }}", broker_sets=resolved("broker_sets"),
             )
     return group
 
@@ -89,6 +86,10 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
     src, tgt = spec.source, spec.target
     consumers, producers = spec.groups_of("consumer"), spec.groups_of("producer")
     users = [{"id": u, "name": u} for u in spec.approvers]
+
+    def approved_at(gate: str) -> Approval:
+        return Approval((gate,), approvers=tuple(spec.approvers))
+
     stability = spec.stability
     gate_args: dict[str, Any] = {"assigned_users": users, "notifiers": notifiers(spec.notifications, "gate_opened")}
     on_target_consumers = [Condition(tgt.conn_id, ClientsOnline(consumers, min_clients=1, cluster=tgt.cluster))]
@@ -109,7 +110,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         sync = MetadataSyncOperator(task_id="metadata_sync", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
                                     source_cluster=src.cluster, target_cluster=tgt.cluster,
                                     scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
-                                    dry_run="{{ params.dry_run }}")
+                                    dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
 
         steps: list[tuple[str, str, str, list[Any]]] = [
             ("approve_canary_consumers", "canary_consumers", "Move the canary share of consumers to the target?",
@@ -131,14 +132,16 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                  for gate_id, next_id, subject, evidence in steps}
 
         canary_consumers = _switches(spec, "canary_consumers", "consumer", tgt.conn_id, True, [
-            Condition(tgt.conn_id, MetadataPresent(spec.topics_of("consumer"), consumers, tgt.cluster))])
+            Condition(tgt.conn_id, MetadataPresent(spec.topics_of("consumer"), consumers, tgt.cluster))],
+            approved_at("approve_canary_consumers"))
         consumers_online = ClientsOnlineSensor(
             task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
             cluster=tgt.cluster, brokers=run_brokers("target"), poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
-        canary_producers = _switches(spec, "canary_producers", "producer", tgt.conn_id, True, on_target_consumers)
+        canary_producers = _switches(spec, "canary_producers", "producer", tgt.conn_id, True, on_target_consumers,
+                                     approved_at("approve_canary_producers"))
         remaining_producers = _switches(spec, "remaining_producers", "producer", tgt.conn_id, False,
-                                        on_target_consumers)
+                                        on_target_consumers, approved_at("approve_remaining_producers"))
         writes_stopped = SourceWritesStoppedSensor(
             task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
             cluster=src.cluster, brokers=run_brokers("source"), window_seconds=stability.writes_quiet_seconds,
@@ -149,10 +152,14 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id, groups=consumers,
                                          cluster=src.cluster)
+        # Writes are measured again at the cutover itself, against what the writes-stopped sensor
+        # saw: a producer of a group the spec does not list, or a sensor marked successful by hand.
         remaining_consumers = _switches(spec, "remaining_consumers", "consumer", tgt.conn_id, False, [
             Condition(src.conn_id, BacklogZero(consumers, src.cluster)),
             Condition(src.conn_id, ClientsOnline(producers, "producer", 0, 0, src.cluster)),
-        ])
+            Condition(src.conn_id, WritesUnchanged(
+                "{{ ti.xcom_pull(task_ids='source_writes_stopped', key='observations') }}", src.cluster)),
+        ], approved_at("approve_cutover"))
         no_consumers_left = ClientsOnlineSensor(
             task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
             max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
@@ -167,8 +174,9 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         rollback = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
                                         op_kwargs={"gates": list(gates)}, trigger_rule="all_done",
                                         ignore_downstream_trigger_rules=False)
+        rolled_back = Approval(tuple(gates), ROLL_BACK, tuple(spec.approvers))
         rollback_producers = _switches(spec, "rollback_producers", "producer", src.conn_id, False, [
-            Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))])
+            Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))], rolled_back)
         target_drained = BacklogZeroSensor(
             task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers, cluster=tgt.cluster,
             brokers=run_brokers("target"),
@@ -176,7 +184,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             timeout=stability.drain_timeout_seconds)
         rollback_consumers = _switches(spec, "rollback_consumers", "consumer", src.conn_id, False, [
             Condition(tgt.conn_id, BacklogZero(consumers, tgt.cluster)),
-            Condition(tgt.conn_id, ClientsOnline(producers, "producer", 0, 0, tgt.cluster))])
+            Condition(tgt.conn_id, ClientsOnline(producers, "producer", 0, 0, tgt.cluster))], rolled_back)
 
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
                                           remaining_consumers, rollback_producers, rollback_consumers)
@@ -184,8 +192,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         # A teardown runs whatever happened, and does not decide the run's state: a refused
         # switch leaves the run failed even though its report was written.
         report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates],
-                                         switches=switch_ids, offsets_task="cutover_offsets",
-                                         override_reason="{{ params.override_reason }}").as_teardown()
+                                         switches=switch_ids, offsets_task="cutover_offsets").as_teardown()
 
         preflight >> plan >> gate_sync >> sync >> gates["approve_canary_consumers"] >> canary_consumers
         canary_consumers >> consumers_online >> gates["approve_canary_producers"] >> canary_producers

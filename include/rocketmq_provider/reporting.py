@@ -61,8 +61,11 @@ def render(record: RunRecord) -> str:
         _switches(record),
         *(_chart(task, obs) for task, obs in record.observations.items() if obs),
     ]
-    if record.report and record.report.get("override_reason"):
-        parts.append(f"<p class=warn><b>Override:</b> {esc(record.report['override_reason'])}</p>")
+    for override in (record.report or {}).get("overrides", []):
+        failed = "; ".join(f"{f.get('condition')}: {f.get('summary')}" for f in override.get("failed", []))
+        parts.append(f"<p class=warn><b>Override</b> of {esc(override.get('task'))} by {esc(override.get('by', '?'))}"
+                     f" at {esc(override.get('at', '?'))} ({esc(override.get('gate', 'no gate'))}):"
+                     f" {esc(override.get('reason'))} &middot; failed: {esc(failed)}</p>")
     return _PAGE.format(title=esc(record.dag_id), body="\n".join(p for p in parts if p))
 
 

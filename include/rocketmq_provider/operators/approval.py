@@ -8,10 +8,12 @@ of the clusters at that moment. Evidence holds names and numbers only, never cre
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBranchOperator, HITLOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import Param
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
@@ -19,6 +21,58 @@ from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
 APPROVE = "Approve"
 ROLL_BACK = "Roll back"
+#: The gate form's field that lets the one switch after the gate past a failed live precondition.
+OVERRIDE_FIELD = "override_reason"
+#: Shorter than this is no reason ("no", "false", "ok" are not taken as one).
+MIN_OVERRIDE_REASON = 12
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What a guarded step needs before it acts: ``option`` answered at one of ``gates`` in this
+    run, by one of ``approvers`` (user ids; anyone the gate admitted when empty).
+
+    It is read from the answer the gate recorded, never from task states: a gate marked
+    successful by hand records no answer, so it unlocks nothing.
+    """
+
+    gates: tuple[str, ...]
+    option: str = APPROVE
+    approvers: tuple[str, ...] = ()
+
+    def answer(self, ti: Any) -> dict[str, Any]:
+        """The recorded answer that grants the step; raises naming what each gate recorded."""
+        seen = {}
+        for gate in self.gates:
+            answer = ti.xcom_pull(task_ids=gate, key="answer")
+            seen[gate] = answer
+            if (answer and answer.get("chosen_options") == [self.option]
+                    and (not self.approvers or answer.get("responded_by_id") in self.approvers)):
+                return {**answer, "gate": gate}
+        found = "; ".join(f"{gate}: " + (f"{a.get('chosen_options')} by {a.get('responded_by_id')!r}" if a
+                                         else "no recorded answer (marked successful by hand, or never answered)")
+                          for gate, a in seen.items())
+        who = f" by one of {list(self.approvers)}" if self.approvers else ""
+        raise AirflowException(f"not approved: this step needs {self.option!r}{who} at {' or '.join(self.gates)}"
+                               f" in this run; recorded: {found}")
+
+
+def override_reason(answer: dict[str, Any]) -> str:
+    """The override typed into the gate's form, or "" (too short to be a reason is refused)."""
+    reason = str((answer.get("params_input") or {}).get(OVERRIDE_FIELD) or "").strip()
+    if reason and len(reason) < MIN_OVERRIDE_REASON:
+        raise AirflowException(f"override reason {reason!r} at {answer['gate']} is not a reason: write at least"
+                               f" {MIN_OVERRIDE_REASON} characters (what you checked, a ticket)")
+    return reason
+
+
+def override_param() -> dict[str, Param]:
+    """The gate form's override field: empty unless the approver means to pass a failed check."""
+    return {OVERRIDE_FIELD: Param(
+        "", type="string", title="Override reason (leave empty)",
+        description=f"Only if the live precondition of the switch after this gate fails: the reason to switch"
+                    f" anyway (at least {MIN_OVERRIDE_REASON} characters). It unlocks that one switch; the"
+                    " report records who, when, the failed condition and its figures.")}
 
 
 class Evidence:
@@ -117,10 +171,12 @@ class EvidenceGateMixin:
             return
         self.validate_chosen_options(event["chosen_options"])
         user = event["responded_by_user"]
+        user_id = str(user.get("id")) if isinstance(user, dict) else str(user)
         context["ti"].xcom_push(key="answer", value={
             "chosen_options": event["chosen_options"],
-            "responded_by": user.get("name") or user.get("id") if isinstance(user, dict) else str(user),
-            "responded_at": str(event["responded_at"])})
+            "responded_by": user.get("name") or user_id if isinstance(user, dict) else user_id,
+            "responded_by_id": user_id, "responded_at": str(event["responded_at"]),
+            "params_input": dict(event.get("params_input") or {})})
 
     def _render_evidence(self, context: Any) -> None:
         sections = [self.body or ""]
@@ -153,7 +209,9 @@ class MigrationGate(EvidenceGateMixin, HITLBranchOperator):
     template_fields = (*HITLBranchOperator.template_fields, "evidence")
 
     def __init__(self, *, approve_task_id: str, evidence: list[Evidence] | None = None, **kwargs: Any):
-        super().__init__(options=[APPROVE, ROLL_BACK], options_mapping={APPROVE: approve_task_id}, **kwargs)
+        kwargs.pop("params", None)  # the DAG's trigger params arrive here too: the form has only its own
+        super().__init__(options=[APPROVE, ROLL_BACK], options_mapping={APPROVE: approve_task_id},
+                         params=override_param(), **kwargs)
         self.evidence = evidence or []
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from rocketmq_core.checks import Check, build_check
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
 from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
 
@@ -30,10 +31,6 @@ class Condition:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rocketmq_conn_id": self.rocketmq_conn_id, "kind": self.check.kind, "kwargs": self.check.kwargs()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Condition":
-        return cls(data["rocketmq_conn_id"], build_check(data["kind"], data["kwargs"]))
 
 
 class Switcher:
@@ -77,35 +74,41 @@ class HttpSwitcher(Switcher):
 class FleetSwitchOperator(BaseOperator):
     """Switch the ``role`` clients of ``groups`` (all, or a canary ``share``) to ``to_cluster``.
 
-    ``preconditions`` are evaluated against the live clusters when the task runs; if any does
-    not hold, nothing is switched and the task fails naming what it saw. The only way past a
-    failing precondition is a non-empty ``override_reason`` (templated), which is logged and
-    pushed to XCom for the report. ``broker_sets`` (templated) maps a connection id to the run's
+    With ``approval``, nothing happens unless the gate before it recorded that answer in this
+    run, by an assigned approver. ``preconditions`` are then evaluated against the live clusters;
+    if any does not hold, nothing is switched and the task fails naming what it saw. The only
+    way past a failing precondition is an override reason the approver typed into that gate's
+    form (or, for a switch without a gate, ``override_reason``); it unlocks this switch only and
+    is pushed to XCom with who, when and the failed figures. Precondition kwargs may be
+    templates (rendered natively). ``broker_sets`` (templated) maps a connection id to the run's
     broker set on that cluster: a precondition that does not see all of them fails as unknown.
-    ``wait_for`` (optional) is a condition awaited after the
-    switch, deferred to the triggerer, within ``wait_timeout`` seconds.
+    ``wait_for`` (optional) is a condition awaited after the switch, deferred to the triggerer,
+    within ``wait_timeout`` seconds.
     """
 
-    template_fields = ("switcher", "override_reason", "share", "dry_run", "broker_sets")
+    template_fields = ("switcher", "override_reason", "share", "dry_run", "broker_sets", "preconditions")
 
     def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
                  share: float | str = 1.0, preconditions: list[Condition] | None = None,
                  wait_for: Condition | None = None, wait_timeout: float = 600, poll_interval: float = 5,
-                 override_reason: str = "", dry_run: bool | str = False,
+                 approval: Approval | None = None, override_reason: str = "", dry_run: bool | str = False,
                  broker_sets: dict[str, list[str]] | str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if role not in ("consumer", "producer"):
             raise ValueError(f"role must be consumer or producer, not {role!r}")
+        if approval is not None and override_reason:
+            raise ValueError("a switch behind a gate takes its override from the gate's answer only")
         self.fleet = fleet
         self.role = role
         self.groups = groups
         self.to_cluster = to_cluster
         self.switcher = switcher
         self.share = share
-        self.preconditions = preconditions or []
+        self.preconditions = [c.to_dict() for c in preconditions or []]
         self.wait_for = wait_for
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
+        self.approval = approval
         self.override_reason = override_reason
         self.dry_run = dry_run
         self.broker_sets = broker_sets
@@ -120,9 +123,9 @@ class FleetSwitchOperator(BaseOperator):
         failed = []
         broker_sets = self.broker_sets or {}
         for condition in self.preconditions:
-            conn_id = condition.rocketmq_conn_id
-            check = build_check(condition.check.kind,
-                                {**condition.check.kwargs(), "brokers": list(broker_sets.get(conn_id, []))})
+            conn_id = condition["rocketmq_conn_id"]
+            check = build_check(condition["kind"],
+                                {**condition["kwargs"], "brokers": list(broker_sets.get(conn_id, []))})
             observation = RocketMQHook(conn_id).run(lambda admin: observe(check, admin))
             observation["condition"] = f"{check.describe()} on {conn_id}"
             self.log.info("precondition %s: %s", observation["condition"], observation["summary"])
@@ -134,13 +137,17 @@ class FleetSwitchOperator(BaseOperator):
         share = float(self.share)
         if not 0 < share <= 1:
             raise AirflowException(f"share must be in (0, 1], got {self.share!r}")
+        answer = self.approval.answer(context["ti"]) if self.approval else None
+        reason = override_reason(answer) if answer else str(self.override_reason).strip()
         failed = self.check_preconditions()
         if failed:
             reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
-            if not str(self.override_reason).strip():
+            if not reason:
                 raise AirflowException(f"not switching {self.role}s of fleet {self.fleet!r}: {reasons}")
-            self.log.warning("OVERRIDE by operator (%s) of failed preconditions: %s", self.override_reason, reasons)
-            context["ti"].xcom_push(key="override", value={"reason": str(self.override_reason), "failed": failed})
+            self.log.warning("OVERRIDE (%s) of failed preconditions: %s", reason, reasons)
+            granted = ({"gate": answer["gate"], "by": answer["responded_by"], "at": answer["responded_at"]}
+                       if answer else {})
+            context["ti"].xcom_push(key="override", value={"reason": reason, "failed": failed, **granted})
         if truthy(self.dry_run):
             self.log.info("dry run: would switch %s", self.switch_request)
             return {"dry_run": True, **self.switch_request}

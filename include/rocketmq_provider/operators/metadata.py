@@ -15,6 +15,7 @@ from rocketmq_core.metadata import (
 )
 from rocketmq_core.two_way import resolve, three_way
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.operators.approval import Approval
 from rocketmq_provider.templating import truthy
 
 
@@ -71,17 +72,22 @@ class MetadataSyncOperator(_TwoClusterOperator):
     """Plan, then apply, then diff again; fail if anything the plan should have fixed is left.
 
     Idempotent: a re-run after a crash plans only what is still missing. Deletes happen only
-    with ``allow_delete``. ``dry_run`` (templated, for trigger forms) stops after the plan.
+    with ``allow_delete``. ``dry_run`` (templated, for trigger forms) stops after the plan. With
+    ``approval``, nothing is applied unless the gate before it recorded that answer in this run.
     """
 
     template_fields = (*_TwoClusterOperator.template_fields, "dry_run")
 
-    def __init__(self, *, allow_delete: bool = False, dry_run: bool | str = False, **kwargs: Any):
+    def __init__(self, *, allow_delete: bool = False, dry_run: bool | str = False,
+                 approval: Approval | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.allow_delete = allow_delete
         self.dry_run = dry_run
+        self.approval = approval
 
     def execute(self, context: Any) -> dict[str, Any]:
+        if self.approval is not None:
+            self.approval.answer(context["ti"])
         before = self.compare()
         plan = make_plan(before, allow_delete=self.allow_delete)
         plan.validate()
