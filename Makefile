@@ -36,9 +36,10 @@ $(COMPOSE_SCHEMA): $(STAMP)
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps docker-compose==1.29.2 -d .run/schemas
 	$(PY) -c "import glob, zipfile; wheel = zipfile.ZipFile(glob.glob('.run/schemas/docker_compose-1.29.2-*.whl')[0]); open('$@', 'wb').write(wheel.read('compose/config/compose_spec.json'))"
 
-# Resolves both RocketMQ versions into the Maven cache (~/.m2), once.
+# Resolves both RocketMQ versions into the Maven cache (~/.m2), once, and builds the Java fleet member.
 jars: $(STAMP)
 	$(PY) -c "from rocketmq_harness.clusters import classpath, SOURCE_VERSION, TARGET_VERSION; classpath(SOURCE_VERSION); classpath(TARGET_VERSION)"
+	$(PY) -c "from rocketmq_demo.java_member import classpath; classpath()"
 
 clusters: setup
 	$(HARNESS) start $(DEMO_CLUSTERS)

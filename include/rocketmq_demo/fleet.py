@@ -18,12 +18,17 @@ from typing import Any
 
 from rocketmq_core.procutil import alive, signal_quietly
 
+from rocketmq_demo import java_member
 from rocketmq_demo.config_service import FleetConfig
 
 
 @dataclass
 class FleetLayout:
-    """Who is in the fleet: fleet names, the topic, the producer group and the consumer groups."""
+    """Who is in the fleet: fleet names, the topic, the producer group and the consumer groups.
+
+    Members run on the C++ client (member.py) unless named in java_members: those run on the
+    official Java client (java_member.py), so one fleet can mix both.
+    """
 
     topic: str
     producer_group: str
@@ -33,6 +38,7 @@ class FleetLayout:
     producers: int = 2
     consumers_per_group: int = 2
     rate: float = 20.0
+    java_members: set[str] = field(default_factory=set)
 
     def members(self) -> list[tuple[str, str, str, str]]:
         """(member id, fleet, role, group) of every member."""
@@ -63,9 +69,11 @@ class DemoFleet:
             for member, _, member_role, group in self.layout.members():
                 if member_role != role or member in self.pids:
                     continue
-                cmd = [sys.executable, "-m", "rocketmq_demo.member", "--config-url", self.config_url,
-                       "--member", member, "--role", role, "--group", group, "--topic", self.layout.topic,
-                       "--log", str(self.log_path(member)), "--rate", str(self.layout.rate)]
+                args = ["--config-url", self.config_url, "--member", member, "--role", role, "--group", group,
+                        "--topic", self.layout.topic, "--log", str(self.log_path(member)),
+                        "--rate", str(self.layout.rate)]
+                cmd = (java_member.command(args, self.run_dir / f"{member}.client-logs")
+                       if member in self.layout.java_members else [sys.executable, "-m", "rocketmq_demo.member", *args])
                 with open(self.run_dir / f"{member}.out", "ab") as out:
                     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True, cwd=self.run_dir)

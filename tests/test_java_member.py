@@ -1,0 +1,223 @@
+"""Fleet members on the official Apache RocketMQ Java client (4.9.7), next to C++-client members.
+
+A mixed fleet (a Java and a C++ producer; a Java and a C++ consumer sharing one group) runs on
+the 4.9 source; the Java members are moved to the 5.x target through the config service while
+the C++ members stay: nothing is lost and the brokers see each client where the config says.
+Without a config service the Java member follows the client's own name-server address service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.model import GroupConfig, TopicConfig
+from rocketmq_demo import java_member
+from rocketmq_demo.config_service import FleetConfig, serve
+from rocketmq_demo.fleet import DemoFleet, FleetLayout
+
+SOURCE, TARGET = "rocketmq_source", "rocketmq_target"
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.5)
+
+
+def _languages(cluster, *, group: str | None = None, producer_group: str | None = None) -> list[str]:
+    """Sorted languages of a group's consumers (or a producer group's producers) on the cluster's broker."""
+    async def run() -> list[str]:
+        async with ClusterAdmin(cluster.namesrv) as admin:
+            if group is not None:
+                clients = (await admin.consumer_connection(cluster.broker, group)).clients
+            else:
+                clients = await admin.producer_connections(cluster.broker, producer_group)
+            return sorted(c.language for c in clients)
+    return asyncio.run(run())
+
+
+def _client_ids(cluster, group: str) -> list[str]:
+    async def run() -> list[str]:
+        async with ClusterAdmin(cluster.namesrv) as admin:
+            return [c.client_id for c in (await admin.consumer_connection(cluster.broker, group)).clients]
+    return asyncio.run(run())
+
+
+def _stored(cluster, topic: str) -> int:
+    """Messages the cluster's broker holds in the topic."""
+    async def run() -> int:
+        async with ClusterAdmin(cluster.namesrv) as admin:
+            return sum(high - low for low, high in (await admin.topic_offsets(cluster.broker, topic)).values())
+    return asyncio.run(run())
+
+
+def _create_metadata(cluster, topic: str, groups: list[str]) -> None:
+    async def run() -> None:
+        async with ClusterAdmin(cluster.namesrv) as admin:
+            await admin.create_topic(cluster.broker, TopicConfig(topic, 4, 4))
+            for group in groups:
+                await admin.create_group(cluster.broker, GroupConfig(group, retry_max_times=3))
+    asyncio.run(run())
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@dataclass
+class Mixed:
+    layout: FleetLayout
+    config: FleetConfig
+    fleet: DemoFleet
+    group: str
+    java_consumer: str
+
+
+@pytest.fixture
+def mixed(rmq_clusters, names, tmp_path) -> Iterator[Mixed]:
+    group = names.group("c")
+    layout = FleetLayout(topic=names.topic(), producer_group=names.group("p"), consumer_groups=[group],
+                         rate=10, java_members={"producer-0", f"{group}-0"})
+    for name in ("source", "target"):
+        _create_metadata(rmq_clusters[name], layout.topic, [group])
+    config = FleetConfig(tmp_path / "fleet-config.json", {
+        SOURCE: rmq_clusters["source"].namesrv, TARGET: rmq_clusters["target"].namesrv})
+    server = serve(config)
+    fleet = DemoFleet(layout, tmp_path / "fleet", f"http://127.0.0.1:{server.server_address[1]}")
+    fleet.register(config, SOURCE)
+    try:
+        yield Mixed(layout, config, fleet, group, f"{group}-0")
+    finally:
+        fleet.stop()
+        server.shutdown()
+
+
+def test_mixed_fleet_moves_its_java_members_to_the_target(mixed, rmq_clusters):
+    source, target = rmq_clusters["source"], rmq_clusters["target"]
+    layout, fleet, group = mixed.layout, mixed.fleet, mixed.group
+    fleet.start(("consumer",))
+    _wait(lambda: _languages(source, group=group) == ["CPP", "JAVA"], 60, "a Java and a C++ consumer on the source")
+    fleet.start(("producer",))
+    _wait(lambda: _languages(source, producer_group=layout.producer_group) == ["CPP", "JAVA"], 60,
+          "a Java and a C++ producer on the source")
+
+    def java_receipts_from_both() -> bool:  # the Java consumer takes its share of both producers' messages
+        keys = {e["key"] for e in _entries(fleet.log_path(mixed.java_consumer)) if e["e"] == "recv"}
+        return {k.rsplit("-", 1)[0] for k in keys} == {"producer-0", "producer-1"}
+    _wait(java_receipts_from_both, 60, "the Java consumer receiving from both producers")
+
+    # The Java consumer moves (it sorts first in its group), the C++ one keeps the source's queues.
+    assert mixed.config.switch(layout.consumer_fleet, {"groups": [group], "share": 0.5, "cluster": TARGET})["moved"] \
+        == [mixed.java_consumer]
+    _wait(lambda: _languages(target, group=group) == ["JAVA"] and _languages(source, group=group) == ["CPP"], 60,
+          "the Java consumer on the target and gone from the source")
+    assert [cid.split("@", 1)[1] for cid in _client_ids(target, group)] == [f"{mixed.java_consumer}-2"]
+
+    assert mixed.config.switch(layout.producer_fleet, {"share": 0.5, "cluster": TARGET})["moved"] == ["producer-0"]
+    _wait(lambda: _languages(target, producer_group=layout.producer_group) == ["JAVA"]
+          and _languages(source, producer_group=layout.producer_group) == ["CPP"], 60,
+          "the Java producer on the target and gone from the source")
+    _wait(lambda: sum(e["e"] == "sent" and e["cluster"] == TARGET for e in _entries(fleet.log_path("producer-0"))) >= 30,
+          60, "the Java producer sending on the target")
+
+    fleet.stop(("producer",))
+    result = fleet.wait_until_received(timeout=120)
+    print("mixed fleet accounting:", json.dumps({k: v for k, v in result.items() if k != "groups"}))
+    assert result["lost"] == 0, result
+    events = fleet.events()
+    sent = {e["key"]: e["cluster"] for e in events if e["e"] == "sent"}
+    assert {k.rsplit("-", 1)[0] for k in sent} == {"producer-0", "producer-1"}
+    assert {c for k, c in sent.items() if k.startswith("producer-1-")} == {SOURCE}
+    on_target = {k for k, c in sent.items() if c == TARGET}
+    assert on_target and all(k.startswith("producer-0-") for k in on_target)
+    received_on_target = {e["key"] for e in events if e["e"] == "recv" and e["cluster"] == TARGET
+                          and e["member"] == mixed.java_consumer}
+    assert on_target <= received_on_target
+    assert _entries(fleet.log_path("producer-0"))[-1]["e"] == "stopped"
+
+    fleet.stop_members([mixed.java_consumer])  # SIGTERM: the shutdown hook unregisters it at once
+    assert _entries(fleet.log_path(mixed.java_consumer))[-1]["e"] == "stopped"
+    _wait(lambda: _languages(target, group=group) == [], 10, "the stopped Java consumer unregistered")
+
+
+class AddressServer:
+    """What rocketmq.namesrv.domain points a Java client at: GET /rocketmq/{subgroup} -> addresses."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests.append(self.path)
+                body = owner.address.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="address-server").start()
+
+    @property
+    def domain(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_java_member_without_config_url_follows_the_clients_address_service(rmq_clusters, names, tmp_path):
+    """No --config-url: no name-server address is set and the client asks the address server, at
+    start and 10 s later (then every 2 min); it re-routes sends at its next 30 s route poll."""
+    source, target = rmq_clusters["source"], rmq_clusters["target"]
+    topic, producer_group, subgroup = names.topic(), names.group("p"), names.group("nsaddr")
+    for cluster in (source, target):
+        _create_metadata(cluster, topic, [])
+    addresses = AddressServer(source.namesrv)
+    log = tmp_path / "member.jsonl"
+    cmd = java_member.command(
+        ["--member", "java-producer", "--role", "producer", "--group", producer_group, "--topic", topic,
+         "--log", str(log), "--rate", "10"], tmp_path / "client-logs",
+        [f"-Drocketmq.namesrv.domain={addresses.domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}"])
+    with open(tmp_path / "member.out", "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait(lambda: addresses.requests, 30, "the client asking the address server")
+        addresses.address = target.namesrv  # it asks again 10 s after start
+        assert addresses.requests == [f"/rocketmq/{subgroup}"]
+
+        def sent(cluster: str) -> int:
+            return sum(e["e"] == "sent" and e["cluster"] == cluster for e in _entries(log))
+        _wait(lambda: sent(source.namesrv) >= 10, 30, "sends while the client uses the source's name server")
+        assert _languages(source, producer_group=producer_group) == ["JAVA"]
+        _wait(lambda: {"e": "switch", "cluster": target.namesrv} in
+              [{k: e.get(k) for k in ("e", "cluster")} for e in _entries(log)], 30, "the switch to the target")
+        assert len(addresses.requests) == 2
+        _wait(lambda: _languages(target, producer_group=producer_group) == ["JAVA"], 90,
+              "the Java producer on the target's broker")
+        _wait(lambda: _stored(target, topic) >= 10, 30, "the Java producer's messages on the target's broker")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            addresses.server.shutdown()
+    assert _entries(log)[-1]["e"] == "stopped"
+    assert not any(e["e"] == "fail" for e in _entries(log)), (tmp_path / "member.out").read_text()[-2000:]
