@@ -12,9 +12,15 @@ Normalisation rules (what a diff compares, and why), applied identically by ``di
    own list, which names e.g. the cluster and broker topics), %RETRY% and %DLQ% topics, and
    system groups (``model.is_system_group``) are always out, whatever the patterns say.
 2. Topic queue counts are cluster totals, summed over the master brokers holding the topic,
-   as ``mqadmin exportMetadata -c`` writes them; ``placement`` keeps the per-broker counts.
-   Apply spreads a total evenly (``split_queues``) over the target brokers that already hold
-   the topic, or over all its masters for a new one.
+   as ``mqadmin exportMetadata -c`` writes them, and a topic's perm is the widest of its
+   brokers'; ``layout`` keeps where it lives: each broker's queue counts and perm (``Share``).
+   Between two live clusters the diff compares per target broker what the source's layout maps
+   to (``BrokerMapping``: names or sorted order broker to broker, else a topic on some brokers
+   stays on as many, one on every broker goes on every broker with the same per-broker counts),
+   with the widest perm on every broker unless ``Scope.per_broker_perm``. A source without
+   layout (an imported file) gives totals: kept as the target already splits them, else spread
+   evenly (``split_queues``) over the brokers holding the topic, or all masters for a new one.
+   A file's perm is one broker's (mqadmin keeps the last broker it read), so it only widens.
 3. Whether a topic is ordered is decided by the name server's ORDER_TOPIC_CONFIG table when
    it has one: ``mqadmin updateTopic -o true`` writes it, and every broker (4.9 and 5.x) copies
    it into its topic configs at each registration, so a broker's flag may lag by up to 30 s.
@@ -27,7 +33,8 @@ Normalisation rules (what a diff compares, and why), applied identically by ``di
    absent or null-only groupRetryPolicy equals the 5.x default ``{"type": "CUSTOMIZED"}``.
    When they are not compared, apply keeps the target's values instead of resetting them.
 5. A group is the same on every master; the first broker by name stands for the cluster and
-   retryQueueNums is not summed (mqadmin exportMetadata sums it over brokers).
+   retryQueueNums is not summed. mqadmin exportMetadata sums it over the masters: a file's
+   value equal to that sum on the target counts as the target's per-broker value.
 6. ACL entries are compared per kind (4.9 plain accounts, 5.x users, 5.x policies) and only
    when that kind could be read on both sides; secrets are compared but shown as ``***``.
 """
@@ -48,7 +55,7 @@ from rocketmq_core.acl import AclEntry, AclState
 from rocketmq_core.admin import BrokerInfo, ClusterAdmin, gc_paused
 from rocketmq_core.errors import InvalidSpec, ProtocolError, ResponseError, RocketMQError
 from rocketmq_core.model import (
-    GroupConfig, TopicConfig, is_system_group, is_system_topic, validate_group_name, validate_topic_name,
+    GroupConfig, Share, TopicConfig, is_system_group, is_system_topic, validate_group_name, validate_topic_name,
 )
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import ResponseCode
@@ -79,11 +86,17 @@ def _patterns(value: str | Iterable[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+_PATTERN_KEYS = ("topics", "exclude_topics", "groups", "exclude_groups", "acl", "exclude_acl")
+
+
 @dataclass(frozen=True)
 class Scope:
-    """Which topics, groups and ACL principals a diff covers: fnmatch include and exclude patterns.
+    """Which topics, groups and ACL principals a diff covers (fnmatch include and exclude
+    patterns), and how topics land on the target's brokers (rule 2).
 
     Matching is case-sensitive, like RocketMQ names. System metadata is never in scope.
+    ``broker_map`` pins source brokers to target brokers; ``per_broker_perm`` copies each
+    source broker's perm instead of the widest, for a user who wants a broker kept read-only.
     """
 
     topics: tuple[str, ...] = ("*",)
@@ -92,10 +105,17 @@ class Scope:
     exclude_groups: tuple[str, ...] = ()
     acl: tuple[str, ...] = ("*",)
     exclude_acl: tuple[str, ...] = ()
+    broker_map: Mapping[str, str] = field(default_factory=dict, hash=False)
+    per_broker_perm: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("topics", "exclude_topics", "groups", "exclude_groups", "acl", "exclude_acl"):
+        for name in _PATTERN_KEYS:
             object.__setattr__(self, name, _patterns(getattr(self, name)))  # a bare string is one pattern
+        if not isinstance(self.broker_map, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.broker_map.items()):
+            raise InvalidSpec(f"broker_map must map source broker names to target broker names, "
+                              f"not {self.broker_map!r}")
+        object.__setattr__(self, "broker_map", dict(self.broker_map))
 
     def topic(self, name: str, system_topics: frozenset[str] = frozenset()) -> bool:
         return not is_system_topic(name, system_topics) and _matches(name, self.topics, self.exclude_topics)
@@ -106,16 +126,16 @@ class Scope:
     def principal(self, name: str) -> bool:
         return _matches(name, self.acl, self.exclude_acl)
 
-    def to_dict(self) -> dict[str, list[str]]:
-        return {k: list(getattr(self, k)) for k in
-                ("topics", "exclude_topics", "groups", "exclude_groups", "acl", "exclude_acl")}
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: list(getattr(self, k)) for k in _PATTERN_KEYS}, "broker_map": dict(self.broker_map),
+                "per_broker_perm": self.per_broker_perm}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scope:
         unknown = set(data) - set(cls().to_dict())
         if unknown:
             raise InvalidSpec(f"unknown scope keys {sorted(unknown)}")
-        return cls(**{k: _patterns(v) for k, v in data.items()})
+        return cls(**data)
 
 
 def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -148,14 +168,15 @@ class ClusterSnapshot:
     """The user metadata of one cluster (rule 1), merged over its master brokers (rules 2, 3, 5).
 
     ``v5`` says whether the 5.x-only fields are meaningful (every broker is 5.x, or an imported
-    file carries them). ``brokers`` keeps the raw per-broker view; it is empty for an import.
+    file carries them). ``brokers`` keeps the raw per-broker view and ``layout`` each topic's
+    share per broker; both are empty for an import, which knows cluster totals only.
     """
 
     topics: Mapping[str, TopicConfig] = field(default_factory=dict)
     groups: Mapping[str, GroupConfig] = field(default_factory=dict)
     v5: bool = False
     acl: AclState = field(default_factory=lambda: AclState(notes=("ACL not read",)))
-    placement: Mapping[str, Mapping[str, tuple[int, int]]] = field(default_factory=dict)
+    layout: Mapping[str, Mapping[str, Share]] = field(default_factory=dict)
     order_conf: Mapping[str, str] = field(default_factory=dict)
     brokers: tuple[BrokerMetadata, ...] = ()
     cluster: str | None = None
@@ -169,6 +190,11 @@ class ClusterSnapshot:
     @property
     def versions(self) -> dict[str, str]:
         return {b.name: b.version for b in self.brokers}
+
+    @property
+    def placement(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per topic, broker -> (read, write) queues: ``layout`` without the perms."""
+        return {t: {b: (s.read, s.write) for b, s in shares.items()} for t, shares in self.layout.items()}
 
     def scoped(self, scope: Scope) -> ClusterSnapshot:
         """The same snapshot with only the topics, groups and ACL entries in scope."""
@@ -274,12 +300,12 @@ def _merge_brokers(brokers: list[BrokerMetadata], order_conf: Mapping[str, str],
     brokers = sorted(brokers, key=lambda b: b.name)
     system = frozenset().union(*(b.system_topics for b in brokers))
     topics: dict[str, TopicConfig] = {}
-    placement: dict[str, dict[str, tuple[int, int]]] = {}
+    layout: dict[str, dict[str, Share]] = {}
     for broker in brokers:
         for name, cfg in broker.topics.items():
             if is_system_topic(name, system):
                 continue
-            placement.setdefault(name, {})[broker.name] = (cfg.read_queues, cfg.write_queues)
+            layout.setdefault(name, {})[broker.name] = Share(cfg.read_queues, cfg.write_queues, cfg.perm)
             seen = topics.get(name)
             order = _ordered(name, cfg, broker, order_conf) or (seen is not None and seen.order)
             if seen is None and order == cfg.order:
@@ -287,7 +313,8 @@ def _merge_brokers(brokers: list[BrokerMetadata], order_conf: Mapping[str, str],
                 continue
             topics[name] = replace(cfg if seen is None else seen, order=order,
                                    read_queues=cfg.read_queues + (seen.read_queues if seen else 0),
-                                   write_queues=cfg.write_queues + (seen.write_queues if seen else 0))
+                                   write_queues=cfg.write_queues + (seen.write_queues if seen else 0),
+                                   perm=cfg.perm | (seen.perm if seen else 0))
     groups: dict[str, GroupConfig] = {}
     for broker in brokers:
         for name, grp in broker.groups.items():
@@ -296,7 +323,7 @@ def _merge_brokers(brokers: list[BrokerMetadata], order_conf: Mapping[str, str],
     return ClusterSnapshot(
         topics=topics, groups=groups, v5=bool(brokers) and all(b.major >= 5 for b in brokers),
         acl=_merge_acl(brokers) if include_acl else AclState(notes=("ACL not read (include_acl=False)",)),
-        placement=placement, order_conf=dict(order_conf), brokers=tuple(brokers), cluster=cluster,
+        layout=layout, order_conf=dict(order_conf), brokers=tuple(brokers), cluster=cluster,
         taken_at_ms=_now_ms())
 
 
@@ -402,6 +429,131 @@ def _fields(kind: str, obj: Any, v5: bool) -> dict[str, object]:
     return obj.fields()
 
 
+# --- layout across brokers (rule 2) ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class BrokerMapping:
+    """Where a live source's topics go on a live target's brokers.
+
+    ``pairs`` maps brokers one to one: the user's ``broker_map``, then equal names, then the
+    rest in sorted order when as many are left on both sides (source broker i -> target broker
+    i). A topic whose brokers all have a pair keeps its per-broker layout; otherwise a topic on
+    some source brokers stays on as many (a topic pinned to one broker stays on one), and one
+    on every source broker goes on every target broker.
+    """
+
+    source: tuple[str, ...]
+    target: tuple[str, ...]
+    pairs: Mapping[str, str]
+    per_broker_perm: bool = False
+
+    @classmethod
+    def of(cls, source: ClusterSnapshot, target: ClusterSnapshot, scope: Scope = Scope()) -> BrokerMapping | None:
+        """None unless both sides were read from brokers (a file has no layout)."""
+        if not source.brokers or not target.brokers:
+            return None
+        src, tgt = tuple(sorted(b.name for b in source.brokers)), tuple(sorted(b.name for b in target.brokers))
+        wrong = sorted(set(scope.broker_map) - set(src)) + sorted(set(scope.broker_map.values()) - set(tgt))
+        if wrong:
+            raise InvalidSpec(f"broker_map names unknown broker(s) {', '.join(wrong)}: the source's masters are "
+                              f"{', '.join(src)}, the target's {', '.join(tgt)}")
+        pairs = dict(scope.broker_map)
+        pairs.update({b: b for b in src if b in tgt and b not in pairs})
+        rest_src = [b for b in src if b not in pairs]
+        rest_tgt = [b for b in tgt if b not in pairs.values()]
+        if len(rest_src) == len(rest_tgt):
+            pairs.update(zip(rest_src, rest_tgt))
+        return cls(src, tgt, pairs, scope.per_broker_perm)
+
+    def _rule(self, brokers: Sequence[str]) -> str:
+        if all(b in self.pairs for b in brokers):
+            return "pairs"
+        return "some" if len(brokers) < len(self.source) else "every"
+
+    def place(self, shares: Mapping[str, Share]) -> dict[str, Share]:
+        """The target's shares of a topic that has ``shares`` on the source."""
+        if len(shares) == 1:  # the common case, fast: 20,000 topics are placed in every diff
+            (name, share), = shares.items()
+            if name in self.pairs:
+                return {self.pairs[name]: share}
+        widest = _widest(shares.values())
+        names = sorted(shares)
+        rule = self._rule(names)
+        if rule == "every":
+            counts = {(s.read, s.write) for s in shares.values()}
+            if len(counts) == 1:
+                (read, write), = counts
+                return {t: Share(read, write, widest) for t in self.target}
+            return _spread(sum(s.read for s in shares.values()), sum(s.write for s in shares.values()), widest,
+                           {}, self.target)
+        targets = [self.pairs[b] for b in names] if rule == "pairs" else \
+            [self.target[i % len(self.target)] for i in range(len(names))]
+        layout: dict[str, Share] = {}
+        for target, name in zip(targets, names):
+            share = shares[name]
+            perm = share.perm if self.per_broker_perm else widest
+            have = layout.get(target)
+            layout[target] = Share(share.read, share.write, perm) if have is None else \
+                Share(have.read + share.read, have.write + share.write, have.perm | perm)
+        return layout
+
+    def explain(self, shares: Mapping[str, Share]) -> str:
+        """The rule that placed a topic, and the source brokers' perms when they disagree."""
+        names = sorted(shares)
+        rule = self._rule(names)
+        if rule == "pairs":
+            text = ", ".join(f"{b} -> {self.pairs[b]}" for b in names)
+        elif rule == "some":
+            text = f"on {len(names)} of {len(self.source)} source brokers: stays on {min(len(names), len(self.target))}"
+        else:
+            text = "on every source broker: on every target broker"
+        if len({s.perm for s in shares.values()}) > 1:
+            text += (f"; source brokers disagree on perm ({', '.join(f'{b} {shares[b].perm}' for b in names)}): "
+                     + ("each keeps its own" if self.per_broker_perm else
+                        f"perm {_widest(shares.values())} (the widest) on every target broker"))
+        return text
+
+
+def _widest(shares: Iterable[Share]) -> int:
+    perm = 0
+    for share in shares:
+        perm |= share.perm
+    return perm
+
+
+def _spread(read: int, write: int, perm: int, have: Mapping[str, Share], brokers: Sequence[str]) -> dict[str, Share]:
+    """Totals on the target: split as the target already splits them, else evenly over the
+    brokers holding the topic (all of ``brokers`` for a new one)."""
+    if have and (sum(s.read for s in have.values()), sum(s.write for s in have.values())) == (read, write):
+        return {b: Share(s.read, s.write, perm) for b, s in have.items()}
+    names = sorted(have) or list(brokers)
+    reads, writes = split_queues(read, names), split_queues(write, names)
+    return {b: Share(reads[b], writes[b], perm) for b in names if reads[b] or writes[b]}
+
+
+def _totals(topic: TopicConfig, layout: Mapping[str, Share]) -> TopicConfig:
+    """The topic as a cluster holding ``layout`` shows it (rule 2)."""
+    shares = list(layout.values())
+    totals = shares[0] if len(shares) == 1 else Share(sum(s.read for s in shares), sum(s.write for s in shares),
+                                                      _widest(shares))
+    if totals == (topic.read_queues, topic.write_queues, topic.perm):
+        return topic
+    return replace(topic, read_queues=totals.read, write_queues=totals.write, perm=totals.perm)
+
+
+def _share_changes(want: Mapping[str, Share], have: Mapping[str, Share]) -> tuple[FieldChange, ...]:
+    """One field per broker whose share differs, named ``queues@<broker>``."""
+    return tuple(FieldChange(f"queues@{b}", str(want[b]) if b in want else "absent",
+                             str(have[b]) if b in have else "absent")
+                 for b in sorted(want.keys() | have.keys()) if want.get(b) != have.get(b))
+
+
+def _layout_text(layout: Mapping[str, Share] | None, note: str) -> str:
+    if not layout:
+        return ""
+    return "; on " + ", ".join(f"{b} {s}" for b, s in sorted(layout.items())) + (f" ({note})" if note else "")
+
+
 # --- diff -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -426,14 +578,19 @@ class Change:
     fields: tuple[FieldChange, ...] = ()
     source: Any = field(default=None, repr=False, compare=False)
     target: Any = field(default=None, repr=False, compare=False)
+    #: A topic's wanted share per target broker (rule 2), and the rule that chose it.
+    layout: Mapping[str, Share] | None = field(default=None, compare=False)
+    note: str = field(default="", compare=False)
 
     def summary(self) -> str:
         """One line, no secrets: the object created or deleted, or each field's target -> source."""
-        return _describe(self.action, self.kind, self.target if self.action == DELETE else self.source, self.fields)
+        return _describe(self.action, self.kind, self.target if self.action == DELETE else self.source, self.fields,
+                         self.layout, self.note)
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "kind": self.kind, "name": self.name,
-                "fields": [f.to_dict() for f in self.fields], "summary": self.summary()}
+                "fields": [f.to_dict() for f in self.fields], "summary": self.summary(),
+                **_layout_dict(self.layout, self.note)}
 
 
 @dataclass(frozen=True)
@@ -484,8 +641,8 @@ def diff(source: ClusterSnapshot, target: ClusterSnapshot, scope: Scope = Scope(
     """Compare two snapshots under the module's normalisation rules."""
     v5 = source.v5 and target.v5
     changes = [
-        *_diff_table(KIND_TOPIC, source.topics, target.topics, lambda n, _: scope.topic(n), v5),
-        *_diff_table(KIND_GROUP, source.groups, target.groups, lambda n, _: scope.group(n), v5),
+        *_diff_topics(source, target, scope, v5),
+        *_diff_table(KIND_GROUP, _wanted_groups(source, target), target.groups, lambda n, _: scope.group(n), v5),
     ]
     notes = [] if v5 else ["5.x-only fields (topic attributes, group consumeMessageOrderly, consumeTimeoutMinute, "
                            "groupRetryPolicy, groupSysFlag) not compared: "
@@ -498,6 +655,53 @@ def diff(source: ClusterSnapshot, target: ClusterSnapshot, scope: Scope = Scope(
             continue
         changes += _diff_table(kind, src, tgt, lambda _, e: scope.principal(acl.principal(e)), v5)
     return MetadataDiff(tuple(changes), tuple(notes), v5, scope)
+
+
+def _diff_topics(source: ClusterSnapshot, target: ClusterSnapshot, scope: Scope, v5: bool) -> list[Change]:
+    """Topics compared as totals and, when the target was read from brokers, per broker (rule 2)."""
+    mapping = BrokerMapping.of(source, target, scope)
+    brokers = sorted(b.name for b in target.brokers)
+    changes = []
+    for name in sorted(set(source.topics) | set(target.topics)):
+        src, tgt = source.topics.get(name), target.topics.get(name)
+        if not scope.topic(name):
+            continue
+        if src is None:
+            changes.append(Change(DELETE, KIND_TOPIC, name, target=tgt))
+            continue
+        have = target.layout.get(name, {})
+        if mapping is not None:
+            layout: dict[str, Share] | None = mapping.place(source.layout[name])
+        elif brokers:  # a file's perm is one broker's: it widens, never narrows
+            layout = _spread(src.read_queues, src.write_queues, src.perm | (tgt.perm if tgt else 0), have, brokers)
+        else:
+            layout = None
+        want = src if layout is None else _totals(src, layout)
+        if tgt is not None and want == tgt and (layout is None or layout == have):
+            continue  # equal objects are equal under every rule: skip the field-by-field compare
+        note = mapping.explain(source.layout[name]) if mapping is not None else ""
+        if tgt is None:
+            changes.append(Change(CREATE, KIND_TOPIC, name, source=want, layout=layout, note=note))
+            continue
+        fields = field_changes(topic_fields(want, v5), topic_fields(tgt, v5))
+        if layout is not None and len(layout.keys() | have.keys()) > 1:
+            fields += _share_changes(layout, have)
+        if fields:
+            changes.append(Change(UPDATE, KIND_TOPIC, name, fields, source=want, target=tgt, layout=layout, note=note))
+    return changes
+
+
+def _wanted_groups(source: ClusterSnapshot, target: ClusterSnapshot) -> Mapping[str, GroupConfig]:
+    """Rule 5 for a file read against live brokers: a retryQueueNums equal to the sum over the
+    target's masters holding the group (all alike) is mqadmin's sum, so their own value."""
+    if source.brokers or not target.brokers:
+        return source.groups
+    wanted = dict(source.groups)
+    for name, group in source.groups.items():
+        values = [b.groups[name].retry_queues for b in target.brokers if name in b.groups]
+        if len(set(values)) == 1 and group.retry_queues == sum(values) != values[0]:
+            wanted[name] = replace(group, retry_queues=values[0])
+    return wanted
 
 
 def _diff_table(kind: str, source: Mapping[str, Any], target: Mapping[str, Any],
@@ -528,10 +732,19 @@ def _masked(key: str, value: object) -> object:
     return acl.MASK if key in acl.SECRET_FIELDS and value else value
 
 
-def _describe(action: str, kind: str, obj: Any, fields: Sequence[FieldChange]) -> str:
+def _describe(action: str, kind: str, obj: Any, fields: Sequence[FieldChange],
+              layout: Mapping[str, Share] | None = None, note: str = "") -> str:
     if action == UPDATE:
-        return ", ".join(f"{f.field}: {_cell(f.target)} -> {_cell(f.source)}" for f in fields)
-    return _summary(kind, obj)
+        text = ", ".join(f"{f.field}: {_cell(f.target)} -> {_cell(f.source)}" for f in fields)
+    else:
+        text = _summary(kind, obj)
+    return text + _layout_text(layout, note)
+
+
+def _layout_dict(layout: Mapping[str, Share] | None, note: str) -> dict[str, Any]:
+    if layout is None:
+        return {}
+    return {"layout": {b: s._asdict() for b, s in sorted(layout.items())}, "note": note}
 
 
 def _summary(kind: str, obj: Any) -> str:
@@ -577,11 +790,14 @@ class Action:
     name: str
     desired: Any = field(default=None, repr=False)
     fields: tuple[FieldChange, ...] = ()
+    #: A topic's share per target broker (what each broker gets), and why: see Change.
+    layout: Mapping[str, Share] | None = None
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op, "kind": self.kind, "name": self.name,
-                "summary": _describe(self.op, self.kind, self.desired, self.fields),
-                "fields": [f.to_dict() for f in self.fields]}
+                "summary": _describe(self.op, self.kind, self.desired, self.fields, self.layout, self.note),
+                "fields": [f.to_dict() for f in self.fields], **_layout_dict(self.layout, self.note)}
 
 
 @dataclass(frozen=True)
@@ -617,7 +833,8 @@ class Plan:
 
 def make_plan(metadata_diff: MetadataDiff, allow_delete: bool = False) -> Plan:
     """Turn a diff into ordered actions; without allow_delete, deletes are listed as skipped."""
-    actions = [Action(c.action, c.kind, c.name, c.source if c.action != DELETE else c.target, c.fields)
+    actions = [Action(c.action, c.kind, c.name, c.source if c.action != DELETE else c.target, c.fields,
+                      c.layout, c.note)
                for c in metadata_diff.changes if allow_delete or c.action != DELETE]
     actions.sort(key=lambda a: _STEP[(a.op, a.kind)])
     skipped = () if allow_delete else tuple(metadata_diff.of(DELETE))
@@ -701,6 +918,10 @@ def _satisfied(action: Action, snapshot: ClusterSnapshot, v5: bool) -> bool:
     have = table.get(action.name)
     if action.op == DELETE:
         return have is None
+    if action.kind == KIND_TOPIC:
+        layout = _layout_on(action, snapshot)
+        return (not _topic_writes(action, layout, snapshot, v5)
+                and snapshot.order_conf.get(action.name) == _order_value(action.desired, layout))
     return have is not None and not field_changes(_fields(action.kind, action.desired, v5),
                                                   _fields(action.kind, have, v5))
 
@@ -735,23 +956,48 @@ async def _put_topics(admin: ClusterAdmin, current: ClusterSnapshot, actions: Se
     batches: dict[str, list[TopicConfig]] = {}
     order_puts: dict[str, str | None] = {}
     for action in actions:
-        desired: TopicConfig = action.desired
-        targets = [b for b in current.brokers if action.name in b.topics] or list(current.brokers)
-        reads = split_queues(desired.read_queues, [b.name for b in targets])
-        writes = split_queues(desired.write_queues, [b.name for b in targets])
-        for broker in targets:
-            if reads[broker.name] == writes[broker.name] == 0:
-                continue
-            have = broker.topics.get(action.name)
-            want = _broker_topic(desired, have, broker, reads[broker.name], writes[broker.name], v5)
-            if have is None or field_changes(_broker_topic_fields(want, broker), _broker_topic_fields(have, broker)):
-                batches.setdefault(broker.addr, []).append(want)
-        value = ";".join(f"{b}:{w}" for b, w in sorted(writes.items()) if w) if desired.order else None
+        layout = _layout_on(action, current)
+        for broker, want in _topic_writes(action, layout, current, v5):
+            batches.setdefault(broker.addr, []).append(want)
+        value = _order_value(action.desired, layout)
         if current.order_conf.get(action.name) != value:
             order_puts[action.name] = value
     for topic, value in order_puts.items():
         await _put_order_conf(admin, topic, value)
     await asyncio.gather(*(admin.create_topics(addr, cfgs) for addr, cfgs in batches.items()))
+
+
+def _layout_on(action: Action, current: ClusterSnapshot) -> Mapping[str, Share]:
+    """The planned share per broker; a plan made against a file spreads totals (rule 2)."""
+    if action.layout is not None:
+        return action.layout
+    desired: TopicConfig = action.desired
+    return _spread(desired.read_queues, desired.write_queues, desired.perm, current.layout.get(action.name, {}),
+                   sorted(b.name for b in current.brokers))
+
+
+def _topic_writes(action: Action, layout: Mapping[str, Share], current: ClusterSnapshot,
+                  v5: bool) -> list[tuple[BrokerMetadata, TopicConfig]]:
+    """What each broker of the layout lacks. Brokers outside it are left alone: removing a
+    topic from one broker is not automated (its queues may hold messages)."""
+    brokers = {b.name: b for b in current.brokers}
+    missing = sorted(set(layout) - set(brokers))
+    if missing:
+        raise RocketMQError(f"topic {action.name}: the plan puts it on broker(s) {', '.join(missing)}, which are "
+                            f"not masters of the target ({', '.join(sorted(brokers))})")
+    writes = []
+    for name, share in sorted(layout.items()):
+        broker = brokers[name]
+        have = broker.topics.get(action.name)
+        want = _broker_topic(action.desired, have, broker, share, v5)
+        if have is None or field_changes(_broker_topic_fields(want, broker), _broker_topic_fields(have, broker)):
+            writes.append((broker, want))
+    return writes
+
+
+def _order_value(desired: TopicConfig, layout: Mapping[str, Share]) -> str | None:
+    """The order table's entry: ``broker:writeQueues;...`` (rule 3), None for a topic not ordered."""
+    return ";".join(f"{b}:{s.write}" for b, s in sorted(layout.items()) if s.write) if desired.order else None
 
 
 def _broker_topic_fields(topic: TopicConfig, broker: BrokerMetadata) -> dict[str, object]:
@@ -762,7 +1008,7 @@ def _broker_topic_fields(topic: TopicConfig, broker: BrokerMetadata) -> dict[str
     return fields
 
 
-def _broker_topic(desired: TopicConfig, have: TopicConfig | None, broker: BrokerMetadata, reads: int, writes: int,
+def _broker_topic(desired: TopicConfig, have: TopicConfig | None, broker: BrokerMetadata, share: Share,
                   v5: bool) -> TopicConfig:
     """What one broker should hold. Attributes: the desired ones when compared (rule 4), the
     broker's own otherwise; an attribute to drop is set back to its default."""
@@ -772,7 +1018,7 @@ def _broker_topic(desired: TopicConfig, have: TopicConfig | None, broker: Broker
         attributes.update(desired.attributes)
     else:
         attributes = current
-    return replace(desired, read_queues=reads, write_queues=writes,
+    return replace(desired, read_queues=share.read, write_queues=share.write, perm=share.perm,
                    attributes=attributes if broker.major >= 5 else {})
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rocketmq_core.errors import InvalidSpec
 
@@ -118,6 +118,18 @@ class TopicConfig:
         if self.attributes:
             header["attributes"] = ",".join(f"+{k}={v}" for k, v in sorted(self.attributes.items()))
         return header
+
+
+class Share(NamedTuple):
+    """A topic's part on one broker: its queue counts and its permission there. Brokers of one
+    cluster may differ (a topic read-only on one broker, or on some brokers only)."""
+
+    read: int
+    write: int
+    perm: int
+
+    def __str__(self) -> str:
+        return f"{self.read}/{self.write} perm {self.perm}"
 
 
 @dataclass(frozen=True)
