@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -38,6 +39,8 @@ class World:
     config: FleetConfig
     fleet: DemoFleet
     config_url: str
+    source: Any
+    conns: tuple[str, str] = (SOURCE, TARGET)
 
     @property
     def dag_id(self) -> str:
@@ -52,19 +55,21 @@ class World:
 
 
 def _create_metadata(cluster, layout: FleetLayout) -> None:
+    """The topic and groups on every master of the cluster."""
     async def run():
         async with ClusterAdmin(cluster.namesrv) as admin:
-            await admin.create_topic(cluster.broker, TopicConfig(layout.topic, 4, 4))
-            for group in layout.consumer_groups:
-                await admin.create_group(cluster.broker, GroupConfig(group, retry_max_times=3))
+            for addr in cluster.spec.master_addrs.values():
+                await admin.create_topic(addr, TopicConfig(layout.topic, 4, 4))
+                for group in layout.consumer_groups:
+                    await admin.create_group(addr, GroupConfig(group, retry_max_times=3))
     asyncio.run(run())
 
 
-def _write_spec(world: World, conn_id: str) -> Path:
+def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = TARGET) -> Path:
     layout = world.layout
     switch = {"http_conn_id": conn_id, "method": "PUT"}
     spec = {
-        "kind": "migration", "name": world.name, "source": {"conn_id": SOURCE}, "target": {"conn_id": TARGET},
+        "kind": "migration", "name": world.name, "source": {"conn_id": source}, "target": {"conn_id": target},
         "scope": {"topics": {"include": [layout.topic]}, "groups": {"include": layout.consumer_groups}},
         "fleets": [
             {"name": layout.consumer_fleet, "role": "consumer", "groups": layout.consumer_groups,
@@ -83,28 +88,47 @@ def _write_spec(world: World, conn_id: str) -> Path:
     return path
 
 
-@pytest.fixture
-def world(rmq_clusters, airflow_api, tmp_path):
+def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOURCE, TARGET), mixed: bool = False):
+    """A world on two clusters; ``conns`` name them in Airflow (and in the fleet's config).
+    ``mixed``: the first producer and the first consumer of each group run on the Java client."""
     u = uuid.uuid4().hex[:8]
     layout = FleetLayout(topic=f"orders_{u}", producer_group=f"PID_orders_{u}",
                          consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15)
-    _create_metadata(rmq_clusters["source"], layout)
-    config = FleetConfig(tmp_path / "fleet-config.json", {
-        SOURCE: rmq_clusters["source"].namesrv, TARGET: rmq_clusters["target"].namesrv})
+    if mixed:
+        layout.java_members = {"producer-0", *(f"{group}-0" for group in layout.consumer_groups)}
+    _create_metadata(source, layout)
+    config = FleetConfig(tmp_path / "fleet-config.json", {conns[0]: source.namesrv, conns[1]: target.namesrv})
     server = serve(config)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     fleet = DemoFleet(layout, tmp_path / "fleet", url)
-    fleet.register(config, SOURCE)
-    w = World(f"e2e_{u}", layout, config, fleet, url)
+    fleet.register(config, conns[0])
+    w = World(f"e2e_{u}", layout, config, fleet, url, source, conns)
     conn_id = f"fleet_config_{u}"
     airflow_api.set_connection(conn_id, conn_type="http", host="127.0.0.1", port=server.server_address[1],
                                schema="http")
-    spec_path = _write_spec(w, conn_id)
+    spec_path = _write_spec(w, conn_id, *conns)
     fleet.start()
-    yield w
-    fleet.stop()
-    server.shutdown()
-    spec_path.unlink(missing_ok=True)
+    try:
+        yield w
+    finally:
+        fleet.stop()
+        server.shutdown()
+        spec_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def world(rmq_clusters, airflow_api, tmp_path):
+    yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"])
+
+
+@pytest.fixture
+def ha_world(ha_clusters, airflow_api, tmp_path):
+    """Two masters per cluster (4.9 with a slave, 5.x behind a proxy) and a fleet that mixes the
+    official Java client (one producer, one consumer per group) with C++ members."""
+    source, target = ha_clusters["source-ha"], ha_clusters["target-ha"]
+    for name, cluster in (("rocketmq_source_ha", source), ("rocketmq_target_ha", target)):
+        airflow_api.set_connection(name, conn_type="rocketmq", host="127.0.0.1", port=cluster.spec.namesrv_port)
+    yield from _world(airflow_api, tmp_path, source, target, ("rocketmq_source_ha", "rocketmq_target_ha"), mixed=True)
 
 
 def _online(cluster, group: str) -> int:
@@ -121,10 +145,10 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def _run_approving(world: World, airflow_api, rmq_clusters, gates: list[str]) -> tuple[str, dict[str, str]]:
+def _run_approving(world: World, airflow_api, gates: list[str]) -> tuple[str, dict[str, str]]:
     """Once the fleet's consumers are online on the source, trigger the migration and approve
     ``gates`` in order; the run id and the body each gate showed."""
-    _wait(lambda: all(_online(rmq_clusters["source"], g) == 2 for g in world.layout.consumer_groups), 60,
+    _wait(lambda: all(_online(world.source, g) == 2 for g in world.layout.consumer_groups), 90,
           "consumers online on the source")
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
     run_id = airflow_api.trigger(world.dag_id)
@@ -135,9 +159,17 @@ def _run_approving(world: World, airflow_api, rmq_clusters, gates: list[str]) ->
     return run_id, bodies
 
 
-def test_migration_dag_moves_a_live_fleet_without_losing_a_message(world, airflow_api, rmq_clusters):
+@pytest.fixture(params=["one broker, C++ fleet", "two masters, mixed fleet"])
+def any_world(request):
+    """The story on one-broker clusters, and on source-ha -> target-ha with Java and C++ members."""
+    return request.getfixturevalue("world" if request.param.startswith("one") else "ha_world")
+
+
+def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, airflow_api):
+    world = any_world
+    source, target = world.conns
     layout = world.layout
-    run_id, bodies = _run_approving(world, airflow_api, rmq_clusters, GATES)
+    run_id, bodies = _run_approving(world, airflow_api, GATES)
     assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=600) == "success", \
         airflow_api.task_states(world.dag_id, run_id)
 
@@ -149,14 +181,17 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(world, airflo
     for group in layout.consumer_groups:  # canary consumers were online on the target when asked
         assert f"| {group} | 1 | 1 |" in bodies["approve_canary_producers"], bodies["approve_canary_producers"]
     assert "Total undelivered: 0" in bodies["approve_cutover"]
-    assert set(world.clusters_of("producer").values()) == {TARGET}
-    assert set(world.clusters_of("consumer").values()) == {TARGET}
+    assert set(world.clusters_of("producer").values()) == {target}
+    assert set(world.clusters_of("consumer").values()) == {target}
+    preflight = airflow_api.xcom(world.dag_id, run_id, "preflight")
+    assert preflight["broker_sets"][source] == sorted(world.source.spec.master_addrs)
+    assert len(preflight["broker_sets"][target]) == len(preflight["broker_sets"][source])
 
     world.fleet.stop(("producer",))
     result = world.fleet.wait_until_received(timeout=120)
     print("e2e accounting:", json.dumps(result))
     assert result["sent"] > 100
-    assert result["sent_by_cluster"].get(SOURCE, 0) > 0 and result["sent_by_cluster"].get(TARGET, 0) > 0
+    assert result["sent_by_cluster"].get(source, 0) > 0 and result["sent_by_cluster"].get(target, 0) > 0
     assert result["lost"] == 0, result
     report = airflow_api.xcom(world.dag_id, run_id, "report")
     assert [a["gate"] for a in report["approvals"]] == GATES
@@ -214,7 +249,7 @@ def test_dag_refuses_producers_when_target_consumers_vanished_after_the_sensor(w
     """The sensor saw consumers online on the target; they die before the gate is approved.
     The producer switch re-checks live, refuses, and no producer moves."""
     layout = world.layout
-    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:2])
+    run_id, _ = _run_approving(world, airflow_api, GATES[:2])
     airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_producers", timeout=600)
     moved = [m for m, c in world.clusters_of("consumer").items() if c == TARGET]
     assert len(moved) == 2
@@ -232,7 +267,7 @@ def test_dag_refuses_last_consumers_while_a_producer_still_writes_to_the_source(
     """Sensors marked successful by hand while a stray producer still writes to the source:
     the cutover switch re-checks live, refuses, and the remaining consumers stay."""
     layout = world.layout
-    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:4])
+    run_id, _ = _run_approving(world, airflow_api, GATES[:4])
     _wait(lambda: set(world.clusters_of("producer").values()) == {TARGET}, 120, "producers moved")
     world.put(layout.producer_fleet, [layout.producer_group], 0.5, SOURCE)  # a stray producer goes back
     for sensor in ("source_writes_stopped", "source_drained"):
@@ -294,7 +329,7 @@ def test_dag_refuses_the_cutover_while_a_producer_outside_the_spec_writes_the_so
     of the topic's writes stands between it and loss: it refuses, naming the topic, and the
     consumers stay where the stray's messages are."""
     layout = world.layout
-    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:4])
+    run_id, _ = _run_approving(world, airflow_api, GATES[:4])
     _wait(lambda: set(world.clusters_of("producer").values()) == {TARGET}, 120, "producers moved")
     with StrayProducer(rmq_clusters["source"].namesrv, layout.topic) as stray:
         for sensor in ("source_writes_stopped", "source_drained"):
@@ -324,7 +359,7 @@ def test_dag_refuses_the_cutover_while_a_producer_outside_the_spec_writes_the_so
 def test_a_gate_marked_successful_by_hand_unlocks_nothing(world, airflow_api, rmq_clusters):
     """Marking a gate successful (as the UI allows) records no answer: the switch after it reads
     the gate's recorded answer, finds none, and moves nobody."""
-    run_id, _ = _run_approving(world, airflow_api, rmq_clusters, GATES[:1])
+    run_id, _ = _run_approving(world, airflow_api, GATES[:1])
     airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_consumers", timeout=300, settle=2)
     airflow_api.set_task_state(world.dag_id, run_id, "approve_canary_consumers", "success")
     assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
