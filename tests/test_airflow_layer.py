@@ -307,3 +307,16 @@ def test_metadata_diff_can_fail_on_drift(bag, rmq_clusters, names):
     run, tis = run_dag(bag, "probe_metadata_drift", scope={"topics": [topic], "groups": ["none"]})
     assert run.state == "failed"
     assert tis["diff"].xcom_pull(task_ids="diff")["counts"]["create"] == 1
+
+
+def test_sensors_refuse_reschedule_mode_at_parse_time():
+    """A reschedule is a new process for every poke: a streak of stable checks (and a check's
+    memory of brokers and offsets) would start from nothing each time and could never pass."""
+    from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor
+
+    with pytest.raises(ValueError, match="keeps its streak"):
+        BacklogZeroSensor(task_id="drained", rocketmq_conn_id="rocketmq_source", groups=["G"], mode="reschedule",
+                          deferrable=False)
+    with pytest.raises(ValueError, match="keeps its streak"):
+        ClientsOnlineSensor(task_id="online", rocketmq_conn_id="rocketmq_source", groups=["G"], mode="reschedule",
+                            deferrable=False)

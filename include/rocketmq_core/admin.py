@@ -366,18 +366,6 @@ class ClusterAdmin:
                                         {"consumerGroup": group, "topic": topic})
         return _offset_table(loads(resp.body))
 
-    async def broker_consume_stats(self, addr: str) -> dict[str, list[QueueOffsets]]:
-        """Every group's progress on one broker in a single request."""
-        resp = await self.client.invoke(addr, RequestCode.GET_BROKER_CONSUME_STATS,
-                                        {"isOrder": "false", "timeoutMillis": 60000}, timeout=60)
-        result: dict[str, list[QueueOffsets]] = {}
-        for entry in loads(resp.body).get("consumeStatsList", []):
-            for group, stats_list in entry.items():
-                rows = result.setdefault(group, [])
-                for stats in stats_list:
-                    rows.extend(_offset_table(stats))
-        return result
-
     async def all_consumer_offsets(self, addr: str) -> dict[tuple[str, str], dict[int, int]]:
         """(topic, group) -> queue id -> committed offset, for everything one broker holds."""
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_CONSUMER_OFFSET, timeout=30)

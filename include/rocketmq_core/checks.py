@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.errors import InvalidSpec
+from rocketmq_core.errors import InvalidSpec, RocketMQError
 
 @dataclass
 class CheckResult:
@@ -249,6 +249,27 @@ class MetadataPresent(Check):
         ok = not missing_topics and not missing_groups
         return CheckResult(ok, figures, "all present" if ok else f"missing topics {missing_topics}, "
                                                                   f"groups {missing_groups}")
+
+
+async def observe(check: Check, admin: ClusterAdmin) -> dict[str, Any]:
+    """Evaluate once; a measurement failure becomes an unsatisfied observation naming the error."""
+    try:
+        return (await check.evaluate(admin)).to_dict()
+    except RocketMQError as exc:
+        return {"satisfied": False, "figures": {}, "summary": f"could not measure: {exc}",
+                "error": type(exc).__name__, "at": time.time()}
+
+
+@dataclass
+class Streak:
+    """Consecutive satisfied observations; ``required`` in a row pass. A failure resets it."""
+
+    required: int
+    count: int = 0
+
+    def record(self, satisfied: bool) -> bool:
+        self.count = self.count + 1 if satisfied else 0
+        return self.count >= self.required
 
 
 CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped, WritesUnchanged,

@@ -1,13 +1,12 @@
 """FleetSwitchOperator: move a fleet of producers or consumers to another cluster, guarded.
 
-Before acting it re-checks its preconditions against the live clusters (so clearing tasks,
-marking a sensor successful by hand, or running tasks out of order cannot skip them); it acts
-through a pluggable switcher; afterwards it can wait for broker-side evidence that clients moved.
+Before acting it reads its gate's recorded answer and re-checks its preconditions against the
+live clusters (so clearing tasks, marking a gate or a sensor successful by hand, or running tasks
+out of order cannot skip them); it acts through a pluggable switcher.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -15,11 +14,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.checks import Check, build_check
+from rocketmq_core.checks import Check, build_check, observe
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
-from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
 
 
 @dataclass(frozen=True)
@@ -82,15 +80,12 @@ class FleetSwitchOperator(BaseOperator):
     is pushed to XCom with who, when and the failed figures. Precondition kwargs may be
     templates (rendered natively). ``broker_sets`` (templated) maps a connection id to the run's
     broker set on that cluster: a precondition that does not see all of them fails as unknown.
-    ``wait_for`` (optional) is a condition awaited after the switch, deferred to the triggerer,
-    within ``wait_timeout`` seconds.
     """
 
     template_fields = ("switcher", "override_reason", "share", "dry_run", "broker_sets", "preconditions")
 
     def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
                  share: float | str = 1.0, preconditions: list[Condition] | None = None,
-                 wait_for: Condition | None = None, wait_timeout: float = 600, poll_interval: float = 5,
                  approval: Approval | None = None, override_reason: str = "", dry_run: bool | str = False,
                  broker_sets: dict[str, list[str]] | str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -105,9 +100,6 @@ class FleetSwitchOperator(BaseOperator):
         self.switcher = switcher
         self.share = share
         self.preconditions = [c.to_dict() for c in preconditions or []]
-        self.wait_for = wait_for
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
         self.approval = approval
         self.override_reason = override_reason
         self.dry_run = dry_run
@@ -154,20 +146,4 @@ class FleetSwitchOperator(BaseOperator):
         result = self.switcher.switch(self.switch_request, self.log)
         at = datetime.now(timezone.utc).isoformat()
         context["ti"].xcom_push(key="switch", value={**self.switch_request, **result, "at": at})
-        if self.wait_for is None:
-            return result
-        self.defer(
-            trigger=RocketMQCheckTrigger(self.wait_for.rocketmq_conn_id, self.wait_for.check.kind,
-                                         self.wait_for.check.kwargs(), poll_interval=self.poll_interval,
-                                         timeout=self.wait_timeout),
-            method_name="execute_complete",
-        )
-
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        observations = event.get("observations", [])
-        context["ti"].xcom_push(key="observations", value=observations)
-        if event.get("status") != "success":
-            last = observations[-1]["summary"] if observations else "no observation"
-            raise AirflowException(f"switched, but {event.get('check')} did not hold within "
-                                   f"{self.wait_timeout:g}s; last: {last}")
-        return json.loads(json.dumps(observations[-1], default=str))
+        return result

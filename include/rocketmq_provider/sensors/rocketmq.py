@@ -12,9 +12,9 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.checks import BacklogZero, Check, ClientsOnline, WritesStopped
+from rocketmq_core.checks import BacklogZero, Check, ClientsOnline, Streak, WritesStopped, observe
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
-from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger, observe
+from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger
 
 
 class RocketMQCheckSensor(BaseSensorOperator):
@@ -28,13 +28,17 @@ class RocketMQCheckSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         if isinstance(stable_checks, int) and stable_checks < 1:
             raise ValueError("stable_checks must be at least 1")
+        if self.mode == "reschedule":
+            # Each reschedule is a new process: the streak and a check's memory of brokers and
+            # offsets would start from nothing at every poke, and a streak could never pass.
+            raise ValueError(f"{type(self).__name__} keeps its streak between checks; use deferrable or poke mode")
         self.rocketmq_conn_id = rocketmq_conn_id
         self.brokers = brokers
         self.stable_checks = stable_checks
         self.deferrable = deferrable
         self._check: Check | None = None
         self._observations: list[dict[str, Any]] = []
-        self._streak = 0
+        self._streak: Streak | None = None
 
     def build_check(self) -> Check:
         raise NotImplementedError
@@ -63,15 +67,15 @@ class RocketMQCheckSensor(BaseSensorOperator):
         return observations[-1] if observations else {}
 
     def poke(self, context: Any) -> bool:
-        if self._check is None:
-            self._check = self.build_check()
-        check = self._check
+        if self._check is None or self._streak is None:
+            self._check, self._streak = self.build_check(), Streak(int(self.stable_checks))
+        check, streak = self._check, self._streak
         observation = RocketMQHook(self.rocketmq_conn_id).run(lambda admin: observe(check, admin))
         self._observations.append(observation)
-        self._streak = self._streak + 1 if observation["satisfied"] else 0
-        self.log.info("%s: %s (%d/%d in a row)", check.describe(), observation["summary"], self._streak,
+        passed = streak.record(observation["satisfied"])
+        self.log.info("%s: %s (%d/%d in a row)", check.describe(), observation["summary"], streak.count,
                       self.stable_checks)
-        return self._streak >= int(self.stable_checks)
+        return passed
 
 
 class BacklogZeroSensor(RocketMQCheckSensor):
@@ -117,8 +121,6 @@ class SourceWritesStoppedSensor(RocketMQCheckSensor):
     def __init__(self, *, topics: list[str], window_seconds: float = 60, cluster: str | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
-        if self.mode == "reschedule":
-            raise ValueError("SourceWritesStoppedSensor compares samples over a window; use deferrable or poke mode")
         self.topics = topics
         self.window_seconds = window_seconds
         self.cluster = cluster

@@ -9,8 +9,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from rocketmq_core.checks import build_check
-from rocketmq_core.errors import RocketMQError
+from rocketmq_core.checks import Streak, build_check, observe
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
 #: Observations kept in the event; older ones are dropped (their count is reported).
@@ -49,7 +48,7 @@ class RocketMQCheckTrigger(BaseTrigger):
         endpoint = await RocketMQHook(self.rocketmq_conn_id).aget_endpoint()
         observations: list[dict[str, Any]] = []
         dropped = 0
-        streak = 0
+        streak = Streak(self.stable_checks)
         async with endpoint.admin() as admin:
             while True:
                 observation = await observe(check, admin)
@@ -57,22 +56,13 @@ class RocketMQCheckTrigger(BaseTrigger):
                 if len(observations) > MAX_OBSERVATIONS:
                     observations.pop(0)
                     dropped += 1
-                streak = streak + 1 if observation["satisfied"] else 0
+                passed = streak.record(observation["satisfied"])
                 self.log.info("%s on %s: %s (%d/%d in a row)", check.describe(), self.rocketmq_conn_id,
-                              observation["summary"], streak, self.stable_checks)
-                status = ("success" if streak >= self.stable_checks
-                          else "timeout" if time.time() >= self.deadline else None)
+                              observation["summary"], streak.count, self.stable_checks)
+                status = "success" if passed else "timeout" if time.time() >= self.deadline else None
                 if status:
                     yield TriggerEvent({"status": status, "check": check.describe(),
                                         "observations": observations, "dropped_observations": dropped})
                     return
                 await asyncio.sleep(self.poll_interval)
 
-
-async def observe(check: Any, admin: Any) -> dict[str, Any]:
-    """Evaluate once; a measurement failure becomes an unsatisfied observation naming the error."""
-    try:
-        return (await check.evaluate(admin)).to_dict()
-    except RocketMQError as exc:
-        return {"satisfied": False, "figures": {}, "summary": f"could not measure: {exc}",
-                "error": type(exc).__name__, "at": time.time()}
