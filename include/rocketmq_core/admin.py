@@ -34,6 +34,20 @@ MAX_IN_FLIGHT = 256
 MASTER_ID = 0
 
 
+async def gather_all(*jobs: Awaitable[T]) -> list[T]:
+    """``asyncio.gather``, except that when one job fails the others are cancelled and awaited
+    before the error propagates: a failed request no longer leaves siblings running into the
+    loop's shutdown, whose late errors asyncio then prints ahead of the real one."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Build many objects at once without the cyclic collector re-scanning them as they are made
@@ -64,12 +78,15 @@ class ClusterAdmin:
     """Admin operations on one RocketMQ cluster, reached through its name servers."""
 
     def __init__(self, namesrv_addrs: list[str] | str, credentials: Credentials | None = None,
-                 timeout: float = 5.0, connect_timeout: float = 3.0):
+                 timeout: float = 5.0, connect_timeout: float = 3.0, cluster: str | None = None):
+        """``cluster`` scopes the admin to the brokers of one cluster behind shared name servers:
+        every broker list, and so every operation over brokers, sees only that cluster's."""
         if isinstance(namesrv_addrs, str):
             namesrv_addrs = [a.strip() for a in namesrv_addrs.replace(",", ";").split(";") if a.strip()]
         if not namesrv_addrs:
             raise RocketMQError("no name server address given")
         self.namesrv_addrs = list(namesrv_addrs)
+        self.cluster = cluster
         self.client = RemotingClient(credentials, timeout=timeout, connect_timeout=connect_timeout)
         self._server_side_reset: dict[str, bool] = {}
 
@@ -94,13 +111,15 @@ class ClusterAdmin:
         raise ConnectionFailed(",".join(self.namesrv_addrs), "; ".join(failures))
 
     async def brokers(self) -> list[BrokerInfo]:
-        """Every broker the name servers know, with its cluster and addresses by broker id."""
+        """Every broker the name servers know (of the admin's cluster, when it has one), with its
+        cluster and addresses by broker id."""
         data = loads((await self.namesrv_invoke(RequestCode.GET_BROKER_CLUSTER_INFO)).body)
-        return [
+        brokers = [
             BrokerInfo(name=name, cluster=entry.get("cluster", ""),
                        addrs={int(k): v for k, v in (entry.get("brokerAddrs") or {}).items()})
             for name, entry in sorted((data.get("brokerAddrTable") or {}).items())
         ]
+        return [b for b in brokers if self.cluster is None or b.cluster == self.cluster]
 
     async def broker_config(self, addr: str) -> dict[str, str]:
         """The broker's running configuration (GET_BROKER_CONFIG answers ``key=value`` lines)."""
@@ -124,7 +143,7 @@ class ClusterAdmin:
             async with gate:
                 return await job
 
-        return list(await asyncio.gather(*(_one(j) for j in jobs)))
+        return await gather_all(*(_one(j) for j in jobs))
 
     # --- brokers ---------------------------------------------------------------------------
 
@@ -228,7 +247,7 @@ class ClusterAdmin:
         around it decide.
         """
         hint = await self._broker_search_offset(addr, topic, queue_id, timestamp_ms)
-        low, high = await asyncio.gather(self.min_offset(addr, topic, queue_id),
+        low, high = await gather_all(self.min_offset(addr, topic, queue_id),
                                          self.max_offset(addr, topic, queue_id))
         offset = min(max(hint, low), high)
         while offset > low:  # back, while the message before is at or after the time

@@ -64,7 +64,6 @@ the wheel. A message written to the commit log but not yet dispatched to its con
 
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
 import time
@@ -74,7 +73,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
-from rocketmq_core.admin import MAX_IN_FLIGHT, BrokerInfo, ClusterAdmin
+from rocketmq_core.admin import MAX_IN_FLIGHT, BrokerInfo, ClusterAdmin, gather_all
 from rocketmq_core.errors import InvalidSpec, NotFound, ProtocolError, RocketMQError
 from rocketmq_core.model import HALF_TOPIC, RETRY_PREFIX, SCHEDULE_TOPIC, TIMER_TOPIC, validate_group_name
 from rocketmq_core.remoting.fastjson import loads
@@ -259,7 +258,7 @@ async def _measure_broker(admin: ClusterAdmin, broker: BrokerInfo, groups: tuple
     addr = broker.master
     assert addr is not None
     group_part = _group_rows_per_group if method == "per_group" else _group_rows_broker_wide
-    (group_rows, known), system_rows = await asyncio.gather(
+    (group_rows, known), system_rows = await gather_all(
         group_part(admin, addr, broker.name, groups), _system_rows(admin, addr, broker.name))
     return group_rows + system_rows, known
 
@@ -385,14 +384,14 @@ async def _system_rows(admin: ClusterAdmin, addr: str, broker: str) -> list[Back
     parts = [_delayed_rows(admin, addr, broker, levels), _half_rows(admin, addr, broker)]
     if timer_enabled:
         parts.append(_timer_rows(admin, addr, broker))
-    return [row for part in await asyncio.gather(*parts) for row in part]
+    return [row for part in await gather_all(*parts) for row in part]
 
 
 async def _delayed_rows(admin: ClusterAdmin, addr: str, broker: str, levels: int) -> list[BacklogRow]:
     """Per delay level: SCHEDULE_TOPIC_XXXX queue level-1 from the scheduler's offset to the end."""
     delay_offsets = await admin.delay_offsets(addr)
     queues = range(levels)
-    maxes, mins = await asyncio.gather(admin.gather(admin.max_offset(addr, SCHEDULE_TOPIC, q) for q in queues),
+    maxes, mins = await gather_all(admin.gather(admin.max_offset(addr, SCHEDULE_TOPIC, q) for q in queues),
                                        admin.gather(admin.min_offset(addr, SCHEDULE_TOPIC, q) for q in queues))
     rows = []
     for queue_id, max_offset, min_offset in zip(queues, maxes, mins):
@@ -453,7 +452,7 @@ async def half_state(admin: ClusterAdmin, addr: str) -> HalfState:
     # once or twice, never zero times.
     half_done = await admin.query_consumer_offset(addr, TRANS_CHECK_GROUP, HALF_TOPIC, HALF_QUEUE_ID)
     op_done = await admin.query_consumer_offset(addr, TRANS_CHECK_GROUP, OP_TOPIC, HALF_QUEUE_ID)
-    half_min, half_max, op_min, op_max = await asyncio.gather(
+    half_min, half_max, op_min, op_max = await gather_all(
         admin.min_offset(addr, HALF_TOPIC, HALF_QUEUE_ID), admin.max_offset(addr, HALF_TOPIC, HALF_QUEUE_ID),
         admin.min_offset(addr, OP_TOPIC, HALF_QUEUE_ID), admin.max_offset(addr, OP_TOPIC, HALF_QUEUE_ID))
     start = max(half_done if half_done is not None else half_min, half_min)
@@ -547,14 +546,7 @@ async def _in_flight(func: Callable[[T], Awaitable[R]], items: list[T], limit: i
         for index in indexes:
             results[index] = await func(items[index])
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(min(limit, len(items)))]
-    try:
-        await asyncio.gather(*workers)
-    except BaseException:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        raise
+    await gather_all(*(worker() for _ in range(min(limit, len(items)))))
     return results
 
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.admin import ClusterAdmin, gather_all
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.metadata import (
@@ -269,7 +269,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     async def _go() -> tuple[ClusterSnapshot, ClusterSnapshot]:
         async with _admin(args.source, source_creds, args) as src, _admin(args.target, target_creds, args) as tgt:
-            return await asyncio.gather(take_snapshot(src, args.source_cluster, not args.no_acl),
+            return await gather_all(take_snapshot(src, args.source_cluster, not args.no_acl),
                                         take_snapshot(tgt, args.target_cluster, not args.no_acl))
 
     source, target = asyncio.run(_go())

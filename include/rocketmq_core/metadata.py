@@ -41,7 +41,6 @@ Normalisation rules (what a diff compares, and why), applied identically by ``di
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import json
 import time
@@ -52,7 +51,7 @@ from typing import Any, TypeVar
 
 from rocketmq_core import acl
 from rocketmq_core.acl import AclEntry, AclState
-from rocketmq_core.admin import BrokerInfo, ClusterAdmin, gc_paused
+from rocketmq_core.admin import BrokerInfo, ClusterAdmin, gather_all, gc_paused
 from rocketmq_core.errors import InvalidSpec, ProtocolError, ResponseError, RocketMQError
 from rocketmq_core.model import (
     GroupConfig, Share, TopicConfig, is_system_group, is_system_topic, validate_group_name, validate_topic_name,
@@ -253,14 +252,14 @@ async def take_snapshot(admin: ClusterAdmin, cluster: str | None = None,
     list, the runtime info (for the version) and, with ``include_acl``, its ACL (acl.read_acl).
     """
     masters = await admin.masters(cluster)
-    brokers, order_conf = await asyncio.gather(
-        asyncio.gather(*(_read_broker(admin, b, include_acl) for b in masters)), _order_conf(admin))
+    brokers, order_conf = await gather_all(
+        gather_all(*(_read_broker(admin, b, include_acl) for b in masters)), _order_conf(admin))
     return merge_brokers(list(brokers), order_conf, cluster, include_acl)
 
 
 async def _read_broker(admin: ClusterAdmin, info: BrokerInfo, include_acl: bool) -> BrokerMetadata:
     addr = info.master or ""
-    topics, groups, system, runtime = await asyncio.gather(
+    topics, groups, system, runtime = await gather_all(
         admin.topic_configs(addr), admin.group_configs(addr), admin.system_topics(addr),
         admin.broker_runtime_info(addr))
     version = _version(runtime)
@@ -964,7 +963,7 @@ async def _put_topics(admin: ClusterAdmin, current: ClusterSnapshot, actions: Se
             order_puts[action.name] = value
     for topic, value in order_puts.items():
         await _put_order_conf(admin, topic, value)
-    await asyncio.gather(*(admin.create_topics(addr, cfgs) for addr, cfgs in batches.items()))
+    await gather_all(*(admin.create_topics(addr, cfgs) for addr, cfgs in batches.items()))
 
 
 def _layout_on(action: Action, current: ClusterSnapshot) -> Mapping[str, Share]:
@@ -1042,7 +1041,7 @@ async def _put_groups(admin: ClusterAdmin, current: ClusterSnapshot, actions: Se
             if have is None or field_changes(group_fields(want, broker.major >= 5),
                                              group_fields(have, broker.major >= 5)):
                 batches.setdefault(broker.addr, []).append(want)
-    await asyncio.gather(*(admin.create_groups(addr, cfgs) for addr, cfgs in batches.items()))
+    await gather_all(*(admin.create_groups(addr, cfgs) for addr, cfgs in batches.items()))
 
 
 def _broker_group(desired: GroupConfig, have: GroupConfig | None, v5: bool) -> GroupConfig:
