@@ -320,3 +320,22 @@ def test_sensors_refuse_reschedule_mode_at_parse_time():
     with pytest.raises(ValueError, match="keeps its streak"):
         ClientsOnlineSensor(task_id="online", rocketmq_conn_id="rocketmq_source", groups=["G"], mode="reschedule",
                             deferrable=False)
+
+
+def test_connection_cluster_name_scopes_every_operation(airflow_env, rmq_clusters, monkeypatch):
+    """A connection's cluster_name limits the admin to that cluster's brokers: one naming a
+    cluster the name server does not serve acts on nothing and says so."""
+    from rocketmq_core.backlog import measure_backlog
+    from rocketmq_core.errors import BrokerUnavailable
+
+    port = rmq_clusters["source"].spec.namesrv_port
+    for conn_id, cluster_name in (("ROCKETMQ_SCOPED", "source"), ("ROCKETMQ_ELSEWHERE", "another-cluster")):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", json.dumps({
+            "conn_type": "rocketmq", "host": "127.0.0.1", "port": port, "extra": {"cluster_name": cluster_name}}))
+    assert [b.name for b in RocketMQHook("rocketmq_scoped").run(lambda a: a.brokers())] == ["source-b0"]
+    elsewhere = RocketMQHook("rocketmq_elsewhere")
+    assert elsewhere.run(lambda a: a.brokers()) == []
+    assert elsewhere.test_connection() == (False, f"no broker of cluster 'another-cluster' is registered at"
+                                                  f" 127.0.0.1:{port}")
+    with pytest.raises(BrokerUnavailable, match="no master broker"):
+        elsewhere.run(lambda a: measure_backlog(a, ["G_any"]))

@@ -131,6 +131,15 @@ def ha_world(ha_clusters, airflow_api, tmp_path):
     yield from _world(airflow_api, tmp_path, source, target, ("rocketmq_source_ha", "rocketmq_target_ha"), mixed=True)
 
 
+def _perms(cluster, topic: str) -> dict[str, int]:
+    """The topic's permission on every master of the cluster."""
+    async def run():
+        async with ClusterAdmin(cluster.namesrv) as admin:
+            return {name: (await admin.topic_configs(addr))[topic].perm
+                    for name, addr in cluster.spec.master_addrs.items()}
+    return asyncio.run(run())
+
+
 def _online(cluster, group: str) -> int:
     async def run():
         async with ClusterAdmin(cluster.namesrv) as admin:
@@ -183,6 +192,7 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, ai
     assert "Total undelivered: 0" in bodies["approve_cutover"]
     assert set(world.clusters_of("producer").values()) == {target}
     assert set(world.clusters_of("consumer").values()) == {target}
+    assert set(_perms(world.source, layout.topic).values()) == {4}  # fenced: read-only on every master
     preflight = airflow_api.xcom(world.dag_id, run_id, "preflight")
     assert preflight["broker_sets"][source] == sorted(world.source.spec.master_addrs)
     assert len(preflight["broker_sets"][target]) == len(preflight["broker_sets"][source])
@@ -399,3 +409,30 @@ def test_preflight_refuses_readers_the_spec_did_not_decide(world, airflow_api, r
     assert f"consumer group {stranger} reads ['{world.layout.topic}'] but is in no fleet" in log, log[-3000:]
     assert f"consumer group {broadcast} consumes ['{world.layout.topic}'] in broadcasting mode" in log
     assert set(world.clusters_of("consumer").values()) == {SOURCE}
+
+
+def test_roll_back_at_the_cutover_lifts_the_fence_and_brings_everyone_back(world, airflow_api):
+    """Producers moved and the source fenced; the on-call answers Roll back at the cutover gate:
+    the fence is lifted first, producers return, the target drains, consumers return, and
+    nothing is lost."""
+    layout = world.layout
+    run_id, _ = _run_approving(world, airflow_api, GATES[:4])
+    airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=600)
+    assert set(_perms(world.source, layout.topic).values()) == {4}
+    airflow_api.answer(world.dag_id, run_id, "approve_cutover", "Roll back")
+    assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=600) == "success", \
+        airflow_api.task_states(world.dag_id, run_id)
+    states = airflow_api.task_states(world.dag_id, run_id)
+    assert {t: states[t] for t in ("rollback_lift_fence", f"rollback_producers.{layout.producer_fleet}",
+                                   "rollback_target_drained", f"rollback_consumers.{layout.consumer_fleet}")} \
+        == dict.fromkeys(("rollback_lift_fence", f"rollback_producers.{layout.producer_fleet}",
+                          "rollback_target_drained", f"rollback_consumers.{layout.consumer_fleet}"), "success")
+    assert states[f"remaining_consumers.{layout.consumer_fleet}"] == "skipped"
+    assert set(_perms(world.source, layout.topic).values()) == {6}
+    assert set(world.clusters_of("producer").values()) == {SOURCE}
+    assert set(world.clusters_of("consumer").values()) == {SOURCE}
+    time.sleep(5)  # producers write the source again
+    world.fleet.stop(("producer",))
+    result = world.fleet.wait_until_received(timeout=120)
+    assert result["lost"] == 0, result
+    assert result["sent_by_cluster"].get(TARGET, 0) > 0

@@ -24,7 +24,8 @@ from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
-    ConsumeOffsetsOperator, MigrationPreflightOperator, MigrationReportOperator,
+    ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
+    MigrationReportOperator,
 )
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
@@ -142,6 +143,10 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                      approved_at("approve_canary_producers"))
         remaining_producers = _switches(spec, "remaining_producers", "producer", tgt.conn_id, False,
                                         on_target_consumers, approved_at("approve_remaining_producers"))
+        # Producers are gone: a straggler's sends now fail at a Java client (read-only route), and
+        # the quiet window and the drain are measured after the fence.
+        fence = FenceSourceOperator(task_id="fence_source", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
+                                    cluster=src.cluster, brokers=run_brokers("source"), dry_run="{{ params.dry_run }}")
         writes_stopped = SourceWritesStoppedSensor(
             task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
             cluster=src.cluster, brokers=run_brokers("source"), window_seconds=stability.writes_quiet_seconds,
@@ -175,6 +180,8 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                         op_kwargs={"gates": list(gates)}, trigger_rule="all_done",
                                         ignore_downstream_trigger_rules=False)
         rolled_back = Approval(tuple(gates), ROLL_BACK, tuple(spec.approvers))
+        lift = LiftFenceOperator(task_id="rollback_lift_fence", rocketmq_conn_id=src.conn_id,
+                                 fence_task_id="fence_source", cluster=src.cluster)
         rollback_producers = _switches(spec, "rollback_producers", "producer", src.conn_id, False, [
             Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))], rolled_back)
         target_drained = BacklogZeroSensor(
@@ -197,9 +204,9 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         preflight >> plan >> gate_sync >> sync >> gates["approve_canary_consumers"] >> canary_consumers
         canary_consumers >> consumers_online >> gates["approve_canary_producers"] >> canary_producers
         canary_producers >> gates["approve_remaining_producers"] >> remaining_producers
-        remaining_producers >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
+        remaining_producers >> fence >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
         offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> rollback
-        rollback >> rollback_producers >> target_drained >> rollback_consumers
+        rollback >> lift >> rollback_producers >> target_drained >> rollback_consumers
         # The run's verdict: failed if the cutover or the rollback failed or was refused anywhere
         # upstream, successful once either finished.
         outcome = EmptyOperator(task_id="outcome", trigger_rule="none_failed_min_one_success")

@@ -26,7 +26,7 @@ class ClusterEndpoint:
     timeout: float
 
     def admin(self) -> ClusterAdmin:
-        return ClusterAdmin(self.namesrv_addrs, self.credentials, timeout=self.timeout)
+        return ClusterAdmin(self.namesrv_addrs, self.credentials, timeout=self.timeout, cluster=self.cluster_name)
 
 
 def endpoint_from_connection(conn: Any) -> ClusterEndpoint:
@@ -83,4 +83,8 @@ class RocketMQHook(BaseHook):
             brokers = self.run(lambda admin: admin.brokers())
         except RocketMQError as exc:
             return False, str(exc)
+        if not brokers:
+            endpoint = self.get_endpoint()
+            which = f"of cluster {endpoint.cluster_name!r} " if endpoint.cluster_name else ""
+            return False, f"no broker {which}is registered at {';'.join(endpoint.namesrv_addrs)}"
         return True, f"{len(brokers)} broker(s): " + ", ".join(b.name for b in brokers)

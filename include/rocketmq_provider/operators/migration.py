@@ -13,9 +13,11 @@ from airflow.sdk.exceptions import AirflowException
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
+from rocketmq_core.fence import fence_topics, lift_fence
 from rocketmq_core.metadata import take_snapshot
 from rocketmq_core.taskspec import MigrationSpec, load_specs
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.templating import truthy
 
 
 async def _describe_cluster(admin: ClusterAdmin, cluster: str | None) -> dict[str, Any]:
@@ -35,8 +37,9 @@ class MigrationPreflightOperator(BaseOperator):
     to concrete topics and groups on the source; every consumer fleet's group exists there; every
     group the source's brokers know to read an in-scope topic is in a fleet or left behind on
     purpose, no fleet group reads a topic outside the scope, and no broadcasting group moves
-    without the spec saying so (the census); the target has brokers; and no other task spec on the same source claims any of the same topics
-    or groups. Returns the resolved scope, which later steps use.
+    without the spec saying so (the census); the target has brokers; and no other task spec on the
+    same source claims any of the same topics or groups. Returns the resolved scope, which later
+    steps use.
     """
 
     def __init__(self, *, spec: MigrationSpec, **kwargs: Any):
@@ -94,6 +97,50 @@ class MigrationPreflightOperator(BaseOperator):
             if shared:
                 problems.append(f"{path.name} ({other.name}) also covers {shared[:10]}")
         return problems
+
+
+class FenceSourceOperator(BaseOperator):
+    """Make the migrated topics read-only on every source master once the producers have moved
+    (see rocketmq_core.fence); returns what each broker had, which ``LiftFenceOperator`` restores."""
+
+    template_fields = ("topics", "brokers", "dry_run")
+
+    def __init__(self, *, rocketmq_conn_id: str, topics: list[str] | str, cluster: str | None = None,
+                 brokers: list[str] | str | None = None, dry_run: bool | str = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.topics = topics
+        self.cluster = cluster
+        self.brokers = brokers
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if truthy(self.dry_run):
+            self.log.info("dry run: would make %s read-only on %s", self.topics, self.rocketmq_conn_id)
+            return {"dry_run": True, "before": {}}
+        before = RocketMQHook(self.rocketmq_conn_id).run(
+            lambda a: fence_topics(a, list(self.topics), self.cluster, list(self.brokers or [])))
+        self.log.info("fenced (read-only) on %s: %s", self.rocketmq_conn_id, before)
+        return {"dry_run": False, "before": before, "at": time.time()}
+
+
+class LiftFenceOperator(BaseOperator):
+    """Before producers roll back to the source, give the fenced topics their permission back."""
+
+    def __init__(self, *, rocketmq_conn_id: str, fence_task_id: str, cluster: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.fence_task_id = fence_task_id
+        self.cluster = cluster
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        fence = context["ti"].xcom_pull(task_ids=self.fence_task_id) or {}
+        if not fence.get("before"):
+            self.log.info("%s fenced nothing in this run: nothing to lift", self.fence_task_id)
+            return {"restored": {}}
+        restored = RocketMQHook(self.rocketmq_conn_id).run(lambda a: lift_fence(a, fence["before"], self.cluster))
+        self.log.info("fence lifted on %s: %s", self.rocketmq_conn_id, restored)
+        return {"restored": restored}
 
 
 class ConsumeOffsetsOperator(BaseOperator):
