@@ -10,6 +10,7 @@ from typing import Any
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import TopicConfig
+from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.replication import codec, remote
 from rocketmq_core.replication.codec import StoredMessage
@@ -93,3 +94,13 @@ async def has_route(admin: ClusterAdmin, topic: str) -> bool:
         return bool((await admin.topic_route(topic)).get("queueDatas"))
     except Exception:
         return False
+
+
+async def send_half(admin: ClusterAdmin, broker: str, topic: str, key: str, producer_group: str, queues: int = 4):
+    """A transactional half message (SEND_MESSAGE_V2, sysFlag TRANSACTION_PREPARED) that nobody
+    commits: the broker's checker asks a producer of the group that is not there."""
+    properties = {"TRAN_MSG": "true", "PGROUP": producer_group, "UNIQ_KEY": key, "KEYS": key, "WAIT": "true"}
+    header = {"a": producer_group, "b": topic, "c": "TBW102", "d": queues, "e": 0, "f": 4,
+              "g": int(time.time() * 1000), "h": 0, "j": 0, "k": "false", "m": "false",
+              "i": "".join(f"{k}\x01{v}\x02" for k, v in properties.items())}
+    return await admin.client.invoke(broker, RequestCode.SEND_MESSAGE_V2, header, body=f"half {key}".encode())

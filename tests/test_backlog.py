@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
+from cluster_side import send_half
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import (
     QUERY_CONSUME_QUEUE, VIEW_MESSAGE_BY_ID, BacklogError, BacklogReport, decode_stored_message,
@@ -147,6 +148,11 @@ def consume(cluster, group: str, topic: str, keys: list[str], fail: Callable[[st
         consumer.shutdown()
 
 
+async def _reset_offset(cluster, group: str, topic: str) -> None:
+    async with ClusterAdmin(cluster.namesrv) as admin:
+        await admin.update_consumer_offset(cluster.broker, group, topic, 0, 0)
+
+
 async def delete_groups(admin: ClusterAdmin, broker: str, groups: list[str]) -> None:
     """Delete groups with their offsets (4.9 reads removeOffset, 5.x cleanOffset)."""
     await admin.gather(admin.client.invoke(broker, RequestCode.DELETE_SUBSCRIPTIONGROUP,
@@ -183,19 +189,6 @@ def group_rows(report: BacklogReport, group: str) -> dict[tuple[str, int], tuple
 def system_row(report: BacklogReport, topic: str, queue_id: int):
     [row] = [r for r in report.rows if r.group is None and r.topic == topic and r.queue_id == queue_id]
     return row
-
-
-def props(values: dict[str, str]) -> str:
-    return "".join(f"{k}\x01{v}\x02" for k, v in values.items())
-
-
-async def send_half(admin: ClusterAdmin, broker: str, topic: str, key: str, producer_group: str):
-    """A transactional half message (SEND_MESSAGE_V2, sysFlag TRANSACTION_PREPARED)."""
-    header = {"a": producer_group, "b": topic, "c": "TBW102", "d": QUEUES, "e": 0, "f": 4,
-              "g": int(time.time() * 1000), "h": 0, "j": 0, "k": "false", "m": "false",
-              "i": props({"TRAN_MSG": "true", "PGROUP": producer_group, "UNIQ_KEY": key, "KEYS": key,
-                          "WAIT": "true"})}
-    return await admin.client.invoke(broker, RequestCode.SEND_MESSAGE_V2, header, body=f"half {key}".encode())
 
 
 async def pending_half_keys(admin: ClusterAdmin, broker: str) -> set[str]:
@@ -240,6 +233,9 @@ def test_lag_and_retry_match_mqadmin(cluster, names):
     # At least the 4 failures land there; a client whose send-back timed out under load retries
     # locally and sends a message back again, so a few more may follow: compare once it is still.
     wait_until("4 retries in the retry topic", lambda: max_offset(cluster, retry_topic) >= 4, timeout=90)
+    # The consumer may have lived long enough to take the first retries (they come due after 10 s):
+    # start the group at 0 on its retry queue, so every retry is pending and mqadmin lists the row.
+    run(_reset_offset(cluster, group, retry_topic))
     for _ in range(5):
         reports = {m: measure(cluster, [group], m) for m in ("per_group", "broker_wide")}
         tool_rows, tool_total = mqadmin_progress(cluster, group)
@@ -254,7 +250,8 @@ def test_lag_and_retry_match_mqadmin(cluster, names):
     assert ours == group_rows(reports["broker_wide"], group) == group_rows(after, group)
     assert {k: v for k, v in ours.items() if k[0] == topic} == {k: v for k, v in tool_rows.items() if k[0] == topic}
     assert sum(v[2] for k, v in tool_rows.items() if k[0] == topic) == 7
-    # mqadmin lists the retry topic only once the group committed an offset on it; it never did here
+    # mqadmin lists the retry topic once the group committed an offset on it (0, above)
+    assert (retry_topic, 0) in tool_rows
     for key, value in tool_rows.items():
         assert ours[key] == value
     assert tool_total == sum(v[2] for k, v in ours.items() if k in tool_rows)
