@@ -464,6 +464,34 @@ async def half_state(admin: ClusterAdmin, addr: str) -> HalfState:
     return HalfState(HALF_QUEUE_ID, start, half_max, frozenset(resolved))
 
 
+async def _pending_halves(admin: ClusterAdmin, addr: str) -> list[tuple[int, dict[str, str], bytes]]:
+    """(offset, properties, body) of every half message of one broker still waiting for its commit."""
+    state = await half_state(admin, addr)
+    return [m for m in await _queue_messages(admin, addr, HALF_TOPIC, HALF_QUEUE_ID, state.start, state.max_offset)
+            if state.is_pending(m[0])]
+
+
+async def pending_halves_by_topic(admin: ClusterAdmin, addr: str, topics: Iterable[str],
+                                  limit: int = ATTRIBUTION_LIMIT) -> dict[str, int]:
+    """Per topic of ``topics``, the half messages on one broker that wait for their commit.
+
+    A producer group that moves away while a half is pending leaves the broker's check-back
+    with nobody to ask, and the half is eventually discarded. More pending halves than
+    ``limit`` are not read: that raises, the figure is unknown.
+    """
+    state = await half_state(admin, addr)
+    if state.pending > limit:
+        raise BacklogError(f"{addr} holds {state.pending} pending half messages, more than the {limit} read:"
+                           " which topics they belong to is unknown")
+    wanted = set(topics)
+    counts = dict.fromkeys(sorted(wanted), 0)
+    for _, properties, _ in await _pending_halves(admin, addr):
+        topic = properties.get("REAL_TOPIC")
+        if topic in wanted:
+            counts[topic] += 1
+    return counts
+
+
 async def _half_rows(admin: ClusterAdmin, addr: str, broker: str) -> list[BacklogRow]:
     state = await half_state(admin, addr)
     return [BacklogRow(None, HALF_TOPIC, broker, state.queue_id, state.max_offset, state.start,
@@ -522,9 +550,7 @@ async def attribute_system_rows(admin: ClusterAdmin, report: "BacklogReport",
             continue
         addr = addrs[row.broker]
         if row.kind == "half":
-            state = await half_state(admin, addr)
-            messages = [m for m in await _queue_messages(admin, addr, HALF_TOPIC, row.queue_id, state.start,
-                                                         state.max_offset) if state.is_pending(m[0])]
+            messages = await _pending_halves(admin, addr)
         else:
             messages = await _queue_messages(admin, addr, SCHEDULE_TOPIC, row.queue_id, row.consumer_offset,
                                              row.broker_offset)
@@ -631,5 +657,5 @@ def _opt(value: int | None) -> str:
 __all__ = [
     "BacklogError", "BacklogReport", "BacklogRow", "HalfState", "Kind", "PER_GROUP_LIMIT",
     "QUERY_CONSUME_QUEUE", "VIEW_MESSAGE_BY_ID", "decode_stored_message", "half_state",
-    "measure_backlog",
+    "measure_backlog", "pending_halves_by_topic",
 ]

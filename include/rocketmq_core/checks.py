@@ -8,6 +8,7 @@ Checks are rebuilt from ``(kind, kwargs)`` so triggers can serialise them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -133,6 +134,77 @@ class ClientsOnline(Check):
         summary = (f"all {len(counts)} group(s) within bounds" if not failing
                    else f"{len(failing)} group(s) out of bounds: {failing}")
         return CheckResult(not failing, {"clients": counts}, summary)
+
+
+class CanaryLeavesConsumers(Check):
+    """After a canary of ``share`` moves, every group keeps a consumer on this cluster.
+
+    A switch moves ceil(share x members) of a group (the switch request's contract): a group of
+    one consumer, or a share that rounds up to all of them, would leave the source unread while
+    its producers still write there.
+    """
+
+    kind = "canary_leaves_consumers"
+
+    def __init__(self, groups: list[str], share: float | str, cluster: str | None = None,
+                 brokers: list[str] | None = None):
+        if not groups:
+            raise InvalidSpec("canary_leaves_consumers needs at least one group")
+        self.groups = sorted(groups)
+        self.share = share  # a template until the run renders it
+        self.cluster = cluster
+        self.brokers = sorted(brokers or [])
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"groups": self.groups, "share": self.share, **self.common_kwargs()}
+
+    def describe(self) -> str:
+        return f"a canary of {self.share} leaves a consumer of each of {len(self.groups)} group(s)"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        share = float(self.share)
+        if not 0 < share <= 1:
+            raise InvalidSpec(f"canary share must be in (0, 1], not {self.share!r}")
+        counts = (await ClientsOnline(self.groups, min_clients=0, cluster=self.cluster,
+                                      brokers=self.brokers).evaluate(admin)).figures["clients"]
+        left = {g: n - math.ceil(share * n) for g, n in counts.items()}
+        stripped = sorted(g for g, n in left.items() if n < 1)
+        summary = ("each group keeps a consumer" if not stripped else
+                   "too small for a canary: " + ", ".join(f"{g} has {counts[g]} consumer(s) online, a "
+                                                          f"{share:.0%} canary moves {counts[g] - left[g]}"
+                                                          for g in stripped))
+        return CheckResult(not stripped, {"clients": counts, "left": left}, summary)
+
+
+class NoPendingHalf(Check):
+    """No transactional half message of the topics waits for its commit on any master: the
+    producers that could answer the broker's check-back are still where the halves are."""
+
+    kind = "no_pending_half"
+
+    def __init__(self, topics: list[str] | str, cluster: str | None = None, brokers: list[str] | None = None):
+        if not topics:
+            raise InvalidSpec("no_pending_half needs at least one topic")
+        self.topics = topics if isinstance(topics, str) else sorted(topics)  # a str is a template
+        self.cluster = cluster
+        self.brokers = sorted(brokers or [])
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"topics": self.topics, **self.common_kwargs()}
+
+    def describe(self) -> str:
+        return "no pending transactional half message on the topics"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        from rocketmq_core.backlog import pending_halves_by_topic
+
+        masters = await self.live_masters(admin, self.cluster)
+        tables = await admin.gather(pending_halves_by_topic(admin, addr, self.topics) for addr in masters)
+        pending = {t: sum(table[t] for table in tables) for t in self.topics}
+        waiting = {t: n for t, n in pending.items() if n}
+        summary = ("no pending half message" if not waiting else
+                   "pending half messages: " + ", ".join(f"{t} {n}" for t, n in waiting.items()))
+        return CheckResult(not waiting, {"pending_halves": pending}, summary)
 
 
 class WritesStopped(Check):
@@ -272,8 +344,8 @@ class Streak:
         return self.count >= self.required
 
 
-CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, WritesStopped, WritesUnchanged,
-                                                       MetadataPresent)}
+CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, CanaryLeavesConsumers, NoPendingHalf,
+                                                       WritesStopped, WritesUnchanged, MetadataPresent)}
 
 
 def build_check(kind: str, kwargs: dict[str, Any]) -> Check:

@@ -1,9 +1,10 @@
 """Builds the DAGs of a migration task spec: the migration itself and its scheduled metadata diff.
 
 The order of steps is the only safe one: metadata, canary consumers, canary producers, the
-remaining producers, the source drained, the remaining consumers. The order in the graph is a
-convenience; safety comes from the switches, each of which re-checks its precondition against
-the live clusters when it runs, whatever happened to the tasks before it.
+remaining producers, the source fenced and drained, the remaining consumers. The order in the
+graph is a convenience; safety comes from the switches, each of which re-checks its stage's
+invariant (``rocketmq_core.migration``) against the live clusters when it runs, whatever
+happened to the tasks before it. This module only maps stages to tasks and adds the gates.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
-from rocketmq_core.checks import BacklogZero, ClientsOnline, MetadataPresent, WritesUnchanged
+from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
 from rocketmq_core.taskspec import FleetSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
-    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, MigrationGate, XComEvidence, rollback_requested,
+    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, MigrationGate, XComEvidence,
+    rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
-from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
@@ -63,19 +65,34 @@ def _params(spec: MigrationSpec) -> dict[str, Param]:
     }
 
 
-def _switches(spec: MigrationSpec, group_id: str, role: str, to: str, canary: bool,
-              preconditions: list[Condition], approval: Approval) -> TaskGroup:
-    """One switch per fleet of the role (its canary share, or all of it), guarded by its gate's
-    recorded answer and by live preconditions."""
-    with TaskGroup(group_id) as group:
-        for fleet in spec.fleets_of(role):
+def _switches(spec: MigrationSpec, run: MigrationRun, stage: Stage, approval: Approval) -> TaskGroup:
+    """One switch per fleet of the stage's role (its canary share, or all of it), guarded by its
+    gate's recorded answer and by the stage's invariant on the live clusters."""
+    to = spec.source.conn_id if stage.to_side == SOURCE else spec.target.conn_id
+    with TaskGroup(stage.value) as group:
+        for fleet in spec.fleets_of(stage.role):
+            share = _share(stage, fleet)
             FleetSwitchOperator(
-                task_id=fleet.name, fleet=fleet.name, role=role, groups=fleet.groups, to_cluster=to,
-                switcher=_switcher(fleet), preconditions=preconditions,
-                share=f"{{{{ params.canary_share or {fleet.canary_share} }}}}" if canary else 1.0,
-                approval=approval, dry_run="{{ params.dry_run }}", broker_sets=resolved("broker_sets"),
+                task_id=fleet.name, fleet=fleet.name, role=stage.role, groups=fleet.groups, to_cluster=to,
+                switcher=_switcher(fleet), preconditions=run.conditions(stage, fleet.groups, share),
+                connections=_connections(spec), share=share, approval=approval, dry_run="{{ params.dry_run }}",
+                broker_sets=resolved("broker_sets"),
             )
     return group
+
+
+def _share(stage: Stage, fleet: FleetSpec) -> float | str:
+    """A canary moves the trigger's share, else the fleet's; other stages move everyone."""
+    return f"{{{{ params.canary_share or {fleet.canary_share} }}}}" if stage.canary else 1.0
+
+
+def _stage_conditions(spec: MigrationSpec, run: MigrationRun, stage: Stage) -> list[Condition]:
+    """Every condition the stage's switches check, over all its fleets."""
+    return [c for fleet in spec.fleets_of(stage.role) for c in run.conditions(stage, fleet.groups, _share(stage, fleet))]
+
+
+def _connections(spec: MigrationSpec) -> dict[str, str]:
+    return {SOURCE: spec.source.conn_id, TARGET: spec.target.conn_id}
 
 
 def _switcher(fleet: FleetSpec) -> HttpSwitcher:
@@ -93,9 +110,13 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
 
     stability = spec.stability
     gate_args: dict[str, Any] = {"assigned_users": users, "notifiers": notifiers(spec.notifications, "gate_opened")}
-    on_target_consumers = [Condition(tgt.conn_id, ClientsOnline(consumers, min_clients=1, cluster=tgt.cluster))]
+    run = MigrationRun(consumers, producers, topics=resolved("topics"), consumer_topics=spec.topics_of("consumer"),
+                       source_cluster=src.cluster, target_cluster=tgt.cluster,
+                       writes_observations="{{ ti.xcom_pull(task_ids='source_writes_stopped', key='observations') }}")
     with DAG(migration_dag_id(spec), dag_display_name=f"Migration: {spec.name}", schedule=None, start_date=START,
-             catchup=False, max_active_runs=1, render_template_as_native_obj=True, params=_params(spec),
+             # Room for a second run only so that its preflight refuses it at once, naming the
+             # first (a queued run would start a migration whenever the first one ends).
+             catchup=False, max_active_runs=2, render_template_as_native_obj=True, params=_params(spec),
              description=spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}",
              on_failure_callback=notifiers(spec.notifications, "run_failed"),
              tags=["rocketmq", "migration"]) as dag:
@@ -113,36 +134,37 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                     scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
                                     dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
 
-        steps: list[tuple[str, str, str, list[Any]]] = [
-            ("approve_canary_consumers", "canary_consumers", "Move the canary share of consumers to the target?",
+        steps: list[tuple[str, str, Stage, str, list[Any]]] = [
+            ("approve_canary_consumers", "canary_consumers", Stage.CANARY_CONSUMERS,
+             "Move the canary share of consumers to the target?",
              [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-            ("approve_canary_producers", "canary_producers",
+            ("approve_canary_producers", "canary_producers", Stage.CANARY_PRODUCERS,
              "Consumers on the target are online. Are they idempotent? Move the canary share of producers?",
              [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-            ("approve_remaining_producers", "remaining_producers", "Move all remaining producers to the target?",
+            ("approve_remaining_producers", "remaining_producers", Stage.REMAINING_PRODUCERS,
+             "Move all remaining producers to the target?",
              [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
               ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-            ("approve_cutover", "cutover_offsets",
+            ("approve_cutover", "cutover_offsets", Stage.CUTOVER,
              "The source is drained. Move the remaining consumers to the target (cutover)?",
              [BacklogEvidence(src.conn_id, consumers, src.cluster),
               ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
               ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
         ]
-        gates = {gate_id: MigrationGate(task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
-                                        evidence=evidence, **gate_args)
-                 for gate_id, next_id, subject, evidence in steps}
+        gates = {gate_id: MigrationGate(
+            task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
+            evidence=[*evidence, InvariantEvidence(_stage_conditions(spec, run, stage), _connections(spec),
+                                                   resolved("broker_sets"))], **gate_args)
+            for gate_id, next_id, stage, subject, evidence in steps}
 
-        canary_consumers = _switches(spec, "canary_consumers", "consumer", tgt.conn_id, True, [
-            Condition(tgt.conn_id, MetadataPresent(spec.topics_of("consumer"), consumers, tgt.cluster))],
-            approved_at("approve_canary_consumers"))
+        canary_consumers = _switches(spec, run, Stage.CANARY_CONSUMERS, approved_at("approve_canary_consumers"))
         consumers_online = ClientsOnlineSensor(
             task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
             cluster=tgt.cluster, brokers=run_brokers("target"), poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
-        canary_producers = _switches(spec, "canary_producers", "producer", tgt.conn_id, True, on_target_consumers,
-                                     approved_at("approve_canary_producers"))
-        remaining_producers = _switches(spec, "remaining_producers", "producer", tgt.conn_id, False,
-                                        on_target_consumers, approved_at("approve_remaining_producers"))
+        canary_producers = _switches(spec, run, Stage.CANARY_PRODUCERS, approved_at("approve_canary_producers"))
+        remaining_producers = _switches(spec, run, Stage.REMAINING_PRODUCERS,
+                                        approved_at("approve_remaining_producers"))
         # Producers are gone: a straggler's sends now fail at a Java client (read-only route), and
         # the quiet window and the drain are measured after the fence.
         fence = FenceSourceOperator(task_id="fence_source", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
@@ -157,14 +179,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id, groups=consumers,
                                          cluster=src.cluster)
-        # Writes are measured again at the cutover itself, against what the writes-stopped sensor
-        # saw: a producer of a group the spec does not list, or a sensor marked successful by hand.
-        remaining_consumers = _switches(spec, "remaining_consumers", "consumer", tgt.conn_id, False, [
-            Condition(src.conn_id, BacklogZero(consumers, src.cluster)),
-            Condition(src.conn_id, ClientsOnline(producers, "producer", 0, 0, src.cluster)),
-            Condition(src.conn_id, WritesUnchanged(
-                "{{ ti.xcom_pull(task_ids='source_writes_stopped', key='observations') }}", src.cluster)),
-        ], approved_at("approve_cutover"))
+        remaining_consumers = _switches(spec, run, Stage.CUTOVER, approved_at("approve_cutover"))
         no_consumers_left = ClientsOnlineSensor(
             task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
             max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
@@ -182,16 +197,13 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         rolled_back = Approval(tuple(gates), ROLL_BACK, tuple(spec.approvers))
         lift = LiftFenceOperator(task_id="rollback_lift_fence", rocketmq_conn_id=src.conn_id,
                                  fence_task_id="fence_source", cluster=src.cluster)
-        rollback_producers = _switches(spec, "rollback_producers", "producer", src.conn_id, False, [
-            Condition(src.conn_id, ClientsOnline(consumers, min_clients=1, cluster=src.cluster))], rolled_back)
+        rollback_producers = _switches(spec, run, Stage.ROLLBACK_PRODUCERS, rolled_back)
         target_drained = BacklogZeroSensor(
             task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers, cluster=tgt.cluster,
             brokers=run_brokers("target"),
             stable_checks="{{ params.backlog_checks }}", poke_interval=stability.poll_interval_seconds,
             timeout=stability.drain_timeout_seconds)
-        rollback_consumers = _switches(spec, "rollback_consumers", "consumer", src.conn_id, False, [
-            Condition(tgt.conn_id, BacklogZero(consumers, tgt.cluster)),
-            Condition(tgt.conn_id, ClientsOnline(producers, "producer", 0, 0, tgt.cluster))], rolled_back)
+        rollback_consumers = _switches(spec, run, Stage.ROLLBACK_CONSUMERS, rolled_back)
 
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
                                           remaining_consumers, rollback_producers, rollback_consumers)

@@ -6,8 +6,9 @@ import pendulum
 from airflow.sdk import DAG, task
 
 from rocketmq_core.checks import ClientsOnline
+from rocketmq_core.migration import SOURCE, TARGET, Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
-from rocketmq_provider.operators.fleet import Condition, FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWritesStoppedSensor
 
@@ -40,7 +41,8 @@ with _dag("probe_switch", endpoint="/switch", override_reason=""):
     FleetSwitchOperator(
         task_id="switch", fleet="probe", role="producer", groups=["PROBE_PRODUCERS"], to_cluster="target",
         share=0.5, switcher=HttpSwitcher("switch_api", endpoint="{{ params.endpoint }}", method="POST"),
-        preconditions=[Condition("rocketmq_target", ClientsOnline([SWITCH_GUARD_GROUP], min_clients=1))],
+        preconditions=[Condition(TARGET, ClientsOnline([SWITCH_GUARD_GROUP], min_clients=1))],
+        connections={TARGET: "rocketmq_target"},
         override_reason="{{ params.override_reason }}",
     )
 
@@ -49,7 +51,8 @@ with _dag("probe_switch_run_brokers", broker_sets={}):
     FleetSwitchOperator(
         task_id="switch", fleet="probe", role="consumer", groups=["PROBE_CONSUMERS"], to_cluster="target",
         switcher=HttpSwitcher("switch_api", endpoint="/switch", method="POST"),
-        preconditions=[Condition("rocketmq_source_ha", ClientsOnline([SWITCH_GUARD_GROUP], "producer", 0, 0))],
+        preconditions=[Condition(SOURCE, ClientsOnline([SWITCH_GUARD_GROUP], "producer", 0, 0))],
+        connections={SOURCE: "rocketmq_source_ha"},
         broker_sets="{{ params.broker_sets }}",
     )
 

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
+from rocketmq_core.migration import Condition, verify
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
 APPROVE = "Approve"
@@ -129,6 +130,34 @@ class ClientsEvidence(Evidence):
         rows = [f"| {g} | " + " | ".join(str(counts[c][g]) for c in self.rocketmq_conn_ids) + " |"
                 for g in sorted(self.groups)]
         return "\n".join([header, rule, *rows])
+
+
+class InvariantEvidence(Evidence):
+    """The conditions the switch after the gate will check, evaluated now: the approver sees
+    which hold and which would refuse (a group too small for a canary, a pending half)."""
+
+    template_fields = ("conditions", "broker_sets")
+
+    def __init__(self, conditions: list[Condition], connections: dict[str, str],
+                 broker_sets: dict[str, list[str]] | str | None = None):
+        unique = []
+        for condition in (c.to_dict() for c in conditions):
+            if condition not in unique:
+                unique.append(condition)
+        self.conditions = unique
+        self.connections = connections
+        self.broker_sets = broker_sets
+        self.title = "What the next switch checks, as it stands now"
+
+    def render(self, context: Any) -> str:
+        rows = []
+        for condition in self.conditions:
+            conn_id = self.connections[condition["side"]]
+            brokers = list((self.broker_sets or {}).get(conn_id, []))
+            seen = RocketMQHook(conn_id).run(lambda admin: verify(condition, admin, brokers))
+            verdict = "holds" if seen["satisfied"] else "**refuses**"
+            rows.append(f"| {verdict} | {seen['condition']} (`{conn_id}`) | {seen['summary']} |")
+        return "\n".join(["| now | condition | seen |", "|---|---|---|", *rows])
 
 
 class XComEvidence(Evidence):

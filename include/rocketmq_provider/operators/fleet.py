@@ -7,28 +7,16 @@ out of order cannot skip them); it acts through a pluggable switcher.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.checks import Check, build_check, observe
+from rocketmq_core.migration import Condition, verify
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A check that must hold on the cluster of a connection: ``Condition("rocketmq_target", ClientsOnline(...))``."""
-
-    rocketmq_conn_id: str
-    check: Check
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rocketmq_conn_id": self.rocketmq_conn_id, "kind": self.check.kind, "kwargs": self.check.kwargs()}
 
 
 class Switcher:
@@ -77,16 +65,19 @@ class FleetSwitchOperator(BaseOperator):
     if any does not hold, nothing is switched and the task fails naming what it saw. The only
     way past a failing precondition is an override reason the approver typed into that gate's
     form (or, for a switch without a gate, ``override_reason``); it unlocks this switch only and
-    is pushed to XCom with who, when and the failed figures. Precondition kwargs may be
-    templates (rendered natively). ``broker_sets`` (templated) maps a connection id to the run's
-    broker set on that cluster: a precondition that does not see all of them fails as unknown.
+    is pushed to XCom with who, when and the failed figures. Preconditions come from the core
+    (``MigrationRun.conditions``); ``connections`` maps each of their sides to a connection id,
+    and their kwargs may be templates (rendered natively). ``broker_sets`` (templated) maps a
+    connection id to the run's broker set on that cluster: a precondition that does not see all
+    of them fails as unknown.
     """
 
     template_fields = ("switcher", "override_reason", "share", "dry_run", "broker_sets", "preconditions")
 
     def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
                  share: float | str = 1.0, preconditions: list[Condition] | None = None,
-                 approval: Approval | None = None, override_reason: str = "", dry_run: bool | str = False,
+                 connections: dict[str, str] | None = None, approval: Approval | None = None,
+                 override_reason: str = "", dry_run: bool | str = False,
                  broker_sets: dict[str, list[str]] | str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if role not in ("consumer", "producer"):
@@ -99,6 +90,10 @@ class FleetSwitchOperator(BaseOperator):
         self.to_cluster = to_cluster
         self.switcher = switcher
         self.share = share
+        self.connections = dict(connections or {})
+        unmapped = sorted({c.side for c in preconditions or []} - set(self.connections))
+        if unmapped:
+            raise ValueError(f"preconditions on {unmapped} need a connection id in connections")
         self.preconditions = [c.to_dict() for c in preconditions or []]
         self.approval = approval
         self.override_reason = override_reason
@@ -115,11 +110,10 @@ class FleetSwitchOperator(BaseOperator):
         failed = []
         broker_sets = self.broker_sets or {}
         for condition in self.preconditions:
-            conn_id = condition["rocketmq_conn_id"]
-            check = build_check(condition["kind"],
-                                {**condition["kwargs"], "brokers": list(broker_sets.get(conn_id, []))})
-            observation = RocketMQHook(conn_id).run(lambda admin: observe(check, admin))
-            observation["condition"] = f"{check.describe()} on {conn_id}"
+            conn_id = self.connections[condition["side"]]
+            brokers = list(broker_sets.get(conn_id, []))
+            observation = RocketMQHook(conn_id).run(lambda admin: verify(condition, admin, brokers))
+            observation["condition"] += f" ({conn_id})"
             self.log.info("precondition %s: %s", observation["condition"], observation["summary"])
             if not observation["satisfied"]:
                 failed.append(observation)

@@ -1,0 +1,178 @@
+"""The migration's stages and the invariant each switch must find true (rocketmq_core.migration),
+evaluated on the multi-broker clusters with real clients and no Airflow: a canary that would take
+a group's last consumer off the source, producers moving while one side has no reader or while
+a transactional half waits for its check-back, a cutover while someone still writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import pytest
+from rocketmq.client import Message, Producer, PushConsumer
+
+from cluster_side import send_half, wait_for
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.checks import ClientsOnline, WritesStopped
+from rocketmq_core.migration import SOURCE, TARGET, MigrationRun, Stage, verify
+from rocketmq_core.model import GroupConfig, TopicConfig
+
+SIDES = {SOURCE: "source-ha", TARGET: "target-ha"}
+END_TRANSACTION = 37  # request code a transactional producer commits or rolls back a half with
+
+
+@pytest.fixture
+def sides(ha_clusters):
+    return {side: ha_clusters[name] for side, name in SIDES.items()}
+
+
+def admin_run(cluster, job):
+    async def _go():
+        async with ClusterAdmin(cluster.namesrv, cluster.credentials) as admin:
+            return await job(admin)
+    return asyncio.run(_go())
+
+
+def evaluate(sides, conditions) -> dict[tuple[str, str], dict]:
+    """Each condition evaluated now on its side, bound to that side's masters as the run's broker set."""
+    seen = {}
+    for condition in conditions:
+        cluster = sides[condition.side]
+        brokers = sorted(cluster.spec.master_addrs)
+        seen[(condition.side, condition.check.kind)] = admin_run(
+            cluster, lambda admin, c=condition.to_dict(): verify(c, admin, brokers))
+    return seen
+
+
+def create_everywhere(sides, topics: list[str], groups: list[str]) -> None:
+    async def _go(admin: ClusterAdmin, cluster):
+        for addr in cluster.spec.master_addrs.values():
+            for topic in topics:
+                await admin.create_topic(addr, TopicConfig(topic, 2, 2))
+            for group in groups:
+                await admin.create_group(addr, GroupConfig(group))
+    for cluster in sides.values():
+        admin_run(cluster, lambda admin, c=cluster: _go(admin, c))
+
+
+def online(cluster, group: str) -> int:
+    result = admin_run(cluster, ClientsOnline([group], min_clients=0).evaluate)
+    return result.figures["clients"][group]
+
+
+@contextlib.contextmanager
+def consumers(cluster, group: str, topic: str, count: int):
+    """``count`` real push consumers of ``group`` (distinct client ids), online for the with-block."""
+    started = []
+    for index in range(count):
+        consumer = PushConsumer(group)
+        consumer.set_namesrv_addr(cluster.namesrv)
+        consumer.set_instance_name(f"stage-{uuid.uuid4().hex[:8]}-{index}")
+        consumer.subscribe(topic, lambda msg: None)
+        consumer.start()
+        started.append(consumer)
+    try:
+        wait_for(lambda: online(cluster, group) == count, f"{count} consumer(s) of {group} online")
+        yield
+    finally:
+        for consumer in started:
+            consumer.shutdown()
+
+
+def test_a_canary_never_takes_the_last_consumer_of_a_group_off_the_source(sides, names):
+    topic, group = names.topic(), names.group()
+    create_everywhere(sides, [topic], [group])
+    run = MigrationRun([group], [names.group("p")], topics=[topic], consumer_topics=[topic])
+
+    with consumers(sides[SOURCE], group, topic, 1):
+        seen = evaluate(sides, run.conditions(Stage.CANARY_CONSUMERS, [group], 0.5))
+    assert seen[(TARGET, "metadata_present")]["satisfied"], seen
+    alone = seen[(SOURCE, "canary_leaves_consumers")]
+    assert not alone["satisfied"] and alone["figures"] == {"clients": {group: 1}, "left": {group: 0}}
+    assert f"too small for a canary: {group} has 1 consumer(s) online, a 50% canary moves 1" in alone["summary"]
+
+    with consumers(sides[SOURCE], group, topic, 2):
+        half = evaluate(sides, run.conditions(Stage.CANARY_CONSUMERS, [group], 0.5))
+        most = evaluate(sides, run.conditions(Stage.CANARY_CONSUMERS, [group], "0.9"))  # a rendered template
+    assert half[(SOURCE, "canary_leaves_consumers")]["satisfied"], half
+    assert half[(SOURCE, "canary_leaves_consumers")]["figures"]["left"] == {group: 1}
+    rounded = most[(SOURCE, "canary_leaves_consumers")]
+    assert not rounded["satisfied"] and "a 90% canary moves 2" in rounded["summary"]
+
+
+def end_transaction(cluster, addr: str, sent, producer_group: str, key: str) -> None:
+    """Commit a half message as its producer would (END_TRANSACTION with the half's commit-log offset)."""
+    commit_log_offset = int(sent.ext_fields["msgId"][-16:], 16)  # offset message id: address, then offset
+    header = {"producerGroup": producer_group, "tranStateTableOffset": int(sent.ext_fields["queueOffset"]),
+              "commitLogOffset": commit_log_offset, "commitOrRollback": 8, "fromTransactionCheck": "false",
+              "msgId": key, "transactionId": key}
+
+    admin_run(cluster, lambda admin: admin.client.invoke(addr, END_TRANSACTION, header))
+
+
+def test_producers_move_only_while_both_sides_read_and_no_half_waits(sides, names):
+    topic, quiet_topic, group, producers = names.topic(), names.topic("q"), names.group(), names.group("p")
+    create_everywhere(sides, [topic, quiet_topic], [group])
+    run = MigrationRun([group], [producers], topics=[topic, quiet_topic], consumer_topics=[topic])
+    stages = (Stage.CANARY_PRODUCERS, Stage.REMAINING_PRODUCERS)
+
+    with consumers(sides[TARGET], group, topic, 1):
+        for stage in stages:
+            seen = evaluate(sides, run.conditions(stage, [producers]))
+            assert seen[(TARGET, "clients_online")]["satisfied"], seen
+            unread = seen[(SOURCE, "clients_online")]
+            assert not unread["satisfied"] and unread["figures"]["clients"] == {group: 0}, unread
+
+    source = sides[SOURCE]
+    addr = sorted(source.spec.master_addrs.items())[-1][1]  # the master without a slave
+    key = uuid.uuid4().hex.upper()
+    with consumers(sides[TARGET], group, topic, 1), consumers(source, group, topic, 1):
+        assert all(o["satisfied"] for o in evaluate(sides, run.conditions(Stage.REMAINING_PRODUCERS)).values())
+        sent = admin_run(source, lambda admin: send_half(admin, addr, topic, key, producers, queues=2))
+
+        def waiting():
+            seen = evaluate(sides, run.conditions(Stage.REMAINING_PRODUCERS))[(SOURCE, "no_pending_half")]
+            return seen if not seen["satisfied"] else None
+        half = wait_for(waiting, "the half message counted as pending")
+        assert half["figures"]["pending_halves"] == {topic: 1, quiet_topic: 0}
+        assert half["summary"] == f"pending half messages: {topic} 1"
+        other = MigrationRun([group], [producers], topics=[quiet_topic], consumer_topics=[quiet_topic])
+        assert evaluate(sides, other.conditions(Stage.CANARY_PRODUCERS))[(SOURCE, "no_pending_half")]["satisfied"]
+
+        end_transaction(source, addr, sent, producers, key)
+        wait_for(lambda: evaluate(sides, run.conditions(Stage.REMAINING_PRODUCERS))[(SOURCE, "no_pending_half")]
+                 ["satisfied"], "the committed half no longer pending")
+
+
+def test_the_cutover_refuses_while_anyone_writes_the_source(sides, names):
+    """A producer no spec lists writes the topic after the writes were measured stopped: the
+    cutover's invariant sees the offsets moved, whatever the backlog and the spec's producers say."""
+    topic, group, listed = names.topic(), names.group(), names.group("p")
+    create_everywhere(sides, [topic], [group])
+    source = sides[SOURCE]
+    quiet = WritesStopped([topic], window_seconds=0, brokers=sorted(source.spec.master_addrs))
+    observation = admin_run(source, quiet.evaluate).to_dict()
+    run = MigrationRun([group], [listed], topics=[topic], consumer_topics=[topic],
+                       writes_observations=[observation])
+    before = evaluate(sides, run.conditions(Stage.CUTOVER))
+    assert before[(SOURCE, "writes_unchanged")]["satisfied"], before
+    assert before[(SOURCE, "clients_online")]["satisfied"], before
+
+    stray = Producer(f"STRAY_{uuid.uuid4().hex[:8]}")
+    stray.set_namesrv_addr(source.namesrv)
+    stray.start()
+    try:
+        for index in range(3):
+            message = Message(topic)
+            message.set_keys(f"stray-{index}")
+            message.set_body(b"stray")
+            stray.send_sync(message)
+    finally:
+        stray.shutdown()
+    after = evaluate(sides, run.conditions(Stage.CUTOVER))
+    moved = after[(SOURCE, "writes_unchanged")]
+    assert not moved["satisfied"] and moved["figures"]["moved"] == {topic: {"then": 0, "now": 3}}, moved
+    assert after[(SOURCE, "clients_online")]["satisfied"]  # the spec's own producers are gone: not enough
+    unseen = MigrationRun([group], [listed], topics=[topic], consumer_topics=[topic], writes_observations=None)
+    assert not evaluate(sides, unseen.conditions(Stage.CUTOVER))[(SOURCE, "writes_unchanged")]["satisfied"]
