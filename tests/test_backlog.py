@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import send_half
+from cluster_side import Side, send_half
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import (
     QUERY_CONSUME_QUEUE, VIEW_MESSAGE_BY_ID, BacklogError, BacklogReport, decode_stored_message,
@@ -286,6 +286,38 @@ def test_fully_consumed_group_is_zero_and_mqadmin_agrees(cluster, names):
     assert ours == tool_rows
     assert sum(v[0] for v in ours.values()) == 10 and len(ours) == QUEUES
     assert group_rows(report, group)[(f"%RETRY%{group}", 0)] == (0, 0, 0)
+
+
+def test_a_queue_added_after_the_group_committed_counts_in_full(cluster, names):
+    """The group committed on both queues the topic had; the topic then grows to four and takes
+    messages on the new ones, where the group never committed. They are undelivered: counted in
+    full, never zero; mqadmin agrees on every row."""
+    topic, group = names.topic(), names.group()
+    side = Side.of(cluster)
+    side.create_topic(topic, 2)
+    side.send(topic, 0, "old-0")
+
+    async def commit_and_grow(admin: ClusterAdmin) -> None:
+        await admin.create_group(cluster.broker, GroupConfig(group))
+        await admin.update_consumer_offset(cluster.broker, group, topic, 0, 1)
+        await admin.update_consumer_offset(cluster.broker, group, topic, 1, 0)
+        await admin.create_topic(cluster.broker, TopicConfig(topic, 4, 4))
+        # mqadmin starts from the group's retry topic, which its first consumer would have made
+        await admin.create_topic(cluster.broker, TopicConfig(f"%RETRY%{group}", 1, 1))
+    side.run(commit_and_grow)
+    for queue_id, key in ((2, "new-2"), (3, "new-3a"), (3, "new-3b")):
+        side.send(topic, queue_id, key)
+
+    report = measure(cluster, [group])
+    ours = group_rows(report, group)
+    assert {k: v for k, v in ours.items() if k[0] == topic} == {
+        (topic, 0): (1, 1, 0), (topic, 1): (0, 0, 0), (topic, 2): (1, 0, 1), (topic, 3): (2, 0, 2)}
+    assert report.by_group == {group: 3}
+    # Both brokers list a queue without a committed offset at consumer offset 0, as mqadmin does.
+    tool_rows, tool_total = mqadmin_progress(cluster, group)
+    assert {(topic, 2), (topic, 3)} <= set(tool_rows) and tool_total == 3
+    for key, value in tool_rows.items():
+        assert ours[key] == value
 
 
 # --- system backlog: delayed, timer, half --------------------------------------------------------

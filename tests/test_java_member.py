@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.fence import fence_topics
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo import java_member
 from rocketmq_demo.config_service import FleetConfig, serve
@@ -221,3 +222,41 @@ def test_java_member_without_config_url_follows_the_clients_address_service(rmq_
             addresses.server.shutdown()
     assert _entries(log)[-1]["e"] == "stopped"
     assert not any(e["e"] == "fail" for e in _entries(log)), (tmp_path / "member.out").read_text()[-2000:]
+
+
+def test_the_fence_refuses_a_java_straggler_at_its_next_route_refresh(rmq_clusters, names, tmp_path):
+    """A Java producer left on the source after the cutover (a stale config) keeps sending; once
+    the fence makes the topic read-only, its sends fail with the client's own error within one
+    route refresh (30 s), and the broker stores nothing more of it."""
+    source = rmq_clusters["source"]
+    topic, producer_group = names.topic(), names.group("p")
+    _create_metadata(source, topic, [])
+    log = tmp_path / "member.jsonl"
+    cmd = java_member.command(
+        ["--member", "java-straggler", "--role", "producer", "--group", producer_group, "--topic", topic,
+         "--log", str(log), "--rate", "10"], tmp_path / "client-logs", [f"-Drocketmq.namesrv.addr={source.namesrv}"])
+    with open(tmp_path / "member.out", "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def events(kind: str) -> list[dict[str, Any]]:
+        return [e for e in _entries(log) if e["e"] == kind]
+    try:
+        _wait(lambda: len(events("sent")) >= 10, 60, "the straggler's sends to the source")
+
+        async def fence() -> None:
+            async with ClusterAdmin(source.namesrv) as admin:
+                await fence_topics(admin, [topic])
+        asyncio.run(fence())
+        _wait(lambda: events("fail"), 60, "the straggler's first refused send")
+        stored = _stored(source, topic)
+        time.sleep(5)
+        assert _stored(source, topic) == stored, "the broker stored sends after the client saw the fence"
+        assert len(events("fail")) > 10
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    errors = {e["error"] for e in events("fail")}
+    assert any("No route info of this topic" in error for error in errors), errors

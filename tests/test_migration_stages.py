@@ -15,6 +15,7 @@ from rocketmq.client import Message, Producer, PushConsumer
 from cluster_side import send_half, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import ClientsOnline, WritesStopped
+from rocketmq_core.fence import fence_topics, lift_fence
 from rocketmq_core.migration import SOURCE, TARGET, MigrationRun, Stage, verify
 from rocketmq_core.model import GroupConfig, TopicConfig
 
@@ -176,3 +177,42 @@ def test_the_cutover_refuses_while_anyone_writes_the_source(sides, names):
     assert after[(SOURCE, "clients_online")]["satisfied"]  # the spec's own producers are gone: not enough
     unseen = MigrationRun([group], [listed], topics=[topic], consumer_topics=[topic], writes_observations=None)
     assert not evaluate(sides, unseen.conditions(Stage.CUTOVER))[(SOURCE, "writes_unchanged")]["satisfied"]
+
+
+def test_the_watch_sees_a_returning_client_a_lifted_fence_and_a_write(sides, names):
+    """After the cutover the source is fenced, quiet and empty of the migrated groups' clients;
+    each way of touching it again fails its own condition of the watch, naming what it saw."""
+    topic, group, producers = names.topic(), names.group(), names.group("p")
+    create_everywhere(sides, [topic], [group])
+    source = sides[SOURCE]
+    brokers = sorted(source.spec.master_addrs)
+    before = admin_run(source, lambda admin: fence_topics(admin, [topic], None, brokers))
+    quiet = admin_run(source, WritesStopped([topic], window_seconds=0, brokers=brokers).evaluate).to_dict()
+    run = MigrationRun([group], [producers], topics=[topic], consumer_topics=[topic], writes_observations=[quiet])
+
+    def watch() -> list[dict]:
+        return [admin_run(source, lambda admin, c=c.to_dict(): verify(c, admin, brokers)) for c in run.watch()]
+
+    assert [o["satisfied"] for o in watch()] == [True, True, True, True]
+    with consumers(source, group, topic, 1):
+        back = watch()
+    assert [o["satisfied"] for o in back] == [True, True, False, True]
+    assert back[2]["figures"]["clients"] == {group: 1}
+
+    admin_run(source, lambda admin: lift_fence(admin, before))
+    lifted = watch()
+    assert [o["satisfied"] for o in lifted] == [True, False, True, True]
+    assert lifted[1]["figures"]["writable"] == {broker: [topic] for broker in brokers}
+    assert lifted[1]["summary"].startswith("writable again: ")
+
+    stray = Producer(f"STRAY_{uuid.uuid4().hex[:8]}")
+    stray.set_namesrv_addr(source.namesrv)
+    stray.start()
+    try:
+        message = Message(topic)
+        message.set_body(b"after the cutover")
+        stray.send_sync(message)
+    finally:
+        stray.shutdown()
+    written = watch()
+    assert not written[0]["satisfied"] and written[0]["figures"]["moved"] == {topic: {"then": 0, "now": 1}}

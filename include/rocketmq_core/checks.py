@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.admin import BrokerInfo, ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, RocketMQError
+from rocketmq_core.model import PERM_WRITE
 
 @dataclass
 class CheckResult:
@@ -42,11 +43,15 @@ class Check:
     brokers: list[str]
     _seen_brokers: set[str] | None = None
 
-    async def live_masters(self, admin: ClusterAdmin, cluster: str | None) -> list[str]:
+    async def live_brokers(self, admin: ClusterAdmin, cluster: str | None) -> list[BrokerInfo]:
+        """Every broker of the run's set and of those seen before, each with its master."""
         expected = (self._seen_brokers or set()) | set(self.brokers)
         masters = await admin.masters(cluster, expected)
         self._seen_brokers = expected | {b.name for b in masters}
-        return [b.master for b in masters if b.master]
+        return [b for b in masters if b.master]
+
+    async def live_masters(self, admin: ClusterAdmin, cluster: str | None) -> list[str]:
+        return [b.master for b in await self.live_brokers(admin, cluster) if b.master]
 
     def common_kwargs(self) -> dict[str, Any]:
         return {"cluster": self.cluster, "brokers": self.brokers}
@@ -291,6 +296,35 @@ class WritesUnchanged(Check):
         return CheckResult(not moved, {"baseline": baseline, "max_offsets": offsets, "moved": moved}, summary)
 
 
+class FenceHolds(Check):
+    """The topics are still read-only on every master that holds them (nobody lifted the fence)."""
+
+    kind = "fence_holds"
+
+    def __init__(self, topics: list[str] | str, cluster: str | None = None, brokers: list[str] | None = None):
+        if not topics:
+            raise InvalidSpec("fence_holds needs at least one topic")
+        self.topics = topics if isinstance(topics, str) else sorted(topics)  # a str is a template
+        self.cluster = cluster
+        self.brokers = sorted(brokers or [])
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"topics": self.topics, **self.common_kwargs()}
+
+    def describe(self) -> str:
+        return "the fenced topics are still read-only"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        brokers = await self.live_brokers(admin, self.cluster)
+        tables = await admin.gather(admin.topic_configs(b.master) for b in brokers if b.master)
+        writable = {b.name: sorted(t for t in self.topics if t in table and table[t].perm & PERM_WRITE)
+                    for b, table in zip(brokers, tables)}
+        writable = {broker: topics for broker, topics in writable.items() if topics}
+        summary = ("read-only everywhere" if not writable else
+                   "writable again: " + "; ".join(f"{b}: {', '.join(t)}" for b, t in sorted(writable.items())))
+        return CheckResult(not writable, {"writable": writable}, summary)
+
+
 class MetadataPresent(Check):
     """The topics and groups exist on every master broker (the metadata sync has reached them)."""
 
@@ -345,7 +379,7 @@ class Streak:
 
 
 CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, CanaryLeavesConsumers, NoPendingHalf,
-                                                       WritesStopped, WritesUnchanged, MetadataPresent)}
+                                                       WritesStopped, WritesUnchanged, FenceHolds, MetadataPresent)}
 
 
 def build_check(kind: str, kwargs: dict[str, Any]) -> Check:

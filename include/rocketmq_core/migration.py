@@ -19,8 +19,8 @@ from typing import Any
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import (
-    BacklogZero, CanaryLeavesConsumers, Check, ClientsOnline, MetadataPresent, NoPendingHalf, WritesUnchanged,
-    build_check, observe,
+    BacklogZero, CanaryLeavesConsumers, Check, ClientsOnline, FenceHolds, MetadataPresent, NoPendingHalf,
+    WritesUnchanged, build_check, observe,
 )
 
 SOURCE, TARGET = "source", "target"
@@ -111,6 +111,17 @@ class MigrationRun:
             return [Condition(TARGET, BacklogZero(consumers, tgt)),
                     Condition(TARGET, ClientsOnline(producers, "producer", 0, 0, tgt))]
         raise ValueError(f"unknown stage {stage!r}")
+
+
+    def watch(self) -> list[Condition]:
+        """What must stay true on the source after the cutover: nobody writes the topics (a
+        restarted pod, a stale config, a rolled-back deployment), the fence holds, and no client
+        of the migrated groups comes back."""
+        src = self.source_cluster
+        return [Condition(SOURCE, WritesUnchanged(self.writes_observations, src)),
+                Condition(SOURCE, FenceHolds(self.topics, src)),
+                Condition(SOURCE, ClientsOnline(self.consumers, "consumer", 0, 0, src)),
+                Condition(SOURCE, ClientsOnline(self.producers, "producer", 0, 0, src))]
 
 
 def rebuild(condition: dict[str, Any], brokers: list[str]) -> Check:

@@ -106,13 +106,15 @@ def _as_value_error(validate: Any, name: str) -> str:
 
 
 class StabilitySpec(_Strict):
-    """How long "drained" and "quiet" must hold before the last consumers move."""
+    """How long "drained" and "quiet" must hold before the last consumers move, and how long the
+    source stays watched after they did."""
 
     backlog_checks: Annotated[int, Field(ge=1, le=100)] = 3
     poll_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 15
     writes_quiet_seconds: Annotated[float, Field(ge=0, le=86400)] = 60
     clients_timeout_seconds: Annotated[float, Field(gt=0)] = 900
     drain_timeout_seconds: Annotated[float, Field(gt=0)] = 7200
+    watch_seconds: Annotated[float, Field(ge=0, le=30 * 86400)] = 3600
 
 
 class WebhookSpec(_Strict):

@@ -134,6 +134,10 @@ class AirflowApi:
         return self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/{task_id}",
                          {"new_state": state})
 
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> Any:
+        """End a run by hand (what "Mark failed" on a run in the UI does)."""
+        return self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}", {"state": state})
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         path = (f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/{task_id}/xcomEntries/{key}"
                 f"?map_index={map_index}&deserialize=true")

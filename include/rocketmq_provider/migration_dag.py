@@ -27,7 +27,7 @@ from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
-    MigrationReportOperator,
+    MigrationReportOperator, SourceWatchOperator,
 )
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
@@ -60,6 +60,10 @@ def _params(spec: MigrationSpec) -> dict[str, Param]:
         "backlog_checks": Param(spec.stability.backlog_checks, type="integer", minimum=1, maximum=100,
                                 title="Stability window (checks)",
                                 description="Consecutive zero-backlog checks required before the last consumers move."),
+        "watch_seconds": Param(spec.stability.watch_seconds, type="number", minimum=0, maximum=30 * 86400,
+                               title="Watch the source after the cutover (seconds)",
+                               description="How long a write, a lifted fence or a returning client on the source "
+                                           "fails the run and alerts; 0 skips the watch."),
         "dry_run": Param(False, type="boolean", title="Dry run",
                          description="Plan and check everything, change nothing (no sync, no switch)."),
     }
@@ -191,6 +195,14 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             poke_interval=stability.poll_interval_seconds,
             timeout=stability.clients_timeout_seconds)
 
+        # The cutover is done; the source stays watched: a straggler's write (the fence does not
+        # stop every client), a fence lifted by hand, a client of a migrated group back there.
+        watch = SourceWatchOperator(
+            task_id="watch_source", rocketmq_conn_id=src.conn_id, conditions=run.watch(),
+            watch_seconds="{{ params.watch_seconds }}", poll_interval=stability.poll_interval_seconds,
+            brokers=run_brokers("source"), dry_run="{{ params.dry_run }}",
+            on_failure_callback=notifiers(spec.notifications, "source_touched"))
+
         rollback = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
                                         op_kwargs={"gates": list(gates)}, trigger_rule="all_done",
                                         ignore_downstream_trigger_rules=False)
@@ -208,21 +220,22 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
                                           remaining_consumers, rollback_producers, rollback_consumers)
                       for t in g.children.values()]
-        # A teardown runs whatever happened, and does not decide the run's state: a refused
-        # switch leaves the run failed even though its report was written.
+        # A teardown runs whatever happened, a run ended by hand included; it carries the verdict.
         report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates],
-                                         switches=switch_ids, offsets_task="cutover_offsets").as_teardown()
+                                         switches=switch_ids, offsets_task="cutover_offsets",
+                                         verdict_task="outcome").as_teardown(on_failure_fail_dagrun=True)
 
         preflight >> plan >> gate_sync >> sync >> gates["approve_canary_consumers"] >> canary_consumers
         canary_consumers >> consumers_online >> gates["approve_canary_producers"] >> canary_producers
         canary_producers >> gates["approve_remaining_producers"] >> remaining_producers
         remaining_producers >> fence >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
         offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> rollback
+        [no_consumers_left, no_producers_left] >> watch
         rollback >> lift >> rollback_producers >> target_drained >> rollback_consumers
         # The run's verdict: failed if the cutover or the rollback failed or was refused anywhere
         # upstream, successful once either finished.
         outcome = EmptyOperator(task_id="outcome", trigger_rule="none_failed_min_one_success")
-        [no_consumers_left, no_producers_left, rollback_consumers] >> outcome >> report
+        [watch, rollback_consumers] >> outcome >> report
     return dag
 
 

@@ -44,6 +44,7 @@ MESSAGES = {
     "gate_opened": "{{ dag.dag_id }}: gate {{ ti.task_id }} waits for approval: {{ task.subject }}",
     "run_failed": "{{ dag.dag_id }}: run {{ run_id }} failed",
     "replication_alert": "{{ dag.dag_id }}: replication needs attention: {{ exception }}",
+    "source_touched": "{{ dag.dag_id }}: run {{ run_id }}: {{ exception }}",
 }
 
 

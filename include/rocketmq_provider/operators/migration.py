@@ -7,17 +7,20 @@ from typing import Any
 
 import pendulum
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator, Variable
+from airflow.sdk.exceptions import AirflowException, AirflowRuntimeError
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fence import fence_topics, lift_fence
 from rocketmq_core.metadata import take_snapshot
+from rocketmq_core.migration import Condition
 from rocketmq_core.taskspec import MigrationSpec, load_specs
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.operators.approval import ROLL_BACK
 from rocketmq_provider.templating import truthy
+from rocketmq_provider.triggers.rocketmq import RocketMQWatchTrigger
 
 
 async def _describe_cluster(admin: ClusterAdmin, cluster: str | None) -> dict[str, Any]:
@@ -38,8 +41,8 @@ class MigrationPreflightOperator(BaseOperator):
     group the source's brokers know to read an in-scope topic is in a fleet or left behind on
     purpose, no fleet group reads a topic outside the scope, and no broadcasting group moves
     without the spec saying so (the census); the target has brokers; and no other task spec on the
-    same source claims any of the same topics or groups. Returns the resolved scope, which later
-    steps use.
+    same source claims any of the same topics or groups; and no other run of this migration is
+    unfinished. Returns the resolved scope, which later steps use.
     """
 
     def __init__(self, *, spec: MigrationSpec, **kwargs: Any):
@@ -48,6 +51,7 @@ class MigrationPreflightOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         spec = self.spec
+        self._claim_the_migration(context)
         try:
             source = RocketMQHook(spec.source.conn_id).run(lambda a: _describe_cluster(a, spec.source.cluster))
             target = RocketMQHook(spec.target.conn_id).run(lambda a: _describe_cluster(a, spec.target.cluster))
@@ -85,6 +89,22 @@ class MigrationPreflightOperator(BaseOperator):
                 "census": census.to_dict() if census else None, "left_behind": spec.leave_behind,
                 "consumer_groups": spec.groups_of("consumer"), "producer_groups": spec.groups_of("producer")}
 
+    def _claim_the_migration(self, context: Any) -> None:
+        """One run of a migration at a time: the run named in its claim (an Airflow Variable) must
+        have finished, whatever its state, before another may start; a refusal names that run."""
+        ti, run_id = context["ti"], context["run_id"]
+        key = migration_claim_key(self.spec)
+        holder = Variable.get(key, default=None)
+        if holder and holder != run_id:
+            try:
+                state = str(getattr(ti.get_dagrun_state(ti.dag_id, holder), "value", "?"))
+            except AirflowRuntimeError:  # the run was deleted: it holds nothing any more
+                state = "deleted"
+            if state in ("queued", "running"):
+                raise AirflowException(f"preflight: run {holder} of this migration is still {state}; finish it,"
+                                       " or mark it failed, before starting another")
+        Variable.set(key, run_id)
+
     def _claims_elsewhere(self, topics: set[str], groups: set[str], snapshot: Any) -> list[str]:
         """Other specs on the same source, resolved against the same snapshot, must not share names."""
         specs, _ = load_specs()
@@ -97,6 +117,11 @@ class MigrationPreflightOperator(BaseOperator):
             if shared:
                 problems.append(f"{path.name} ({other.name}) also covers {shared[:10]}")
         return problems
+
+
+def migration_claim_key(spec: MigrationSpec) -> str:
+    """The Variable that names the run a migration belongs to now."""
+    return f"rmq_migration_run__{spec.slug}"
 
 
 class FenceSourceOperator(BaseOperator):
@@ -143,6 +168,48 @@ class LiftFenceOperator(BaseOperator):
         return {"restored": restored}
 
 
+class SourceWatchOperator(BaseOperator):
+    """After the cutover, keep the source watched for ``watch_seconds`` (on the triggerer): the
+    first write to a migrated topic, a fence lifted, or a client of a migrated group back on the
+    source fails this task, naming it and the figures, and its failure callbacks alert.
+
+    ``conditions`` come from the core (``MigrationRun.watch``), all on one side: the cluster of
+    ``rocketmq_conn_id``; ``brokers`` is the run's broker set there (templated).
+    """
+
+    template_fields = ("conditions", "brokers", "watch_seconds", "dry_run")
+
+    def __init__(self, *, rocketmq_conn_id: str, conditions: list[Condition], watch_seconds: float | str,
+                 poll_interval: float = 15.0, brokers: list[str] | str | None = None,
+                 dry_run: bool | str = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.conditions = [c.to_dict() for c in conditions]
+        self.watch_seconds = watch_seconds
+        self.poll_interval = poll_interval
+        self.brokers = brokers
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        seconds = float(self.watch_seconds)
+        if truthy(self.dry_run) or not seconds:
+            self.log.info("not watching the source (dry run, or watch_seconds is 0)")
+            return {"watched_seconds": 0}
+        self.log.info("watching %s for %.0fs: %s", self.rocketmq_conn_id, seconds, [c["kind"] for c in self.conditions])
+        self.defer(trigger=RocketMQWatchTrigger(self.rocketmq_conn_id, list(self.conditions), list(self.brokers or []),
+                                                deadline=time.time() + seconds,
+                                                poll_interval=self.poll_interval),
+                   method_name="execute_complete")
+        return None
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        seen = "; ".join(f"{o['condition']}: {o['summary']}" for o in event["observations"])
+        if event["status"] != "quiet":
+            raise AirflowException(f"the source was touched after the cutover ({self.rocketmq_conn_id}): {seen}")
+        self.log.info("the source stayed untouched for %ss (%d checks): %s", self.watch_seconds, event["rounds"], seen)
+        return {"watched_seconds": float(self.watch_seconds), "rounds": event["rounds"]}
+
+
 class ConsumeOffsetsOperator(BaseOperator):
     """Record the groups' committed offsets per queue on a cluster (for the report at cutover)."""
 
@@ -170,13 +237,24 @@ class ConsumeOffsetsOperator(BaseOperator):
 
 
 class MigrationReportOperator(BaseOperator):
-    """Who approved what and when, overrides and their reasons, offsets at cutover, phase timeline."""
+    """Who approved what and when, overrides and their reasons, offsets at cutover, phase timeline,
+    and where each fleet stands.
 
-    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, **kwargs: Any):
+    It runs as the run's teardown, after ``verdict_task``, and its own state is the run's: Airflow
+    decides a run by a teardown that may fail it, not by the teardown's upstream. So it fails
+    (after pushing the report) when the verdict is not success: a refused or failed step, or a
+    run ended by hand (marked failed in the UI skips the verdict, and Airflow would otherwise let
+    the teardown turn the run successful). A Roll back answered before anything moved is a stop,
+    not a failure. The failure names where each fleet stands.
+    """
+
+    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, verdict_task: str,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.gates = gates
         self.switches = switches
         self.offsets_task = offsets_task
+        self.verdict_task = verdict_task
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -199,11 +277,22 @@ class MigrationReportOperator(BaseOperator):
                                              f"({s['share']:.0%})") for s in switches])
         phases = [{"from": a, "to": b, "seconds": round((pendulum.parse(tb) - pendulum.parse(ta)).total_seconds(), 1)}
                   for (ta, a), (tb, b) in zip(timeline, timeline[1:])]
-        report = {"approvals": approvals, "switches": switches, "overrides": overrides,
+        standing = {f"{s['role']}s of {s['fleet']}": f"{s['cluster']} ({s['share']:.0%})" for s in switches}
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[self.verdict_task], run_ids=[ti.run_id])
+        verdict = str(states.get(ti.run_id, {}).get(self.verdict_task))
+        stopped = any(a["chosen"] == [ROLL_BACK] for a in approvals)
+        report = {"approvals": approvals, "switches": switches, "overrides": overrides, "standing": standing,
+                  "verdict": verdict, "ended_by_hand": verdict in ("skipped", "None") and not stopped,
                   "offsets_at_cutover": ti.xcom_pull(task_ids=self.offsets_task),
                   "timeline": [{"at": at, "event": e} for at, e in timeline], "phases": phases}
         self.log.info("migration report:\n%s", "\n".join(f"{at}  {e}" for at, e in timeline))
-        return report
+        if verdict == "success" or (stopped and verdict in ("skipped", "None")):
+            return report
+        ti.xcom_push(key="return_value", value=report)
+        where = "; ".join(f"{k} on {v}" for k, v in standing.items()) or "no fleet was switched"
+        why = ("was ended before it reached a verdict (marked failed by hand?)" if report["ended_by_hand"]
+               else f"failed ({self.verdict_task}: {verdict})")
+        raise AirflowException(f"the run {why}; where each fleet stands: {where}")
 
 
 def _iso(value: Any) -> str:

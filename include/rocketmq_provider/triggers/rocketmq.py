@@ -1,4 +1,5 @@
-"""Trigger that waits, on the triggerer, until a rocketmq_core check holds on a live cluster."""
+"""Triggers that wait on the triggerer: until a rocketmq_core check holds on a live cluster, or
+while conditions keep holding (a watch)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from rocketmq_core.checks import Streak, build_check, observe
+from rocketmq_core.migration import rebuild
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
 #: Observations kept in the event; older ones are dropped (their count is reported).
@@ -66,3 +68,39 @@ class RocketMQCheckTrigger(BaseTrigger):
                     return
                 await asyncio.sleep(self.poll_interval)
 
+
+class RocketMQWatchTrigger(BaseTrigger):
+    """Evaluates serialised conditions every ``poll_interval`` seconds until ``deadline``; fires at
+    the first observation that fails (status ``touched``, with what failed) or, when every one
+    held to the end, with status ``quiet`` and the last observations. A failed measurement is
+    a failure: what cannot be seen is not watched."""
+
+    def __init__(self, rocketmq_conn_id: str, conditions: list[dict[str, Any]], brokers: list[str],
+                 deadline: float, poll_interval: float = 10.0):
+        super().__init__()
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.conditions = conditions
+        self.brokers = brokers
+        self.deadline = deadline
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {
+            "rocketmq_conn_id": self.rocketmq_conn_id, "conditions": self.conditions, "brokers": self.brokers,
+            "deadline": self.deadline, "poll_interval": self.poll_interval})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        checks = [(rebuild(c, self.brokers), c["side"]) for c in self.conditions]
+        endpoint = await RocketMQHook(self.rocketmq_conn_id).aget_endpoint()
+        rounds = 0
+        async with endpoint.admin() as admin:
+            while True:
+                seen = [{**await observe(check, admin), "condition": f"{check.describe()} on the {side}"}
+                        for check, side in checks]
+                rounds += 1
+                failed = [o for o in seen if not o["satisfied"]]
+                if failed or time.time() >= self.deadline:
+                    yield TriggerEvent({"status": "touched" if failed else "quiet", "rounds": rounds,
+                                        "observations": failed or seen})
+                    return
+                await asyncio.sleep(self.poll_interval)
