@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from rocketmq_core.errors import ConnectionFailed, ProtocolError, RequestTimeout
+from rocketmq_core.errors import (
+    RESPONSE_ERRORS, AccessDenied, ConnectionFailed, ConsumerNotOnline, NotFound, ProtocolError, QueryNotFound,
+    RequestCodeNotSupported, RequestTimeout, ResponseError, ServerError, ServiceNotAvailable, SubscriptionGroupNotExist,
+    SystemBusy, TopicNotExist, response_error,
+)
 from rocketmq_core.model import MessageQueue
 from rocketmq_core.remoting import codec
 from rocketmq_core.remoting.client import Credentials, RemotingClient
@@ -444,8 +448,45 @@ def test_nothing_listening_is_connection_failed_naming_the_address():
 
     errors, connections = run(scenario())
     for error, took in errors:
-        assert error.addr == addr and addr in str(error) and took < 2
+        assert error.addr == addr and addr in str(error) and took < 2 and error.retriable
     assert connections == {}
+
+
+def test_every_typed_error_carries_the_code_rocketmq_defines_for_it():
+    for errno, cls in RESPONSE_ERRORS.items():
+        assert cls.errno == errno and issubclass(cls, ResponseError)
+    names = {ServerError: "SYSTEM_ERROR", SystemBusy: "SYSTEM_BUSY", AccessDenied: "NO_PERMISSION",
+             TopicNotExist: "TOPIC_NOT_EXIST", QueryNotFound: "QUERY_NOT_FOUND",
+             SubscriptionGroupNotExist: "SUBSCRIPTION_GROUP_NOT_EXIST", ConsumerNotOnline: "CONSUMER_NOT_ONLINE",
+             RequestCodeNotSupported: "REQUEST_CODE_NOT_SUPPORTED", ServiceNotAvailable: "SERVICE_NOT_AVAILABLE"}
+    for cls, name in names.items():
+        assert cls.errno == ResponseCode[name], cls
+    assert {cls for cls in RESPONSE_ERRORS.values() if cls.retriable} == {SystemBusy, ServiceNotAvailable}
+    # an ACL engine's refusal arrives as SYSTEM_ERROR: the remark decides, and only there
+    denied = response_error("b:1", 10, ResponseCode.SYSTEM_ERROR, "org.apache.rocketmq.acl.common.AclException: x")
+    assert type(denied) is AccessDenied and not denied.retriable
+    assert type(response_error("b:1", 10, 9876, "new code")) is ResponseError
+
+
+def test_broker_and_name_server_refusals_are_typed_by_their_code(cluster, names):
+    async def scenario():
+        async with RemotingClient() as client:
+            failures = {}
+            for label, addr, code, header in (
+                    ("route", cluster.namesrv, RequestCode.GET_ROUTEINFO_BY_TOPIC, {"topic": names.topic()}),
+                    ("unknown", cluster.broker, 9999, {}),
+                    ("offline", cluster.broker, RequestCode.GET_CONSUMER_CONNECTION_LIST,
+                     {"consumerGroup": names.group()})):
+                with pytest.raises(ResponseError) as failed:
+                    await client.invoke(addr, code, header)
+                failures[label] = failed.value
+            return failures
+
+    failures = run(scenario())
+    assert type(failures["route"]) is TopicNotExist and isinstance(failures["route"], NotFound)
+    assert type(failures["unknown"]) is RequestCodeNotSupported and "9999" in str(failures["unknown"])
+    assert type(failures["offline"]) is ConsumerNotOnline
+    assert not any(f.retriable for f in failures.values())
 
 
 def test_oversized_request_is_refused_before_sending_and_the_connection_survives(cluster, names):

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rocketmq_core.errors import AccessDenied, InvalidSpec, ResponseError
+from rocketmq_core.errors import InvalidSpec, ResponseError, response_error
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode, ResponseCode
@@ -319,7 +319,7 @@ async def get_policies(admin: ClusterAdmin, addr: str, subject: str) -> list[Acl
     if resp.code == ResponseCode.NO_PERMISSION:
         if "not exist" in (resp.remark or ""):
             return []
-        raise _error(addr, RequestCode.AUTH_GET_ACL, resp)
+        raise response_error(addr, RequestCode.AUTH_GET_ACL, resp.code, resp.remark)
     return AclPolicy.from_acl_info(loads(resp.body)) if resp.body else []
 
 
@@ -376,7 +376,7 @@ async def delete_plain_account(admin: ClusterAdmin, addr: str, access_key: str) 
     if resp.code == ResponseCode.SUCCESS:
         return True
     if access_key in await plain_accounts(admin, addr):
-        raise _error(addr, RequestCode.DELETE_ACL_CONFIG, resp)
+        raise response_error(addr, RequestCode.DELETE_ACL_CONFIG, resp.code, resp.remark)
     return False
 
 
@@ -479,7 +479,3 @@ async def _invoke_secret(admin: ClusterAdmin, addr: str, code: int, header: dict
 def _mask(text: str | None, secret: str) -> str | None:
     return text.replace(secret, MASK) if text and secret else text
 
-
-def _error(addr: str, code: int, resp: RemotingCommand) -> ResponseError:
-    cls = AccessDenied if resp.code == ResponseCode.NO_PERMISSION else ResponseError
-    return cls(addr, code, resp.code, resp.remark)

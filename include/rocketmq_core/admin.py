@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from rocketmq_core.errors import (
-    BrokerUnavailable, ConnectionFailed, ProtocolError, RequestTimeout, ResponseError, RocketMQError,
+    BrokerUnavailable, ConnectionFailed, ConsumerNotOnline, ProtocolError, QueryNotFound, RequestCodeNotSupported,
+    RequestTimeout, RocketMQError, ServerError, TopicNotExist,
 )
 from rocketmq_core.model import (
     ClientConnection, ConsumerConnection, GroupConfig, MessageQueue, QueueOffsets, TopicConfig,
@@ -202,9 +203,7 @@ class ClusterAdmin:
         body = json.dumps({"topicConfigList": [t.to_wire(for_create=True) for t in topics]}).encode()
         try:
             await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_TOPIC_LIST, body=body, timeout=60)
-        except ResponseError as exc:
-            if exc.response_code != ResponseCode.REQUEST_CODE_NOT_SUPPORTED:
-                raise
+        except RequestCodeNotSupported:
             await self.gather(self.create_topic(addr, t) for t in topics)
             return
         # 5.5.0 answers a batch holding one unchanged topic with success and applies none of
@@ -317,9 +316,7 @@ class ClusterAdmin:
         try:
             await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP_LIST, body=body,
                                      timeout=60)
-        except ResponseError as exc:
-            if exc.response_code != ResponseCode.REQUEST_CODE_NOT_SUPPORTED:
-                raise
+        except RequestCodeNotSupported:
             await self.gather(self.create_group(addr, g) for g in groups)
 
     async def delete_group(self, addr: str, group: str, clean_offset: bool = True) -> None:
@@ -335,10 +332,8 @@ class ClusterAdmin:
         try:
             resp = await self.client.invoke(addr, RequestCode.GET_CONSUMER_CONNECTION_LIST,
                                             {"consumerGroup": group})
-        except ResponseError as exc:
-            if exc.response_code == ResponseCode.CONSUMER_NOT_ONLINE:
-                return ConsumerConnection(group, ())
-            raise
+        except ConsumerNotOnline:
+            return ConsumerConnection(group, ())
         data = loads(resp.body)
         return ConsumerConnection(
             group=group,
@@ -352,8 +347,8 @@ class ClusterAdmin:
         try:
             resp = await self.client.invoke(addr, RequestCode.GET_PRODUCER_CONNECTION_LIST,
                                             {"producerGroup": producer_group})
-        except ResponseError as exc:
-            if exc.response_code == ResponseCode.SYSTEM_ERROR and "not exist" in (exc.remark or ""):
+        except ServerError as exc:
+            if "not exist" in (exc.remark or ""):  # a group with no producer: "the producer group[...] not exist"
                 return ()
             raise
         return tuple(_client(c) for c in loads(resp.body).get("connectionSet", []))
@@ -362,10 +357,8 @@ class ClusterAdmin:
         """Groups one broker knows to read a topic: online subscriptions and committed offsets."""
         try:
             resp = await self.client.invoke(addr, RequestCode.QUERY_TOPIC_CONSUME_BY_WHO, {"topic": topic})
-        except ResponseError as exc:
-            if exc.response_code == ResponseCode.TOPIC_NOT_EXIST:
-                return frozenset()
-            raise
+        except TopicNotExist:
+            return frozenset()
         return frozenset(loads(resp.body).get("groupList") or ())
 
     async def all_producers(self, addr: str) -> dict[str, tuple[ClientConnection, ...]]:
@@ -406,10 +399,8 @@ class ClusterAdmin:
             resp = await self.client.invoke(addr, RequestCode.QUERY_CONSUMER_OFFSET,
                                             {"consumerGroup": group, "topic": topic, "queueId": queue_id,
                                              "setZeroIfNotFound": "false"})
-        except ResponseError as exc:
-            if exc.response_code == ResponseCode.QUERY_NOT_FOUND:
-                return None
-            raise
+        except QueryNotFound:
+            return None
         return int(resp.ext_fields["offset"])
 
     async def update_consumer_offset(self, addr: str, group: str, topic: str, queue_id: int,
@@ -475,10 +466,8 @@ class ClusterAdmin:
                     table = (loads(resp.body) if resp.body else {}).get("offsetTable") or {}
                     result.update({MessageQueue.from_key(k): int(v) for k, v in table.items()})
                     continue
-                except ResponseError as exc:
-                    if exc.response_code != ResponseCode.CONSUMER_NOT_ONLINE:
-                        raise
-                    # the group went offline meanwhile: write the offsets directly
+                except ConsumerNotOnline:
+                    pass  # the group went offline meanwhile: write the offsets directly
             await self.update_consumer_offsets(addr, group, topic, {q.queue_id: o for q, o in exact.items()})
             result.update(exact)
         return result

@@ -52,12 +52,11 @@ from typing import Any, TypeVar
 from rocketmq_core import acl
 from rocketmq_core.acl import AclEntry, AclState
 from rocketmq_core.admin import BrokerInfo, ClusterAdmin, gather_all, gc_paused
-from rocketmq_core.errors import InvalidSpec, ProtocolError, ResponseError, RocketMQError
+from rocketmq_core.errors import InvalidSpec, ProtocolError, QueryNotFound, RocketMQError
 from rocketmq_core.model import (
     GroupConfig, Share, TopicConfig, is_system_group, is_system_topic, validate_group_name, validate_topic_name,
 )
 from rocketmq_core.remoting.fastjson import loads
-from rocketmq_core.remoting.protocol import ResponseCode
 
 KIND_TOPIC = "topic"
 KIND_GROUP = "group"
@@ -279,10 +278,8 @@ async def _order_conf(admin: ClusterAdmin) -> dict[str, str]:
     """The name server's ordered topics: topic -> ``broker:queues;broker2:queues``."""
     try:
         resp = await admin.namesrv_invoke(GET_KVLIST_BY_NAMESPACE, {"namespace": ORDER_NAMESPACE})
-    except ResponseError as exc:
-        if exc.response_code == ResponseCode.QUERY_NOT_FOUND:  # no ordered topic at all
-            return {}
-        raise
+    except QueryNotFound:  # no ordered topic at all
+        return {}
     table = (loads(resp.body) if resp.body else {}).get("table") or {}
     return {str(k): str(v) for k, v in table.items()}
 

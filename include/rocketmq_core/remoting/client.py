@@ -8,18 +8,10 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from rocketmq_core.errors import AccessDenied, NotFound, ResponseError
+from rocketmq_core.errors import response_error
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.remoting.connection import Connection, NotSent
 from rocketmq_core.remoting.protocol import ResponseCode
-
-_ACCESS_DENIED_CODES = {ResponseCode.NO_PERMISSION}
-_NOT_FOUND_CODES = {ResponseCode.TOPIC_NOT_EXIST, ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST,
-                    ResponseCode.SUBSCRIPTION_NOT_EXIST}
-# Wrong credentials come back as SYSTEM_ERROR with the ACL engine's exception in the remark.
-_ACCESS_DENIED_REMARKS = ("AclException", "AuthenticationException", "AuthorizationException",
-                          "check signature failed", "No accessKey", "is not exist")
-
 
 @dataclass(frozen=True)
 class Credentials:
@@ -84,7 +76,7 @@ class RemotingClient:
             # request left: it never reached the server, so one try on a new connection is safe.
             response = await (await self._connection(addr)).request(command(), timeout or self.timeout)
         if response.code not in accept:
-            raise _response_error(addr, code, response)
+            raise response_error(addr, code, response.code, response.remark)
         return response
 
     async def close(self) -> None:
@@ -97,14 +89,3 @@ class RemotingClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-def _response_error(addr: str, request_code: int, response: RemotingCommand) -> ResponseError:
-    remark = response.remark or ""
-    if response.code in _ACCESS_DENIED_CODES or any(m in remark for m in _ACCESS_DENIED_REMARKS):
-        cls: type[ResponseError] = AccessDenied
-    elif response.code in _NOT_FOUND_CODES:
-        cls = NotFound
-    else:
-        cls = ResponseError
-    return cls(addr, request_code, response.code, response.remark)

@@ -45,11 +45,11 @@ from typing import Any
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import (
     ConnectionFailed, InvalidSpec, NotFound, ProtocolError, RequestTimeout, ResponseError, RocketMQError,
+    SubscriptionGroupNotExist, TopicNotExist,
 )
 from rocketmq_core.model import GroupConfig, MessageQueue, PERM_READ, PERM_WRITE
 from rocketmq_core.procutil import write_json
 from rocketmq_core.remoting.fastjson import loads
-from rocketmq_core.remoting.protocol import ResponseCode
 from rocketmq_core.replication import codec, remote
 from rocketmq_core.replication.codec import PullStatus, StoredMessage
 from rocketmq_core.replication.config import ReplicationConfig, StartPosition
@@ -194,7 +194,7 @@ class QueueRunner:
             try:
                 result = await self._pull(offset)
             except _TRANSIENT as exc:
-                if isinstance(exc, NotFound) and exc.response_code == ResponseCode.SUBSCRIPTION_GROUP_NOT_EXIST:
+                if isinstance(exc, SubscriptionGroupNotExist):
                     await w.ensure_group(self.mq.broker)
                 else:
                     log.warning("queue %s: pull at %d failed: %s", queue_name(self.mq), offset, exc)
@@ -321,7 +321,7 @@ class QueueRunner:
             target = w.target_queue(self.mq)
             error: Exception
             if target is None:
-                error = NotFound("-", 0, ResponseCode.TOPIC_NOT_EXIST, f"no writable route for {self.mq.topic} on the target")
+                error = TopicNotExist("-", 0, TopicNotExist.errno, f"no writable route for {self.mq.topic} on the target")
             else:
                 try:
                     if len(chunk) == 1:
@@ -604,10 +604,6 @@ class ReplicationWorker:
             return await admin.topic_route(topic)
         except NotFound:
             return None
-        except ResponseError as exc:
-            if exc.response_code == ResponseCode.TOPIC_NOT_EXIST:
-                return None
-            raise
 
     async def _refresh_routes(self) -> set[str]:
         """Read both sides' routes of every topic; return the topics whose routes could not be read."""
