@@ -81,7 +81,7 @@ def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = 
         ],
         "approvers": ["admin"], "diff_schedule": None,
         "stability": {"backlog_checks": 3, "poll_interval_seconds": 2, "writes_quiet_seconds": 6,
-                      "clients_timeout_seconds": 120, "drain_timeout_seconds": 300},
+                      "clients_timeout_seconds": 120, "drain_timeout_seconds": 300, "watch_seconds": 6},
     }
     path = E2E_SPECS / f"{world.name}.yaml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
@@ -154,18 +154,29 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def _run_approving(world: World, airflow_api, gates: list[str]) -> tuple[str, dict[str, str]]:
+def _run_approving(world: World, airflow_api, gates: list[str],
+                   conf: dict[str, Any] | None = None) -> tuple[str, dict[str, str]]:
     """Once the fleet's consumers are online on the source, trigger the migration and approve
     ``gates`` in order; the run id and the body each gate showed."""
     _wait(lambda: all(_online(world.source, g) == 2 for g in world.layout.consumer_groups), 90,
           "consumers online on the source")
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
-    run_id = airflow_api.trigger(world.dag_id)
+    run_id = airflow_api.trigger(world.dag_id, conf)
     bodies = {}
     for gate in gates:
         bodies[gate] = airflow_api.wait_for_gate(world.dag_id, run_id, gate, timeout=600)["body"]
         airflow_api.answer(world.dag_id, run_id, gate, "Approve")
     return run_id, bodies
+
+
+def _mark_drain_sensors_by_hand(world: World, airflow_api, run_id: str) -> None:
+    """What the UI allows: mark the writes-stopped and drained sensors successful while they wait,
+    then wait for the cutover gate they unlock."""
+    for sensor in ("source_writes_stopped", "source_drained"):
+        _wait(lambda s=sensor: airflow_api.task_states(world.dag_id, run_id).get(s) in ("deferred", "running"),
+              120, f"{sensor} waiting")
+        airflow_api.set_task_state(world.dag_id, run_id, sensor, "success")
+    airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=300)
 
 
 @pytest.fixture(params=["one broker, C++ fleet", "two masters, mixed fleet"])
@@ -190,6 +201,10 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, ai
     for group in layout.consumer_groups:  # canary consumers were online on the target when asked
         assert f"| {group} | 1 | 1 |" in bodies["approve_canary_producers"], bodies["approve_canary_producers"]
     assert "Total undelivered: 0" in bodies["approve_cutover"]
+    for gate in GATES[1:]:  # each gate showed the next switch's invariant, measured as it opened
+        assert "What the next switch checks" in bodies[gate] and "**refuses**" not in bodies[gate], bodies[gate]
+    assert "| holds | a canary of 0.5 leaves a consumer of each of 2 group(s)" in bodies["approve_canary_consumers"]
+    assert "| holds | no pending transactional half message" in bodies["approve_remaining_producers"]
     assert set(world.clusters_of("producer").values()) == {target}
     assert set(world.clusters_of("consumer").values()) == {target}
     assert set(_perms(world.source, layout.topic).values()) == {4}  # fenced: read-only on every master
@@ -280,11 +295,7 @@ def test_dag_refuses_last_consumers_while_a_producer_still_writes_to_the_source(
     run_id, _ = _run_approving(world, airflow_api, GATES[:4])
     _wait(lambda: set(world.clusters_of("producer").values()) == {TARGET}, 120, "producers moved")
     world.put(layout.producer_fleet, [layout.producer_group], 0.5, SOURCE)  # a stray producer goes back
-    for sensor in ("source_writes_stopped", "source_drained"):
-        _wait(lambda s=sensor: airflow_api.task_states(world.dag_id, run_id).get(s) in ("deferred", "running"),
-              120, f"{sensor} waiting")
-        airflow_api.set_task_state(world.dag_id, run_id, sensor, "success")
-    airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=300)
+    _mark_drain_sensors_by_hand(world, airflow_api, run_id)
     airflow_api.answer(world.dag_id, run_id, "approve_cutover", "Approve")
     assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
     states = airflow_api.task_states(world.dag_id, run_id)
@@ -342,11 +353,7 @@ def test_dag_refuses_the_cutover_while_a_producer_outside_the_spec_writes_the_so
     run_id, _ = _run_approving(world, airflow_api, GATES[:4])
     _wait(lambda: set(world.clusters_of("producer").values()) == {TARGET}, 120, "producers moved")
     with StrayProducer(rmq_clusters["source"].namesrv, layout.topic) as stray:
-        for sensor in ("source_writes_stopped", "source_drained"):
-            _wait(lambda s=sensor: airflow_api.task_states(world.dag_id, run_id).get(s) in ("deferred", "running"),
-                  120, f"{sensor} waiting")
-            airflow_api.set_task_state(world.dag_id, run_id, sensor, "success")
-        airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=300)
+        _mark_drain_sensors_by_hand(world, airflow_api, run_id)
         airflow_api.answer(world.dag_id, run_id, "approve_cutover", "Approve")
         assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
     states = airflow_api.task_states(world.dag_id, run_id)
@@ -354,6 +361,10 @@ def test_dag_refuses_the_cutover_while_a_producer_outside_the_spec_writes_the_so
     assert states[switch] == "failed"
     log = airflow_api.task_log(world.dag_id, run_id, switch)
     assert "no measurement in this run found the writes stopped" in log, log[-3000:]
+    assert "PreconditionRefused" in log  # refused, not crashed: the report tells them apart
+    refusals = airflow_api.xcom(world.dag_id, run_id, "report")["refusals"]
+    assert [r["task"] for r in refusals] == [switch]
+    assert any(f["condition"].startswith("no write to the topics since") for f in refusals[0]["failed"])
     assert set(world.clusters_of("consumer").values()) == {SOURCE, TARGET}
     assert len(stray.sent) > 10
     received = {(e["group"], e["key"]) for e in world.fleet.events() if e["e"] == "recv"}
@@ -364,6 +375,27 @@ def test_dag_refuses_the_cutover_while_a_producer_outside_the_spec_writes_the_so
         received = {(e["group"], e["key"]) for e in world.fleet.events() if e["e"] == "recv"}
         missing = {g: [k for k in stray.sent if (g, k) not in received] for g in layout.consumer_groups}
     assert not any(missing.values()), missing
+
+
+def test_a_straggler_writing_the_source_after_the_cutover_fails_the_watch(world, airflow_api, rmq_clusters):
+    """The migration is done and every fleet is on the target; a producer (a restarted pod with
+    a stale config) writes the migrated topic on the source. The fence does not stop this client
+    (a 4.9 broker stores the send), the watch does: it fails the run, naming the topic."""
+    layout = world.layout
+    run_id, _ = _run_approving(world, airflow_api, GATES, conf={"watch_seconds": 600})
+    _wait(lambda: airflow_api.task_states(world.dag_id, run_id).get("watch_source") == "deferred", 300,
+          "the watch running")
+    assert set(world.clusters_of("consumer").values()) == {TARGET}
+    with StrayProducer(rmq_clusters["source"].namesrv, layout.topic) as stray:
+        assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=120) == "failed"
+    states = airflow_api.task_states(world.dag_id, run_id)
+    assert states["watch_source"] == "failed" and states["outcome"] == "upstream_failed", states
+    assert states["report"] == "failed"  # it carries the run's verdict, after writing the report
+    assert airflow_api.xcom(world.dag_id, run_id, "report")["verdict"] == "upstream_failed"
+    log = airflow_api.task_log(world.dag_id, run_id, "watch_source")
+    assert "the source was touched after the cutover" in log and f"topic(s) written since: {layout.topic}" in log, \
+        log[-3000:]
+    assert stray.sent, "the stray producer's sends went through: only the watch saw them"
 
 
 def test_a_gate_marked_successful_by_hand_unlocks_nothing(world, airflow_api, rmq_clusters):
@@ -436,3 +468,33 @@ def test_roll_back_at_the_cutover_lifts_the_fence_and_brings_everyone_back(world
     result = world.fleet.wait_until_received(timeout=120)
     assert result["lost"] == 0, result
     assert result["sent_by_cluster"].get(TARGET, 0) > 0
+
+
+def test_a_second_run_is_refused_while_the_first_is_unfinished(world, airflow_api):
+    """Two runs of one migration would switch the same fleets against each other: the second's
+    preflight refuses, naming the first; once the first is marked failed by hand, a new run may start."""
+    airflow_api.wait_for_dag(world.dag_id, timeout=180)
+    first = airflow_api.trigger(world.dag_id)
+    airflow_api.wait_for_gate(world.dag_id, first, "approve_metadata_sync", timeout=300, settle=0)
+    second = airflow_api.trigger(world.dag_id)
+    assert airflow_api.wait_for_run(world.dag_id, second, timeout=300) == "failed"
+    assert airflow_api.task_states(world.dag_id, second)["preflight"] == "failed"
+    log = airflow_api.task_log(world.dag_id, second, "preflight")
+    assert f"run {first} of this migration is still running" in log, log[-3000:]
+    assert airflow_api.run_state(world.dag_id, first) == "running"
+
+    # Ended by hand: the run stays failed (its report fails it again after Airflow ran the teardown)
+    airflow_api.set_run_state(world.dag_id, first, "failed")
+    _wait(lambda: airflow_api.task_states(world.dag_id, first).get("report") in ("success", "failed"), 120,
+          "the first run's report")
+    _wait(lambda: airflow_api.run_state(world.dag_id, first) in ("success", "failed"), 60, "the first run ended")
+    assert airflow_api.run_state(world.dag_id, first) == "failed"
+    report = airflow_api.xcom(world.dag_id, first, "report")
+    assert report["ended_by_hand"] and report["standing"] == {} and report["switches"] == []
+    assert "where each fleet stands: no fleet was switched" in airflow_api.task_log(world.dag_id, first, "report")
+    third = airflow_api.trigger(world.dag_id)
+    airflow_api.wait_for_gate(world.dag_id, third, "approve_metadata_sync", timeout=300)
+    airflow_api.answer(world.dag_id, third, "approve_metadata_sync", "Roll back")
+    airflow_api.wait_for_run(world.dag_id, third, timeout=300)
+    assert airflow_api.run_state(world.dag_id, first) == "failed"
+    assert set(world.clusters_of("consumer").values()) == {SOURCE}

@@ -66,6 +66,9 @@ def render(record: RunRecord) -> str:
         parts.append(f"<p class=warn><b>Override</b> of {esc(override.get('task'))} by {esc(override.get('by', '?'))}"
                      f" at {esc(override.get('at', '?'))} ({esc(override.get('gate', 'no gate'))}):"
                      f" {esc(override.get('reason'))} &middot; failed: {esc(failed)}</p>")
+    for refusal in (record.report or {}).get("refusals", []):
+        failed = "; ".join(f"{f.get('condition')}: {f.get('summary')}" for f in refusal.get("failed", []))
+        parts.append(f"<p class=warn><b>Refused</b>: {esc(refusal.get('task'))} did not switch: {esc(failed)}</p>")
     return _PAGE.format(title=esc(record.dag_id), body="\n".join(p for p in parts if p))
 
 

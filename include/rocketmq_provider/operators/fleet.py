@@ -19,6 +19,15 @@ from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
 
 
+class PreconditionRefused(AirflowException):
+    """A guarded switch did not act because its stage's invariant did not hold: not a crash.
+    ``observations`` are what each failed condition saw (also in the task's XCom ``refused``)."""
+
+    def __init__(self, message: str, observations: list[dict[str, Any]]):
+        super().__init__(message)
+        self.observations = observations
+
+
 class Switcher:
     """How a fleet is told to use another cluster (a config center, a deploy API, ...)."""
 
@@ -129,7 +138,8 @@ class FleetSwitchOperator(BaseOperator):
         if failed:
             reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
             if not reason:
-                raise AirflowException(f"not switching {self.role}s of fleet {self.fleet!r}: {reasons}")
+                context["ti"].xcom_push(key="refused", value=failed)
+                raise PreconditionRefused(f"not switching {self.role}s of fleet {self.fleet!r}: {reasons}", failed)
             self.log.warning("OVERRIDE (%s) of failed preconditions: %s", reason, reasons)
             granted = ({"gate": answer["gate"], "by": answer["responded_by"], "at": answer["responded_at"]}
                        if answer else {})

@@ -264,7 +264,7 @@ class MigrationReportOperator(BaseOperator):
             if answer:
                 approvals.append({"gate": gate, "chosen": answer["chosen_options"], "by": answer["responded_by"],
                                   "at": answer["responded_at"]})
-        switches, overrides = [], []
+        switches, overrides, refusals = [], [], []
         for task_id in self.switches:
             record = ti.xcom_pull(task_ids=task_id, key="switch")
             if record:
@@ -272,6 +272,9 @@ class MigrationReportOperator(BaseOperator):
             override = ti.xcom_pull(task_ids=task_id, key="override")
             if override:
                 overrides.append({"task": task_id, **override})
+            refused = ti.xcom_pull(task_ids=task_id, key="refused")
+            if refused:
+                refusals.append({"task": task_id, "failed": refused})
         timeline = sorted([(_iso(a["at"]), f"{a['gate']}: {a['chosen']} by {a['by']}") for a in approvals]
                           + [(_iso(s["at"]), f"{s['task']}: {s['role']}s of {s['fleet']} -> {s['cluster']} "
                                              f"({s['share']:.0%})") for s in switches])
@@ -281,7 +284,8 @@ class MigrationReportOperator(BaseOperator):
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[self.verdict_task], run_ids=[ti.run_id])
         verdict = str(states.get(ti.run_id, {}).get(self.verdict_task))
         stopped = any(a["chosen"] == [ROLL_BACK] for a in approvals)
-        report = {"approvals": approvals, "switches": switches, "overrides": overrides, "standing": standing,
+        report = {"approvals": approvals, "switches": switches, "overrides": overrides, "refusals": refusals,
+                  "standing": standing,
                   "verdict": verdict, "ended_by_hand": verdict in ("skipped", "None") and not stopped,
                   "offsets_at_cutover": ti.xcom_pull(task_ids=self.offsets_task),
                   "timeline": [{"at": at, "event": e} for at, e in timeline], "phases": phases}
