@@ -75,6 +75,15 @@ def _create_metadata(cluster, topic: str, groups: list[str]) -> None:
     asyncio.run(run())
 
 
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, as a deployment stops a pod; kill if it is still there after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+
+
 def _entries(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -214,11 +223,9 @@ def test_java_member_without_config_url_follows_the_clients_address_service(rmq_
               "the Java producer on the target's broker")
         _wait(lambda: _stored(target, topic) >= 10, 30, "the Java producer's messages on the target's broker")
     finally:
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            _terminate(proc)
         finally:
-            proc.kill()
             addresses.server.shutdown()
     assert _entries(log)[-1]["e"] == "stopped"
     assert not any(e["e"] == "fail" for e in _entries(log)), (tmp_path / "member.out").read_text()[-2000:]
@@ -253,10 +260,6 @@ def test_the_fence_refuses_a_java_straggler_at_its_next_route_refresh(rmq_cluste
         assert _stored(source, topic) == stored, "the broker stored sends after the client saw the fence"
         assert len(events("fail")) > 10
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            proc.kill()
+        _terminate(proc)
     errors = {e["error"] for e in events("fail")}
     assert any("No route info of this topic" in error for error in errors), errors

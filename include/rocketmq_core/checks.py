@@ -181,21 +181,25 @@ class CanaryLeavesConsumers(Check):
         return CheckResult(not stripped, {"clients": counts, "left": left}, summary)
 
 
-class NoPendingHalf(Check):
-    """No transactional half message of the topics waits for its commit on any master: the
-    producers that could answer the broker's check-back are still where the halves are."""
-
-    kind = "no_pending_half"
+class TopicsCheck(Check):
+    """A check over some topics (a list, or a template that renders to one) on every master."""
 
     def __init__(self, topics: list[str] | str, cluster: str | None = None, brokers: list[str] | None = None):
         if not topics:
-            raise InvalidSpec("no_pending_half needs at least one topic")
+            raise InvalidSpec(f"{self.kind} needs at least one topic")
         self.topics = topics if isinstance(topics, str) else sorted(topics)  # a str is a template
         self.cluster = cluster
         self.brokers = sorted(brokers or [])
 
     def kwargs(self) -> dict[str, Any]:
         return {"topics": self.topics, **self.common_kwargs()}
+
+
+class NoPendingHalf(TopicsCheck):
+    """No transactional half message of the topics waits for its commit on any master: the
+    producers that could answer the broker's check-back are still where the halves are."""
+
+    kind = "no_pending_half"
 
     def describe(self) -> str:
         return "no pending transactional half message on the topics"
@@ -296,20 +300,10 @@ class WritesUnchanged(Check):
         return CheckResult(not moved, {"baseline": baseline, "max_offsets": offsets, "moved": moved}, summary)
 
 
-class FenceHolds(Check):
+class FenceHolds(TopicsCheck):
     """The topics are still read-only on every master that holds them (nobody lifted the fence)."""
 
     kind = "fence_holds"
-
-    def __init__(self, topics: list[str] | str, cluster: str | None = None, brokers: list[str] | None = None):
-        if not topics:
-            raise InvalidSpec("fence_holds needs at least one topic")
-        self.topics = topics if isinstance(topics, str) else sorted(topics)  # a str is a template
-        self.cluster = cluster
-        self.brokers = sorted(brokers or [])
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"topics": self.topics, **self.common_kwargs()}
 
     def describe(self) -> str:
         return "the fenced topics are still read-only"
