@@ -464,9 +464,10 @@ async def half_state(admin: ClusterAdmin, addr: str) -> HalfState:
     return HalfState(HALF_QUEUE_ID, start, half_max, frozenset(resolved))
 
 
-async def _pending_halves(admin: ClusterAdmin, addr: str) -> list[tuple[int, dict[str, str], bytes]]:
+async def _pending_halves(admin: ClusterAdmin, addr: str,
+                          state: HalfState | None = None) -> list[tuple[int, dict[str, str], bytes]]:
     """(offset, properties, body) of every half message of one broker still waiting for its commit."""
-    state = await half_state(admin, addr)
+    state = state or await half_state(admin, addr)
     return [m for m in await _queue_messages(admin, addr, HALF_TOPIC, HALF_QUEUE_ID, state.start, state.max_offset)
             if state.is_pending(m[0])]
 
@@ -485,7 +486,7 @@ async def pending_halves_by_topic(admin: ClusterAdmin, addr: str, topics: Iterab
                            " which topics they belong to is unknown")
     wanted = set(topics)
     counts = dict.fromkeys(sorted(wanted), 0)
-    for _, properties, _ in await _pending_halves(admin, addr):
+    for _, properties, _ in await _pending_halves(admin, addr, state):
         topic = properties.get("REAL_TOPIC")
         if topic in wanted:
             counts[topic] += 1

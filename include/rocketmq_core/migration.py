@@ -129,8 +129,11 @@ def rebuild(condition: dict[str, Any], brokers: list[str]) -> Check:
     return build_check(condition["kind"], {**condition["kwargs"], "brokers": list(brokers)})
 
 
+async def observe_on(check: Check, side: str, admin: ClusterAdmin) -> dict[str, Any]:
+    """Evaluate a condition's check once on ``admin``'s cluster: an observation that names it."""
+    return {**await observe(check, admin), "condition": f"{check.describe()} on the {side}"}
+
+
 async def verify(condition: dict[str, Any], admin: ClusterAdmin, brokers: list[str]) -> dict[str, Any]:
-    """Evaluate one serialised condition now, on ``admin``'s cluster: an observation that names it."""
-    check = rebuild(condition, brokers)
-    observation = await observe(check, admin)
-    return {**observation, "condition": f"{check.describe()} on the {condition['side']}"}
+    """Evaluate one serialised condition now, bound to the run's broker set on its side."""
+    return await observe_on(rebuild(condition, brokers), condition["side"], admin)

@@ -11,6 +11,7 @@ from airflow.sdk import BaseHook
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import RocketMQError
+from rocketmq_core.migration import verify
 from rocketmq_core.remoting.client import Credentials
 
 T = TypeVar("T")
@@ -88,3 +89,16 @@ class RocketMQHook(BaseHook):
             which = f"of cluster {endpoint.cluster_name!r} " if endpoint.cluster_name else ""
             return False, f"no broker {which}is registered at {';'.join(endpoint.namesrv_addrs)}"
         return True, f"{len(brokers)} broker(s): " + ", ".join(b.name for b in brokers)
+
+
+def verify_conditions(conditions: list[dict[str, Any]], connections: dict[str, str],
+                      broker_sets: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Evaluate serialised core conditions now, each on the connection of its side and bound to
+    the run's broker set there; each observation also names its ``conn_id``."""
+    seen = []
+    for condition in conditions:
+        conn_id = connections[condition["side"]]
+        brokers = list((broker_sets or {}).get(conn_id, []))
+        observation = RocketMQHook(conn_id).run(lambda admin, c=condition: verify(c, admin, brokers))
+        seen.append({**observation, "conn_id": conn_id})
+    return seen

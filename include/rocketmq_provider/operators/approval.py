@@ -17,8 +17,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
-from rocketmq_core.migration import Condition, verify
-from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_core.migration import Condition
+from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 
 APPROVE = "Approve"
 ROLL_BACK = "Roll back"
@@ -150,13 +150,9 @@ class InvariantEvidence(Evidence):
         self.title = "What the next switch checks, as it stands now"
 
     def render(self, context: Any) -> str:
-        rows = []
-        for condition in self.conditions:
-            conn_id = self.connections[condition["side"]]
-            brokers = list((self.broker_sets or {}).get(conn_id, []))
-            seen = RocketMQHook(conn_id).run(lambda admin: verify(condition, admin, brokers))
-            verdict = "holds" if seen["satisfied"] else "**refuses**"
-            rows.append(f"| {verdict} | {seen['condition']} (`{conn_id}`) | {seen['summary']} |")
+        rows = [f"| {'holds' if seen['satisfied'] else '**refuses**'} | {seen['condition']} (`{seen['conn_id']}`)"
+                f" | {seen['summary']} |"
+                for seen in verify_conditions(self.conditions, self.connections, self.broker_sets)]
         return "\n".join(["| now | condition | seen |", "|---|---|---|", *rows])
 
 

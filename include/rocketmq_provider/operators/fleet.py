@@ -13,8 +13,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.migration import Condition, verify
-from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_core.migration import Condition
+from rocketmq_provider.hooks.rocketmq import verify_conditions
 from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
 
@@ -117,12 +117,8 @@ class FleetSwitchOperator(BaseOperator):
     def check_preconditions(self) -> list[dict[str, Any]]:
         """Evaluate every precondition now; return the observations of those that failed."""
         failed = []
-        broker_sets = self.broker_sets or {}
-        for condition in self.preconditions:
-            conn_id = self.connections[condition["side"]]
-            brokers = list(broker_sets.get(conn_id, []))
-            observation = RocketMQHook(conn_id).run(lambda admin: verify(condition, admin, brokers))
-            observation["condition"] += f" ({conn_id})"
+        for observation in verify_conditions(self.preconditions, self.connections, self.broker_sets):
+            observation["condition"] += f" ({observation.pop('conn_id')})"
             self.log.info("precondition %s: %s", observation["condition"], observation["summary"])
             if not observation["satisfied"]:
                 failed.append(observation)

@@ -11,7 +11,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from rocketmq_core.checks import Streak, build_check, observe
-from rocketmq_core.migration import rebuild
+from rocketmq_core.migration import observe_on, rebuild
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
 #: Observations kept in the event; older ones are dropped (their count is reported).
@@ -95,8 +95,7 @@ class RocketMQWatchTrigger(BaseTrigger):
         rounds = 0
         async with endpoint.admin() as admin:
             while True:
-                seen = [{**await observe(check, admin), "condition": f"{check.describe()} on the {side}"}
-                        for check, side in checks]
+                seen = [await observe_on(check, side, admin) for check, side in checks]
                 rounds += 1
                 failed = [o for o in seen if not o["satisfied"]]
                 if failed or time.time() >= self.deadline:
