@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +28,15 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
+def shutdown_within(client: Any, seconds: float = 20.0) -> None:
+    """Shut a C++ client down, giving up after ``seconds``: the client was seen to deadlock in
+    shutdown (MQClientFactory::eraseConsumerFromTable) right after its first rebalance, which
+    would hang the whole session."""
+    stopper = threading.Thread(target=client.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(seconds)
 
 
 class Side:

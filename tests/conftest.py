@@ -46,6 +46,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 from rocketmq_core.admin import ClusterAdmin  # noqa: E402
 from rocketmq_core.model import TopicConfig  # noqa: E402
 from rocketmq_harness import clusters as harness  # noqa: E402
+from cluster_side import shutdown_within  # noqa: E402
 
 
 def _started(request, names: tuple[str, ...]) -> dict:
@@ -164,4 +165,4 @@ def online_group(rmq_clusters, names):
         assert time.monotonic() < deadline, "consumer never came online"
         time.sleep(0.5)
     yield group
-    consumer.shutdown()
+    shutdown_within(consumer)

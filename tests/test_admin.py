@@ -28,6 +28,7 @@ from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness import clusters as harness
+from cluster_side import shutdown_within
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class LiveConsumer:
         self.consumer.start()
 
     def shutdown(self) -> None:
-        self.consumer.shutdown()
+        shutdown_within(self.consumer)
 
 
 async def start_at_zero(admin: ClusterAdmin, addr: str, topic: TopicConfig, group: str) -> None:
@@ -359,7 +360,7 @@ def live(request, rmq_clusters):
         yield Live(cluster, topic, group, producer_group, sent, *after, outputs)
     finally:
         producer.shutdown()
-        consumer.shutdown()
+        shutdown_within(consumer)
 
 
 def test_consumer_connections_equal_mqadmin(live):
@@ -471,7 +472,7 @@ def test_reset_offset_by_timestamp_moves_to_the_first_message_at_or_after_the_ti
              "batch B was not delivered again")
         poll(stats, lambda s: {k: c for k, (_, c) in as_rows(s).items()} == maxima, 30, "redelivery not committed")
     finally:
-        consumer.shutdown()
+        shutdown_within(consumer)
     redelivered = Counter((q, o) for q, o, _ in consumer.received)
     assert redelivered == Counter({**{(q, o): 1 for q in range(queues) for o in range(A_COUNTS[q])},
                                    **{k: 2 for k in batch_b}})

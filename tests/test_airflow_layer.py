@@ -16,6 +16,7 @@ from http_recorder import RecordingServer
 from rocketmq_core.model import TopicConfig
 from rocketmq_harness import clusters as harness
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from cluster_side import shutdown_within
 
 SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
 
@@ -51,7 +52,7 @@ class Consumer:
         return self
 
     def __exit__(self, *exc):
-        self.consumer.shutdown()
+        shutdown_within(self.consumer)
 
 
 def wait_online(cluster, group: str, expected: int, timeout: float = 30) -> None:

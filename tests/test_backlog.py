@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import Side, send_half
+from cluster_side import Side, send_half, shutdown_within
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import (
     QUERY_CONSUME_QUEUE, VIEW_MESSAGE_BY_ID, BacklogError, BacklogReport, decode_stored_message,
@@ -72,10 +72,9 @@ async def eventually(what: str, probe: Callable, accept: Callable[[object], bool
 
 
 def create_topic(cluster, topic: str, queues: int = QUEUES) -> None:
-    async def _create():
-        async with ClusterAdmin(cluster.namesrv) as admin:
-            await admin.create_topic(cluster.broker, TopicConfig(topic, queues, queues))
-    run(_create())
+    """Create the topic and wait for its route: a 5.x name server may learn of it a moment after the
+    broker answers, and a client that asks before then fails with "No route info"."""
+    Side.of(cluster).create_topic(topic, queues)
 
 
 def max_offset(cluster, topic: str, queue_id: int = 0) -> int:
@@ -144,8 +143,11 @@ def consume(cluster, group: str, topic: str, keys: list[str], fail: Callable[[st
     try:
         produce(cluster, topic, keys)
         wait_until(f"{len(keys)} messages delivered to {group}", lambda: seen >= set(keys), timeout=60)
+        # The client commits every 5 s while it runs; the commit at shutdown is one-way and may be lost.
+        wait_until(f"{len(keys)} offsets committed by {group}",
+                   lambda: committed_total(cluster, group, topic) >= len(keys), timeout=60)
     finally:
-        consumer.shutdown()
+        shutdown_within(consumer)
 
 
 async def _reset_offset(cluster, group: str, topic: str) -> None:
@@ -223,10 +225,13 @@ def test_lag_and_retry_match_mqadmin(cluster, names):
 
     retry_topic = f"%RETRY%{group}"
     # The 4 failures wait in SCHEDULE_TOPIC_XXXX (delay level 3, or 4 and up if the client had to
-    # retry locally first) before they reach the retry topic: counted there meanwhile.
-    early = measure(cluster, [group])
-    landed = max_offset(cluster, retry_topic)
-    assert early.by_kind["delayed"] >= 4 - landed
+    # retry locally first) before they reach the retry topic: counted there meanwhile. One that comes
+    # due between the two reads has left the delay queue a moment before the retry queue shows it.
+    def delayed_or_landed():
+        report = measure(cluster, [group])
+        landed = max_offset(cluster, retry_topic)
+        return (report, landed) if report.by_kind["delayed"] >= 4 - landed else None
+    early, landed = wait_until("the 4 failures delayed or in the retry topic", delayed_or_landed, timeout=10)
     assert sum(r.lag for r in early.rows if r.topic == SCHEDULE_TOPIC) == early.by_kind["delayed"]
     assert early.by_group[group] == 7 + early.by_kind["retry"]
 

@@ -11,7 +11,7 @@ import pytest
 from rocketmq.client import PushConsumer
 from rocketmq.ffi import MessageModel
 
-from cluster_side import wait_for
+from cluster_side import shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import BROADCASTING, take_census
 from rocketmq_core.model import TopicConfig
@@ -49,7 +49,7 @@ def consumers(cluster, subscriptions: dict[str, list[str]], broadcasting: tuple[
         yield
     finally:
         for consumer in started:
-            consumer.shutdown()
+            shutdown_within(consumer)
 
 
 @pytest.fixture(params=["source", "target-ha"])

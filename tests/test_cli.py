@@ -31,6 +31,7 @@ from rocketmq_core.metadata import Scope, diff, take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness.clusters import mqadmin, parse_consumer_progress
+from cluster_side import shutdown_within
 
 RMQCTL = Path(sys.executable).with_name("rmqctl")
 
@@ -305,7 +306,7 @@ def test_clients_match_core_and_mqadmin(cluster, names, cleanup, capsys):
         assert "producer(s)" not in out
     finally:
         producer.shutdown()
-        consumer.shutdown()
+        shutdown_within(consumer)
 
 
 # --- errors and credentials -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from rocketmq_core.errors import AccessDenied, ConnectionFailed
 from rocketmq_core.remoting.client import Credentials, RemotingClient
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness import clusters as harness
+from cluster_side import shutdown_within
 
 
 def _create_topic(addr: str, topic: str, credentials: Credentials | None = None) -> None:
@@ -48,7 +49,7 @@ def test_message_sent_through_each_cluster_is_received(cluster, names):
             time.sleep(0.2)
     finally:
         producer.shutdown()
-        consumer.shutdown()
+        shutdown_within(consumer)
     assert sorted(set(received)) == sorted(sent)
 
 

@@ -24,6 +24,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo.config_service import FleetConfig, serve
 from rocketmq_demo.fleet import DemoFleet, FleetLayout
+from cluster_side import shutdown_within
 
 SOURCE, TARGET = "rocketmq_source", "rocketmq_target"
 GATES = ["approve_metadata_sync", "approve_canary_consumers", "approve_canary_producers",
@@ -434,7 +435,7 @@ def test_preflight_refuses_readers_the_spec_did_not_decide(world, airflow_api, r
         assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
     finally:
         for consumer in readers:
-            consumer.shutdown()
+            shutdown_within(consumer)
     states = airflow_api.task_states(world.dag_id, run_id)
     assert states["preflight"] == "failed" and states["metadata_sync"] in ("upstream_failed", None)
     log = airflow_api.task_log(world.dag_id, run_id, "preflight")

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import uuid
 
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import send_half, wait_for
+from cluster_side import send_half, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import ClientsOnline, WritesStopped
 from rocketmq_core.fence import fence_topics, lift_fence
@@ -79,15 +78,8 @@ def consumers(cluster, group: str, topic: str, count: int):
         yield
     finally:
         for consumer in started:
-            _shutdown(consumer)
+            shutdown_within(consumer)
 
-
-def _shutdown(consumer: PushConsumer) -> None:
-    """Shut a consumer down, giving up after 20 s: the C++ client was seen to deadlock in
-    shutdown (MQClientFactory::eraseConsumerFromTable) right after its first rebalance."""
-    stopper = threading.Thread(target=consumer.shutdown, daemon=True)
-    stopper.start()
-    stopper.join(20)
 
 
 def test_a_canary_never_takes_the_last_consumer_of_a_group_off_the_source(sides, names):

@@ -16,7 +16,7 @@ import time
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import wait_for
+from cluster_side import shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.checks import BacklogZero, ClientsOnline, WritesStopped
@@ -144,7 +144,7 @@ def test_messages_on_a_broker_where_the_group_never_consumed_are_undelivered(ha_
         wait_for(lambda: {k for k in received if k.startswith(b1)} >= {f"{b1}-0-{i}" for i in range(3)}
                  | {f"{b1}-1-{i}" for i in range(2)}, f"the consumer receiving {b1}'s 5 messages", 90)
     finally:
-        consumer.shutdown()
+        shutdown_within(consumer)
 
 
 def test_clients_are_counted_once_across_brokers(ha_cluster, names):
@@ -184,7 +184,7 @@ def test_clients_are_counted_once_across_brokers(ha_cluster, names):
         assert their_ids == {c.client_id for c in ours.clients} and len(their_ids) == 1
     finally:
         producer.shutdown()
-        consumer.shutdown()
+        shutdown_within(consumer)
 
 
 def _observe(cluster, check) -> tuple[bool, str]:
