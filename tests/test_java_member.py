@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import threading
@@ -21,13 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowException
+from rocketmq.client import PushConsumer
 
+from cluster_side import shutdown_within
+from rocketmq_core.address_service import AddressBook, make_server
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.fence import fence_topics
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo import java_member
 from rocketmq_demo.config_service import FleetConfig, serve
 from rocketmq_demo.fleet import DemoFleet, FleetLayout
+from rocketmq_provider.operators.fleet import AddressServiceSwitcher
 
 SOURCE, TARGET = "rocketmq_source", "rocketmq_target"
 
@@ -263,3 +269,101 @@ def test_the_fence_refuses_a_java_straggler_at_its_next_route_refresh(rmq_cluste
         _terminate(proc)
     errors = {e["error"] for e in events("fail")}
     assert any("No route info of this topic" in error for error in errors), errors
+
+
+LOG = logging.getLogger("switch")
+
+
+@pytest.fixture
+def address_service(tmp_path, monkeypatch) -> Iterator[tuple[AddressBook, str]]:
+    """The project's address service on a free port, and the HTTP connection the switcher uses."""
+    book = AddressBook(tmp_path / "addresses.json")
+    server = make_server(book, token="s3cret-token")
+    threading.Thread(target=server.serve_forever, daemon=True, name="address-service").start()
+    monkeypatch.setenv("AIRFLOW_CONN_ADDRESS_SERVICE", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": server.server_address[1], "password": "s3cret-token"}))
+    try:
+        yield book, f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def _move(groups: list[str], share: float) -> dict[str, Any]:
+    """A switch request moving consumers of ``groups`` from the source to the target."""
+    return {"fleet": "f", "role": "consumer", "groups": groups, "share": share,
+            "cluster": TARGET, "from_cluster": SOURCE}
+
+
+def test_a_member_that_ignores_the_address_service_fails_the_switch_by_name(
+        rmq_clusters, airflow_env, address_service, names):
+    """A consumer pinned to the source's name server does not follow its subgroup: the switch
+    times out naming its client id as still on the old cluster."""
+    source = rmq_clusters["source"]
+    topic, group = names.topic(), names.group("c")
+    _create_metadata(source, topic, [group])
+    _create_metadata(rmq_clusters["target"], topic, [group])
+    book, _ = address_service
+    consumer = PushConsumer(group)
+    consumer.set_namesrv_addr(source.namesrv)
+    consumer.subscribe(topic, lambda msg: None)
+    consumer.start()
+    try:
+        _wait(lambda: _client_ids(source, group), 60, "the pinned consumer online on the source")
+        [pinned] = _client_ids(source, group)
+        switcher = AddressServiceSwitcher("address_service", names.group("sg"), names.group("sg-canary"),
+                                          timeout_seconds=15, poll_seconds=1)
+        with pytest.raises(AirflowException, match="still on the old cluster") as refused:
+            switcher.switch(_move([group], 1.0), LOG)
+        assert f"['{pinned}'] of {group} are still on the old cluster" in str(refused.value)
+        assert book.get(switcher.subgroup) == rmq_clusters["target"].namesrv
+    finally:
+        shutdown_within(consumer)
+
+
+def test_the_address_service_switch_moves_unmodified_java_consumers_canary_first(
+        rmq_clusters, airflow_env, address_service, names, tmp_path):
+    """Unmodified Java consumers know only -Drocketmq.namesrv.domain and .subgroup. The switch
+    changes what their subgroups answer and returns once the brokers show the move: the canary's
+    member on the target and gone from the source, the others still there; then, moving both
+    subgroups, every member on the target and none left on the source. A group whose only
+    consumer is on the canary subgroup would be stripped: that canary is undone and refused."""
+    source, target = rmq_clusters["source"], rmq_clusters["target"]
+    topic, group, lone = names.topic(), names.group("c"), names.group("lone")
+    for cluster in (source, target):
+        _create_metadata(cluster, topic, [group, lone])
+    book, domain = address_service
+    main, canary = names.group("nsaddr"), names.group("nsaddr-canary")
+    for subgroup in (main, canary):
+        book.set(subgroup, source.namesrv)
+    members = [("c-main-0", group, main), ("c-main-1", group, main), ("c-canary", group, canary),
+               ("c-lone", lone, canary)]
+    procs = []
+    for member, member_group, subgroup in members:
+        cmd = java_member.command(
+            ["--member", member, "--role", "consumer", "--group", member_group, "--topic", topic,
+             "--log", str(tmp_path / f"{member}.jsonl")], tmp_path / "client-logs",
+            [f"-Drocketmq.namesrv.domain={domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}"])
+        with open(tmp_path / f"{member}.out", "wb") as out:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+    switcher = AddressServiceSwitcher("address_service", main, canary, timeout_seconds=420, poll_seconds=2)
+    try:
+        _wait(lambda: len(_client_ids(source, group)) == 3 and len(_client_ids(source, lone)) == 1, 60,
+              "every Java consumer online on the source")
+        with pytest.raises(AirflowException, match=rf"left consumer group\(s\) \['{lone}'\] with no consumer"):
+            switcher.switch(_move([group, lone], 0.2), LOG)
+        assert book.get(canary) == source.namesrv and book.get(main) == source.namesrv
+
+        moved = switcher.switch(_move([group], 0.2), LOG)
+        assert book.get(canary) == target.namesrv and book.get(main) == source.namesrv
+        [canary_id] = moved["after"]["joining"][group]
+        assert _client_ids(target, group) == [canary_id]
+        assert len(moved["after"]["leaving"][group]) == 2 and canary_id not in _client_ids(source, group)
+
+        moved = switcher.switch(_move([group], 1.0), LOG)
+        assert book.get(canary) == target.namesrv == book.get(main)
+        assert moved["after"]["leaving"][group] == [] and _client_ids(source, group) == []
+        assert sorted(_client_ids(target, group)) == moved["after"]["joining"][group]
+        assert len(moved["after"]["joining"][group]) == 3
+    finally:
+        for proc in procs:
+            _terminate(proc)

@@ -109,3 +109,38 @@ def test_replication_sides_must_stamp_different_origins():
 def test_a_replication_start_time_without_a_zone_is_utc():
     spec = parse_spec({**REPLICATION, "start": "2026-03-01T08:00:00"}, "r.yaml")
     assert spec.start.isoformat() == "2026-03-01T08:00:00+00:00"
+
+
+def test_an_address_service_fleet_builds_switches_that_name_both_clusters(tmp_path, monkeypatch):
+    """A fleet switched through the address service gets AddressServiceSwitchers; every switch
+    knows the cluster it leaves (its evidence is the clients gone from there)."""
+    fleets = copy.deepcopy(EXAMPLE["fleets"])
+    fleets[0]["switch"] = {"type": "address_service", "http_conn_id": "address_service",
+                           "subgroup": "billing", "canary_subgroup": "billing-canary", "timeout_seconds": 300}
+    write(tmp_path, "a.yaml", variant(fleets=fleets))
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    assert not bag.import_errors
+    dag = bag.dags["rmq_migration__orders-migration"]
+    name = fleets[0]["name"]
+    canary, cutover = dag.get_task(f"canary_consumers.{name}"), dag.get_task(f"remaining_consumers.{name}")
+    rollback = dag.get_task(f"rollback_consumers.{name}")
+    for task in (canary, cutover):
+        assert type(task.switcher).__name__ == "AddressServiceSwitcher"
+        assert (task.to_cluster, task.from_cluster) == ("rocketmq_target", "rocketmq_source")
+        assert (task.switcher.subgroup, task.switcher.canary_subgroup, task.switcher.timeout_seconds) == \
+            ("billing", "billing-canary", 300)
+    assert (rollback.to_cluster, rollback.from_cluster) == ("rocketmq_source", "rocketmq_target")
+
+
+@pytest.mark.parametrize("switch, message", [
+    ({"subgroup": "billing", "canary_subgroup": "billing"}, "canary_subgroup must differ"),
+    ({"subgroup": "bil ling", "canary_subgroup": "c"}, "subgroup 'bil ling' must be"),
+    ({"subgroup": "billing"}, "canary_subgroup"),
+    ({"type": "carrier_pigeon"}, "does not match any of the expected tags"),
+])
+def test_a_bad_address_service_switch_is_named(switch, message):
+    fleets = copy.deepcopy(EXAMPLE["fleets"])
+    fleets[0]["switch"] = {"type": "address_service", "http_conn_id": "address_service", **switch}
+    error = str(pytest.raises(InvalidSpec, parse_spec, variant(fleets=fleets), "f.yaml").value)
+    assert "fleets.0.switch" in error and message in error

@@ -353,6 +353,15 @@ class ClusterAdmin:
             raise
         return tuple(_client(c) for c in loads(resp.body).get("connectionSet", []))
 
+    async def online_clients(self, addrs: Iterable[str], role: str, group: str) -> frozenset[str]:
+        """Client ids of one group's consumers or producers connected to any of ``addrs``, each once."""
+        addrs = list(addrs)
+        if role == "consumer":
+            answers = await self.gather(self.consumer_connection(addr, group) for addr in addrs)
+            return frozenset(c.client_id for a in answers for c in a.clients)
+        answers = await self.gather(self.producer_connections(addr, group) for addr in addrs)
+        return frozenset(c.client_id for a in answers for c in a)
+
     async def topic_readers(self, addr: str, topic: str) -> frozenset[str]:
         """Groups one broker knows to read a topic: online subscriptions and committed offsets."""
         try:

@@ -125,15 +125,7 @@ class ClientsOnline(Check):
 
     async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
         masters = await self.live_masters(admin, self.cluster)
-        counts = {}
-        for group in self.groups:
-            if self.role == "consumer":
-                answers = await admin.gather(admin.consumer_connection(addr, group) for addr in masters)
-                clients = {c.client_id for a in answers for c in a.clients}
-            else:
-                answers = await admin.gather(admin.producer_connections(addr, group) for addr in masters)
-                clients = {c.client_id for a in answers for c in a}
-            counts[group] = len(clients)
+        counts = {group: len(await admin.online_clients(masters, self.role, group)) for group in self.groups}
         failing = {g: n for g, n in counts.items()
                    if n < self.min_clients or (self.max_clients is not None and n > self.max_clients)}
         summary = (f"all {len(counts)} group(s) within bounds" if not failing

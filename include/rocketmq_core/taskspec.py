@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
+from rocketmq_core.address_service import check_subgroup
 from rocketmq_core.errors import InvalidSpec
 from rocketmq_core.metadata import Scope
 from rocketmq_core.model import validate_group_name, validate_topic_name
@@ -78,12 +79,48 @@ class HttpSwitchSpec(_Strict):
     body: dict[str, Any] | None = None
 
 
+class AddressServiceSwitchSpec(_Strict):
+    """How to move a fleet whose clients ask an address service (rocketmq.namesrv.domain) for
+    their name servers: change what the fleet's subgroups answer, then wait for the brokers to
+    show the move (see rocketmq_core.address_service and rocketmq_core.fleet_moves).
+
+    The fleet's canary members use ``canary_subgroup`` and the rest ``subgroup``: a canary moves
+    the first, a full move (or a rollback) both. ``http_conn_id`` is an HTTP connection to the
+    service; its password, if any, is the bearer token.
+    """
+
+    type: Literal["address_service"]
+    http_conn_id: Annotated[str, Field(min_length=1)]
+    subgroup: str
+    canary_subgroup: str
+    timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 600
+    poll_seconds: Annotated[float, Field(gt=0, le=600)] = 5
+
+    @field_validator("subgroup", "canary_subgroup")
+    @classmethod
+    def _subgroup_names(cls, name: str) -> str:
+        return check_subgroup(name)  # InvalidAddresses is a ValueError: pydantic reports it
+
+    @model_validator(mode="after")
+    def _two_subgroups(self) -> "AddressServiceSwitchSpec":
+        if self.subgroup == self.canary_subgroup:
+            raise ValueError(f"canary_subgroup must differ from subgroup ({self.subgroup!r}):"
+                             " a canary would move the whole fleet")
+        return self
+
+
+def _switch_type(value: Any) -> str:
+    """Which switch spec a fleet's ``switch`` is: its ``type``, "http" when it names none."""
+    return value.get("type", "http") if isinstance(value, dict) else getattr(value, "type", "http")
+
+
 class FleetSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,100}$")]
     role: Literal["producer", "consumer"]
     groups: Annotated[list[str], Field(min_length=1)]
     topics: list[str] = []
-    switch: HttpSwitchSpec
+    switch: Annotated[Annotated[HttpSwitchSpec, Tag("http")]
+                      | Annotated[AddressServiceSwitchSpec, Tag("address_service")], Discriminator(_switch_type)]
     canary_share: Annotated[float, Field(gt=0, lt=1)] = 0.2
 
     @field_validator("groups")

@@ -17,13 +17,13 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
-from rocketmq_core.taskspec import FleetSpec, MigrationSpec, ReplicationSpec
+from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
     ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, MigrationGate, XComEvidence,
     rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
-from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.operators.fleet import AddressServiceSwitcher, FleetSwitchOperator, HttpSwitcher, Switcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
@@ -72,13 +72,14 @@ def _params(spec: MigrationSpec) -> dict[str, Param]:
 def _switches(spec: MigrationSpec, run: MigrationRun, stage: Stage, approval: Approval) -> TaskGroup:
     """One switch per fleet of the stage's role (its canary share, or all of it), guarded by its
     gate's recorded answer and by the stage's invariant on the live clusters."""
-    to = spec.source.conn_id if stage.to_side == SOURCE else spec.target.conn_id
+    to, away = ((spec.source.conn_id, spec.target.conn_id) if stage.to_side == SOURCE
+                else (spec.target.conn_id, spec.source.conn_id))
     with TaskGroup(stage.value) as group:
         for fleet in spec.fleets_of(stage.role):
             share = _share(stage, fleet)
             FleetSwitchOperator(
                 task_id=fleet.name, fleet=fleet.name, role=stage.role, groups=fleet.groups, to_cluster=to,
-                switcher=_switcher(fleet), preconditions=run.conditions(stage, fleet.groups, share),
+                from_cluster=away, switcher=_switcher(fleet), preconditions=run.conditions(stage, fleet.groups, share),
                 connections=_connections(spec), share=share, approval=approval, dry_run="{{ params.dry_run }}",
                 broker_sets=resolved("broker_sets"),
             )
@@ -99,8 +100,11 @@ def _connections(spec: MigrationSpec) -> dict[str, str]:
     return {SOURCE: spec.source.conn_id, TARGET: spec.target.conn_id}
 
 
-def _switcher(fleet: FleetSpec) -> HttpSwitcher:
+def _switcher(fleet: FleetSpec) -> Switcher:
     switch = fleet.switch
+    if isinstance(switch, AddressServiceSwitchSpec):
+        return AddressServiceSwitcher(switch.http_conn_id, switch.subgroup, switch.canary_subgroup,
+                                      switch.timeout_seconds, switch.poll_seconds)
     return HttpSwitcher(switch.http_conn_id, endpoint=switch.endpoint, method=switch.method, body=switch.body)
 
 

@@ -7,14 +7,16 @@ out of order cannot skip them); it acts through a pluggable switcher.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
+from rocketmq_core.fleet_moves import Whereabouts, clients_by_group, judge_move
 from rocketmq_core.migration import Condition
-from rocketmq_provider.hooks.rocketmq import verify_conditions
+from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
 
@@ -66,8 +68,78 @@ class HttpSwitcher(Switcher):
         return {"status_code": response.status_code, "response": text}
 
 
+class AddressServiceSwitcher(Switcher):
+    """Moves a fleet by changing what its address-service subgroups answer, then waits until the
+    brokers show the move (``rocketmq_core.fleet_moves``): the switch is done when its clients
+    are where it sent them, not when the service said yes.
+
+    A canary (share below 1) moves ``canary_subgroup``; a full move or a rollback moves both
+    subgroups. A canary that leaves a consumer group with no consumer on the old cluster is
+    undone at once (its subgroup answers the old cluster again) and the task fails naming it.
+    ``http_conn_id`` is an HTTP connection to the service; its password, if set, is sent as the
+    bearer token.
+    """
+
+    def __init__(self, http_conn_id: str, subgroup: str, canary_subgroup: str,
+                 timeout_seconds: float = 600, poll_seconds: float = 5):
+        self.http_conn_id = http_conn_id
+        self.subgroup = subgroup
+        self.canary_subgroup = canary_subgroup
+        self.timeout_seconds = timeout_seconds
+        self.poll_seconds = poll_seconds
+
+    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        role, groups, canary = request["role"], list(request["groups"]), float(request["share"]) < 1
+        joining, leaving = request["cluster"], request["from_cluster"]
+        subgroups = [self.canary_subgroup] if canary else [self.canary_subgroup, self.subgroup]
+
+        def whereabouts() -> Whereabouts:
+            return Whereabouts(*(RocketMQHook(c).run(lambda a: clients_by_group(a, role, groups))
+                                 for c in (leaving, joining)))
+
+        before = whereabouts()
+        log.info("before the switch: %s", before.to_dict())
+        namesrv = ";".join(RocketMQHook(joining).get_endpoint().namesrv_addrs)
+        answers = [self._set(subgroup, namesrv, log) for subgroup in subgroups]
+        deadline = time.monotonic() + self.timeout_seconds
+        while True:
+            now = whereabouts()
+            verdict = judge_move(before, now, role, canary)
+            if verdict.stripped:
+                old = ";".join(RocketMQHook(leaving).get_endpoint().namesrv_addrs)
+                for subgroup in subgroups:
+                    self._set(subgroup, old, log)
+                raise AirflowException(
+                    f"the canary left consumer group(s) {list(verdict.stripped)} with no consumer on {leaving}"
+                    f" while producers may still write there; subgroup(s) {subgroups} answer {leaving} again."
+                    " Put fewer members on the canary subgroup")
+            if verdict.done:
+                log.info("the brokers show the move: %s", now.to_dict())
+                return {"subgroups": answers, "before": before.to_dict(), "after": now.to_dict()}
+            if time.monotonic() > deadline:
+                raise AirflowException(f"subgroup(s) {subgroups} answer {joining}, but after"
+                                       f" {self.timeout_seconds:.0f}s the brokers show: " + "; ".join(verdict.waiting))
+            log.info("waiting for the brokers: %s", "; ".join(verdict.waiting))
+            time.sleep(self.poll_seconds)
+
+    def _set(self, subgroup: str, namesrv: str, log: Any) -> dict[str, Any]:
+        from airflow.providers.http.hooks.http import HttpHook
+
+        hook = HttpHook(method="PUT", http_conn_id=self.http_conn_id)
+        token = hook.get_connection(self.http_conn_id).password
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = hook.run(f"/subgroups/{subgroup}", json={"namesrv": namesrv}, headers=headers,
+                            extra_options={"check_response": False})
+        if not response.ok:
+            raise AirflowException(f"the address service refused subgroup {subgroup} -> {namesrv}:"
+                                   f" {response.status_code} {response.text[:500]}")
+        log.info("subgroup %s now answers %s", subgroup, namesrv)
+        return response.json()
+
+
 class FleetSwitchOperator(BaseOperator):
-    """Switch the ``role`` clients of ``groups`` (all, or a canary ``share``) to ``to_cluster``.
+    """Switch the ``role`` clients of ``groups`` (all, or a canary ``share``) to ``to_cluster``
+    (from ``from_cluster``: the connection ids of the two clusters).
 
     With ``approval``, nothing happens unless the gate before it recorded that answer in this
     run, by an assigned approver. ``preconditions`` are then evaluated against the live clusters;
@@ -84,7 +156,7 @@ class FleetSwitchOperator(BaseOperator):
     template_fields = ("switcher", "override_reason", "share", "dry_run", "broker_sets", "preconditions")
 
     def __init__(self, *, fleet: str, role: str, groups: list[str], to_cluster: str, switcher: Switcher,
-                 share: float | str = 1.0, preconditions: list[Condition] | None = None,
+                 from_cluster: str | None = None, share: float | str = 1.0, preconditions: list[Condition] | None = None,
                  connections: dict[str, str] | None = None, approval: Approval | None = None,
                  override_reason: str = "", dry_run: bool | str = False,
                  broker_sets: dict[str, list[str]] | str | None = None, **kwargs: Any):
@@ -97,6 +169,9 @@ class FleetSwitchOperator(BaseOperator):
         self.role = role
         self.groups = groups
         self.to_cluster = to_cluster
+        self.from_cluster = from_cluster
+        if isinstance(switcher, AddressServiceSwitcher) and not from_cluster:
+            raise ValueError("an address-service switch needs from_cluster: it waits for the clients to leave it")
         self.switcher = switcher
         self.share = share
         self.connections = dict(connections or {})
@@ -111,8 +186,9 @@ class FleetSwitchOperator(BaseOperator):
 
     @property
     def switch_request(self) -> dict[str, Any]:
-        return {"fleet": self.fleet, "role": self.role, "groups": list(self.groups),
-                "share": float(self.share), "cluster": self.to_cluster}
+        request = {"fleet": self.fleet, "role": self.role, "groups": list(self.groups),
+                   "share": float(self.share), "cluster": self.to_cluster}
+        return {**request, "from_cluster": self.from_cluster} if self.from_cluster else request
 
     def check_preconditions(self) -> list[dict[str, Any]]:
         """Evaluate every precondition now; return the observations of those that failed."""

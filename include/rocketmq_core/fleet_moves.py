@@ -1,0 +1,68 @@
+"""Whether a fleet has moved, as the brokers see it: the evidence a switch waits for.
+
+A switch that changes a config is only a request; the clients act on it at their next poll (a
+Java client asks its address service every two minutes) and the old brokers forget them when
+their connections expire. So a switch is done when the brokers say so: for a full move, no
+client of the fleet's groups is left on the cluster it leaves and the one it joins has as many
+as the two had before; for a canary, some client of every group is on the new cluster and gone
+from the old one, and, for consumers, the old cluster still has one (a canary never strips a
+group while producers may still write there). Client ids name the members that did not move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rocketmq_core.admin import ClusterAdmin
+
+
+async def clients_by_group(admin: ClusterAdmin, role: str, groups: list[str]) -> dict[str, frozenset[str]]:
+    """Client ids of each group's ``role`` clients on every master of the cluster."""
+    masters = [b.master for b in await admin.masters()]
+    return {group: await admin.online_clients(masters, role, group) for group in groups}
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    """Per group, the client ids online on the cluster a fleet leaves and on the one it joins."""
+
+    leaving: dict[str, frozenset[str]]
+    joining: dict[str, frozenset[str]]
+
+    def to_dict(self) -> dict[str, dict[str, list[str]]]:
+        return {"leaving": {g: sorted(c) for g, c in self.leaving.items()},
+                "joining": {g: sorted(c) for g, c in self.joining.items()}}
+
+
+@dataclass(frozen=True)
+class MoveVerdict:
+    """``done`` when the brokers show the move complete; ``stripped`` names consumer groups a
+    canary left with no consumer on the old cluster (the move must be undone); ``waiting`` says
+    per group what has not happened yet."""
+
+    done: bool
+    stripped: tuple[str, ...]
+    waiting: tuple[str, ...]
+
+
+def judge_move(before: Whereabouts, now: Whereabouts, role: str, canary: bool) -> MoveVerdict:
+    """A canary holds once some client of every group is on the new cluster only; a full move
+    once none is left on the old one and the new one has every client seen before the switch."""
+    waiting, stripped = [], []
+    for group in sorted(before.leaving):
+        left = now.leaving.get(group, frozenset())
+        there = now.joining.get(group, frozenset())
+        if canary:
+            if not there - left:
+                waiting.append(f"no {role} of {group} is on the new cluster only yet (on the new one:"
+                               f" {sorted(there)}, on the old one: {sorted(left)})")
+            elif role == "consumer" and not left:
+                stripped.append(group)
+            continue
+        was = before.leaving[group] | before.joining.get(group, frozenset())
+        if left:
+            waiting.append(f"{role}(s) {sorted(left)} of {group} are still on the old cluster")
+        if len(there) < len(was):
+            waiting.append(f"{len(there)} {role}(s) of {group} on the new cluster, {len(was)} before the"
+                           f" switch (not seen there: {sorted(was - there)})")
+    return MoveVerdict(not waiting and not stripped, tuple(stripped), tuple(waiting))
