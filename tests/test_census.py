@@ -8,10 +8,10 @@ import asyncio
 import contextlib
 
 import pytest
-from rocketmq.client import PushConsumer
+from rocketmq.client import Message, Producer, PushConsumer
 from rocketmq.ffi import MessageModel
 
-from cluster_side import shutdown_within, wait_for
+from cluster_side import has_route, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import BROADCASTING, take_census
 from rocketmq_core.model import TopicConfig
@@ -87,3 +87,45 @@ def test_census_names_every_reader_the_spec_did_not_decide(census_cluster, names
     decided = census.problems([fleet_group, wide, broadcast], in_scope, left_behind=[stranger],
                               broadcast_allowed=[broadcast])
     assert decided == [p for p in problems if wide in p]
+
+
+def test_census_lists_every_producer_group_online_and_mqadmin_agrees(census_cluster, names):
+    """Writers: every producer group connected to any master, whatever it writes (a broker does not
+    know), system groups left out; each group's clients are what mqadmin producerConnection lists."""
+    cluster = census_cluster
+    topic = names.topic("scope")
+    fleet_group, stray = names.group("pfleet"), names.group("pstray")
+    create_topics(cluster, topic)
+    wait_for(lambda: admin_run(cluster, lambda a: has_route(a, topic)), f"the route of {topic}", 30)
+    started = []
+    for group in (fleet_group, stray):
+        producer = Producer(group)
+        producer.set_namesrv_addr(cluster.namesrv)
+        producer.start()
+        producer.send_sync(_message(topic, group))  # connects to the broker that holds the queue
+        started.append(producer)
+    try:
+        census = wait_for(lambda: (c := admin_run(cluster, lambda a: take_census(a, [topic])))
+                          and {fleet_group, stray} <= set(c.writers or {}) and c,
+                          "both producer groups among the census' writers", 60)
+        listed = {g: harness.mqadmin(cluster.spec, ["producerConnection", "-g", g, "-t", topic])
+                  for g in (fleet_group, stray)}
+    finally:
+        for producer in started:
+            shutdown_within(producer)
+    for group, result in listed.items():
+        assert result.returncode == 0, result.stdout + result.stderr
+        theirs = {line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("0001")}
+        assert set(census.writers[group]) == theirs and len(theirs) == 1, (group, result.stdout)
+    assert not [g for g in census.writers if g.startswith(("CLIENT_INNER", "SELF_TEST"))]
+    assert set(census.writers_outside([fleet_group])) >= {stray}
+    assert fleet_group not in census.writers_outside([fleet_group])
+    assert stray not in census.writers_outside([fleet_group], left_behind=[stray])
+    assert census.to_dict()["writers"][stray] == list(census.writers[stray])
+
+
+def _message(topic: str, key: str) -> Message:
+    message = Message(topic)
+    message.set_keys(key)
+    message.set_body(b"census")
+    return message

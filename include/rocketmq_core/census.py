@@ -5,14 +5,20 @@ no fleet starves once the producers move (and may later join the target without 
 a fleet's group that also reads a topic outside the scope is moved whole while that topic's
 producers stay behind; a broadcasting group keeps its offsets in its clients, so "drained" says
 nothing about it. The census finds each of these on the live cluster, over every master broker.
+
+It also lists the writers: every producer group with a producer connected to any master. A
+broker does not know which topics a producer writes, so a writer outside every fleet is not
+refused here; it is named at the preflight and in the report, and the fence (which makes the
+topics read-only before the cutover) is what stops it writing where nobody will read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.errors import RequestCodeNotSupported
 from rocketmq_core.model import RETRY_PREFIX, is_system_group
 
 BROADCASTING = "BROADCASTING"
@@ -31,10 +37,17 @@ class Reader:
 
 @dataclass(frozen=True)
 class Census:
-    """The readers of some topics on one cluster, by group."""
+    """The readers of some topics on one cluster, by group, and every producer group's clients
+    (``writers``; None when a broker cannot list them: a 4.9 broker before GET_ALL_PRODUCER_INFO)."""
 
     readers: dict[str, Reader]
     brokers: tuple[str, ...]
+    writers: dict[str, tuple[str, ...]] | None = field(default_factory=dict)
+
+    def writers_outside(self, fleet_groups: Iterable[str], left_behind: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
+        """Producer groups online on the cluster that are in no fleet and not left behind on purpose."""
+        known = set(fleet_groups) | set(left_behind)
+        return {g: c for g, c in sorted((self.writers or {}).items()) if g not in known}
 
     def problems(self, fleet_groups: Iterable[str], in_scope: Callable[[str], bool],
                  left_behind: Iterable[str] = (), broadcast_allowed: Iterable[str] = ()) -> list[str]:
@@ -56,7 +69,8 @@ class Census:
         return problems
 
     def to_dict(self) -> dict[str, object]:
-        return {"brokers": list(self.brokers), "readers": {
+        writers = None if self.writers is None else {g: list(c) for g, c in sorted(self.writers.items())}
+        return {"brokers": list(self.brokers), "writers": writers, "readers": {
             g: {"topics": list(r.topics), "subscriptions": list(r.subscriptions),
                 "message_model": r.message_model, "online": r.online} for g, r in sorted(self.readers.items())}}
 
@@ -64,7 +78,8 @@ class Census:
 async def take_census(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
                       expected_brokers: Iterable[str] = ()) -> Census:
     """Every non-system group that reads one of ``topics`` on any master, with its online
-    subscriptions and message model (from its consumers on every master, counted once)."""
+    subscriptions and message model (from its consumers on every master, counted once), and
+    every non-system producer group connected to any master."""
     topics = sorted(set(topics))
     masters = await admin.masters(cluster, expected_brokers)
     addrs = [b.master for b in masters if b.master]
@@ -83,4 +98,17 @@ async def take_census(admin: ClusterAdmin, topics: Iterable[str], cluster: str |
         readers[group] = Reader(group, tuple(sorted(read)), tuple(subscriptions),
                                 BROADCASTING if BROADCASTING in models else next(iter(models), ""),
                                 len({c.client_id for a in answers for c in a.clients}))
-    return Census(readers, tuple(b.name for b in masters))
+    return Census(readers, tuple(b.name for b in masters), await _writers(admin, addrs))
+
+
+async def _writers(admin: ClusterAdmin, addrs: list[str]) -> dict[str, tuple[str, ...]] | None:
+    try:
+        tables = await admin.gather(admin.all_producers(addr) for addr in addrs)
+    except RequestCodeNotSupported:
+        return None
+    clients: dict[str, set[str]] = {}
+    for table in tables:
+        for group, connections in table.items():
+            if not is_system_group(group):
+                clients.setdefault(group, set()).update(c.client_id for c in connections)
+    return {group: tuple(sorted(ids)) for group, ids in sorted(clients.items())}

@@ -60,7 +60,8 @@ def is_system_topic(name: str, system_topics: frozenset[str] = frozenset()) -> b
 
 _SYSTEM_GROUPS = {"SELF_TEST_C_GROUP", "CID_ONSAPI_OWNER", "CID_ONSAPI_PERMISSION", "TOOLS_CONSUMER",
                   "CID_ONS-HTTP-PROXY", "FILTERSRV_CONSUMER", "CID_ONSAPI_PULL", "CID_RMQ_SYS_TRANS",
-                  "CID_SYS_RMQ_TRANS", "SCHEDULE_CONSUMER", "CID_DefaultHeartBeatSyncerTopic", ""}
+                  "CID_SYS_RMQ_TRANS", "SCHEDULE_CONSUMER", "CID_DefaultHeartBeatSyncerTopic", "CLIENT_INNER_PRODUCER",
+                  "SELF_TEST_P_GROUP", ""}
 
 
 def is_system_group(name: str) -> bool:

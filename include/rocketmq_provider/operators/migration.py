@@ -81,12 +81,20 @@ class MigrationPreflightOperator(BaseOperator):
         self.log.info("source %s: %s; target %s: %s", spec.source.conn_id, source["versions"],
                       spec.target.conn_id, target["versions"])
         self.log.info("scope resolves to %d topic(s) and %d group(s)", len(topics), len(groups))
+        writers_outside = census.writers_outside(spec.groups_of("producer"), spec.leave_behind) if census else {}
+        if census and census.writers is None:
+            self.log.warning("the source's brokers cannot list their producers: writers outside the fleets"
+                             " are unknown; the fence before the cutover is what stops them")
+        elif writers_outside:
+            self.log.warning("producer groups online on the source in no fleet (the fence will refuse their"
+                             " writes to the migrated topics): %s", writers_outside)
         if problems:
             raise AirflowException("preflight: " + "; ".join(problems))
         # The run's broker sets: every later check must see all of these, or its figures are unknown.
         broker_sets = {spec.source.conn_id: source["brokers"], spec.target.conn_id: target["brokers"]}
         return {"source": source, "target": target, "broker_sets": broker_sets, "topics": topics, "groups": groups,
-                "census": census.to_dict() if census else None, "left_behind": spec.leave_behind,
+                "census": census.to_dict() if census else None, "writers_outside": writers_outside,
+                "left_behind": spec.leave_behind,
                 "consumer_groups": spec.groups_of("consumer"), "producer_groups": spec.groups_of("producer")}
 
     def _claim_the_migration(self, context: Any) -> None:
