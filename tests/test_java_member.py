@@ -3,7 +3,8 @@
 A mixed fleet (a Java and a C++ producer; a Java and a C++ consumer sharing one group) runs on
 the 4.9 source; the Java members are moved to the 5.x target through the config service while
 the C++ members stay: nothing is lost and the brokers see each client where the config says.
-Without a config service the Java member follows the client's own name-server address service.
+Without a config service the Java member follows the client's own name-server address service;
+the project's address service and its switch move such members, judged by what the brokers show.
 """
 
 from __future__ import annotations
