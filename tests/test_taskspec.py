@@ -144,3 +144,27 @@ def test_a_bad_address_service_switch_is_named(switch, message):
     fleets[0]["switch"] = {"type": "address_service", "http_conn_id": "address_service", **switch}
     error = str(pytest.raises(InvalidSpec, parse_spec, variant(fleets=fleets), "f.yaml").value)
     assert "fleets.0.switch" in error and message in error
+
+
+def test_a_manual_fleet_gets_its_instructions_at_the_gate_before_each_switch(tmp_path, monkeypatch):
+    """The gate before a manual switch says what to change, with the destination's name servers
+    read from its connection when the gate opens; the switch is a ManualSwitcher."""
+    fleets = copy.deepcopy(EXAMPLE["fleets"])
+    fleets[0]["switch"] = {"type": "manual", "how": "Edit billing.yaml in the deploy repo.", "timeout_seconds": 900}
+    write(tmp_path, "a.yaml", variant(fleets=fleets))
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_TARGET", '{"conn_type": "rocketmq", "host": "10.1.2.3", "port": 9876,'
+                                                       ' "login": "AK", "password": "secret-SK"}')
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    assert not bag.import_errors
+    dag = bag.dags["rmq_migration__orders-migration"]
+    name = fleets[0]["name"]
+    switch = dag.get_task(f"remaining_consumers.{name}")
+    assert type(switch.switcher).__name__ == "ManualSwitcher" and switch.switcher.timeout_seconds == 900
+    [step] = [e for e in dag.get_task("approve_cutover").evidence if type(e).__name__ == "ManualStepEvidence"]
+    text = step.render({})
+    assert f"fleet {name}" in text and "all of its members" in text and "10.1.2.3:9876" in text
+    assert "Edit billing.yaml in the deploy repo." in text and "secret-SK" not in text
+    # producers' gates carry no manual step: that fleet is switched over HTTP
+    assert not [e for e in dag.get_task("approve_remaining_producers").evidence
+                if type(e).__name__ == "ManualStepEvidence"]

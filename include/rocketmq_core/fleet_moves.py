@@ -66,3 +66,13 @@ def judge_move(before: Whereabouts, now: Whereabouts, role: str, canary: bool) -
             waiting.append(f"{len(there)} {role}(s) of {group} on the new cluster, {len(was)} before the"
                            f" switch (not seen there: {sorted(was - there)})")
     return MoveVerdict(not waiting and not stripped, tuple(stripped), tuple(waiting))
+
+
+def manual_instructions(fleet: str, role: str, groups: list[str], share: float, namesrv: str,
+                        how: str = "") -> str:
+    """What the on-call changes by hand for one switch: which clients, how many, where to."""
+    which = ("all of its members" if share >= 1 else
+             f"a canary of {share:.0%} of each group's members (at least one, never all of a consumer group)")
+    text = (f"Point the {role}s of fleet {fleet} (groups {', '.join(groups)}), {which}, at the name"
+            f" server(s) {namesrv}.")
+    return f"{text} {how.strip()}" if how.strip() else text

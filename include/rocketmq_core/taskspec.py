@@ -109,6 +109,17 @@ class AddressServiceSwitchSpec(_Strict):
         return self
 
 
+class ManualSwitchSpec(_Strict):
+    """A person moves the fleet: the gate before each switch says what to change (``how`` adds
+    the fleet's own words: which config, which deploy), then the switch waits for the brokers to
+    show the move, up to ``timeout_seconds``."""
+
+    type: Literal["manual"]
+    how: Annotated[str, Field(max_length=2000)] = ""
+    timeout_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600
+    poll_seconds: Annotated[float, Field(gt=0, le=600)] = 10
+
+
 def _switch_type(value: Any) -> str:
     """Which switch spec a fleet's ``switch`` is: its ``type``, "http" when it names none."""
     return value.get("type", "http") if isinstance(value, dict) else getattr(value, "type", "http")
@@ -120,7 +131,8 @@ class FleetSpec(_Strict):
     groups: Annotated[list[str], Field(min_length=1)]
     topics: list[str] = []
     switch: Annotated[Annotated[HttpSwitchSpec, Tag("http")]
-                      | Annotated[AddressServiceSwitchSpec, Tag("address_service")], Discriminator(_switch_type)]
+                      | Annotated[AddressServiceSwitchSpec, Tag("address_service")]
+                      | Annotated[ManualSwitchSpec, Tag("manual")], Discriminator(_switch_type)]
     canary_share: Annotated[float, Field(gt=0, lt=1)] = 0.2
 
     @field_validator("groups")

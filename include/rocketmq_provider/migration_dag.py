@@ -17,13 +17,15 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
-from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, MigrationSpec, ReplicationSpec
+from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
-    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, MigrationGate, XComEvidence,
-    rollback_requested,
+    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, ManualStepEvidence, MigrationGate,
+    XComEvidence, rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
-from rocketmq_provider.operators.fleet import AddressServiceSwitcher, FleetSwitchOperator, HttpSwitcher, Switcher
+from rocketmq_provider.operators.fleet import (
+    AddressServiceSwitcher, FleetSwitchOperator, HttpSwitcher, ManualSwitcher, Switcher,
+)
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
@@ -96,6 +98,13 @@ def _stage_conditions(spec: MigrationSpec, run: MigrationRun, stage: Stage) -> l
     return [c for fleet in spec.fleets_of(stage.role) for c in run.conditions(stage, fleet.groups, _share(stage, fleet))]
 
 
+def _manual_steps(spec: MigrationSpec, stage: Stage) -> list[ManualStepEvidence]:
+    """What the on-call changes by hand after this gate, one entry per manually switched fleet."""
+    to = spec.source.conn_id if stage.to_side == SOURCE else spec.target.conn_id
+    return [ManualStepEvidence(fleet.name, stage.role, fleet.groups, _share(stage, fleet), to, fleet.switch.how)
+            for fleet in spec.fleets_of(stage.role) if isinstance(fleet.switch, ManualSwitchSpec)]
+
+
 def _connections(spec: MigrationSpec) -> dict[str, str]:
     return {SOURCE: spec.source.conn_id, TARGET: spec.target.conn_id}
 
@@ -105,6 +114,8 @@ def _switcher(fleet: FleetSpec) -> Switcher:
     if isinstance(switch, AddressServiceSwitchSpec):
         return AddressServiceSwitcher(switch.http_conn_id, switch.subgroup, switch.canary_subgroup,
                                       switch.timeout_seconds, switch.poll_seconds)
+    if isinstance(switch, ManualSwitchSpec):
+        return ManualSwitcher(switch.how, switch.timeout_seconds, switch.poll_seconds)
     return HttpSwitcher(switch.http_conn_id, endpoint=switch.endpoint, method=switch.method, body=switch.body)
 
 
@@ -161,7 +172,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         ]
         gates = {gate_id: MigrationGate(
             task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
-            evidence=[*evidence, InvariantEvidence(_stage_conditions(spec, run, stage), _connections(spec),
+            evidence=[*_manual_steps(spec, stage), *evidence, InvariantEvidence(_stage_conditions(spec, run, stage), _connections(spec),
                                                    resolved("broker_sets"))], **gate_args)
             for gate_id, next_id, stage, subject, evidence in steps}
 

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
+from rocketmq_core.fleet_moves import manual_instructions
 from rocketmq_core.migration import Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 
@@ -154,6 +155,24 @@ class InvariantEvidence(Evidence):
                 f" | {seen['summary']} |"
                 for seen in verify_conditions(self.conditions, self.connections, self.broker_sets)]
         return "\n".join(["| now | condition | seen |", "|---|---|---|", *rows])
+
+
+class ManualStepEvidence(Evidence):
+    """What the on-call must change by hand once they approve, with the name servers of the
+    cluster the fleet goes to, read from its connection as the gate opens (never a credential)."""
+
+    template_fields = ("share",)
+
+    def __init__(self, fleet: str, role: str, groups: list[str], share: float | str, to_conn_id: str,
+                 how: str = ""):
+        self.fleet, self.role, self.groups, self.share = fleet, role, groups, share
+        self.to_conn_id, self.how = to_conn_id, how
+        self.title = f"By hand after you approve: fleet {fleet}"
+
+    def render(self, context: Any) -> str:
+        namesrv = ";".join(RocketMQHook(self.to_conn_id).get_endpoint().namesrv_addrs)
+        return (manual_instructions(self.fleet, self.role, self.groups, float(self.share), namesrv, self.how)
+                + " The switch then waits until the brokers show every client where it should be.")
 
 
 class XComEvidence(Evidence):

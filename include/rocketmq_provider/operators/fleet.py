@@ -8,13 +8,14 @@ out of order cannot skip them); it acts through a pluggable switcher.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.fleet_moves import Whereabouts, clients_by_group, judge_move
+from rocketmq_core.fleet_moves import Whereabouts, clients_by_group, judge_move, manual_instructions
 from rocketmq_core.migration import Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 from rocketmq_provider.operators.approval import Approval, override_reason
@@ -68,10 +69,47 @@ class HttpSwitcher(Switcher):
         return {"status_code": response.status_code, "response": text}
 
 
-class AddressServiceSwitcher(Switcher):
+class EvidenceSwitcher(Switcher):
+    """A switcher whose change the clients act on later: it is done when the brokers show the
+    fleet moved (``rocketmq_core.fleet_moves``), and fails naming the clients that did not."""
+
+    def __init__(self, timeout_seconds: float = 600, poll_seconds: float = 5):
+        self.timeout_seconds = timeout_seconds
+        self.poll_seconds = poll_seconds
+
+    @staticmethod
+    def whereabouts(request: dict[str, Any]) -> Whereabouts:
+        role, groups = request["role"], list(request["groups"])
+        return Whereabouts(*(RocketMQHook(c).run(lambda a: clients_by_group(a, role, groups))
+                             for c in (request["from_cluster"], request["cluster"])))
+
+    def await_move(self, request: dict[str, Any], before: Whereabouts, log: Any,
+                   undo: Callable[[], str]) -> dict[str, Any]:
+        """Poll until the move shows; a canary that strips a consumer group calls ``undo`` (which
+        says what it did) and fails naming the group."""
+        role, canary, leaving = request["role"], float(request["share"]) < 1, request["from_cluster"]
+        deadline = time.monotonic() + self.timeout_seconds
+        while True:
+            now = self.whereabouts(request)
+            verdict = judge_move(before, now, role, canary)
+            if verdict.stripped:
+                raise AirflowException(
+                    f"the canary left consumer group(s) {list(verdict.stripped)} with no consumer on {leaving}"
+                    f" while producers may still write there; {undo()}")
+            if verdict.done:
+                log.info("the brokers show the move: %s", now.to_dict())
+                return {"before": before.to_dict(), "after": now.to_dict()}
+            if time.monotonic() > deadline:
+                raise AirflowException(f"after {self.timeout_seconds:.0f}s the brokers show the {role}s of"
+                                       f" {list(request['groups'])} not moved: " + "; ".join(verdict.waiting))
+            log.info("waiting for the brokers: %s", "; ".join(verdict.waiting))
+            time.sleep(self.poll_seconds)
+
+
+class AddressServiceSwitcher(EvidenceSwitcher):
     """Moves a fleet by changing what its address-service subgroups answer, then waits until the
-    brokers show the move (``rocketmq_core.fleet_moves``): the switch is done when its clients
-    are where it sent them, not when the service said yes.
+    brokers show the move: the switch is done when its clients are where it sent them, not when
+    the service said yes.
 
     A canary (share below 1) moves ``canary_subgroup``; a full move or a rollback moves both
     subgroups. A canary that leaves a consumer group with no consumer on the old cluster is
@@ -82,45 +120,24 @@ class AddressServiceSwitcher(Switcher):
 
     def __init__(self, http_conn_id: str, subgroup: str, canary_subgroup: str,
                  timeout_seconds: float = 600, poll_seconds: float = 5):
+        super().__init__(timeout_seconds, poll_seconds)
         self.http_conn_id = http_conn_id
         self.subgroup = subgroup
         self.canary_subgroup = canary_subgroup
-        self.timeout_seconds = timeout_seconds
-        self.poll_seconds = poll_seconds
 
     def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
-        role, groups, canary = request["role"], list(request["groups"]), float(request["share"]) < 1
-        joining, leaving = request["cluster"], request["from_cluster"]
+        canary = float(request["share"]) < 1
         subgroups = [self.canary_subgroup] if canary else [self.canary_subgroup, self.subgroup]
-
-        def whereabouts() -> Whereabouts:
-            return Whereabouts(*(RocketMQHook(c).run(lambda a: clients_by_group(a, role, groups))
-                                 for c in (leaving, joining)))
-
-        before = whereabouts()
+        before = self.whereabouts(request)
         log.info("before the switch: %s", before.to_dict())
-        namesrv = ";".join(RocketMQHook(joining).get_endpoint().namesrv_addrs)
-        answers = [self._set(subgroup, namesrv, log) for subgroup in subgroups]
-        deadline = time.monotonic() + self.timeout_seconds
-        while True:
-            now = whereabouts()
-            verdict = judge_move(before, now, role, canary)
-            if verdict.stripped:
-                old = ";".join(RocketMQHook(leaving).get_endpoint().namesrv_addrs)
-                for subgroup in subgroups:
-                    self._set(subgroup, old, log)
-                raise AirflowException(
-                    f"the canary left consumer group(s) {list(verdict.stripped)} with no consumer on {leaving}"
-                    f" while producers may still write there; subgroup(s) {subgroups} answer {leaving} again."
+        answers = [self._set(subgroup, _namesrv(request["cluster"]), log) for subgroup in subgroups]
+
+        def undo() -> str:
+            for subgroup in subgroups:
+                self._set(subgroup, _namesrv(request["from_cluster"]), log)
+            return (f"subgroup(s) {subgroups} answer {request['from_cluster']} again."
                     " Put fewer members on the canary subgroup")
-            if verdict.done:
-                log.info("the brokers show the move: %s", now.to_dict())
-                return {"subgroups": answers, "before": before.to_dict(), "after": now.to_dict()}
-            if time.monotonic() > deadline:
-                raise AirflowException(f"subgroup(s) {subgroups} answer {joining}, but after"
-                                       f" {self.timeout_seconds:.0f}s the brokers show: " + "; ".join(verdict.waiting))
-            log.info("waiting for the brokers: %s", "; ".join(verdict.waiting))
-            time.sleep(self.poll_seconds)
+        return {"subgroups": answers, **self.await_move(request, before, log, undo)}
 
     def _set(self, subgroup: str, namesrv: str, log: Any) -> dict[str, Any]:
         from airflow.providers.http.hooks.http import HttpHook
@@ -135,6 +152,32 @@ class AddressServiceSwitcher(Switcher):
                                    f" {response.status_code} {response.text[:500]}")
         log.info("subgroup %s now answers %s", subgroup, namesrv)
         return response.json()
+
+
+class ManualSwitcher(EvidenceSwitcher):
+    """A person moves the fleet (edits a config, redeploys); the gate before this switch and its
+    log say exactly what to change, and the switch waits for the brokers to show it done.
+    Nothing is called, so nothing can be undone for them: a canary that strips a consumer group
+    fails, asking for a consumer back on the old cluster."""
+
+    def __init__(self, how: str = "", timeout_seconds: float = 3600, poll_seconds: float = 10):
+        super().__init__(timeout_seconds, poll_seconds)
+        self.how = how
+
+    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        before = self.whereabouts(request)
+        text = manual_instructions(request["fleet"], request["role"], list(request["groups"]),
+                                   float(request["share"]), _namesrv(request["cluster"]), self.how)
+        log.warning("BY HAND: %s Waiting up to %.0fs for the brokers to show it.", text, self.timeout_seconds)
+
+        def undo() -> str:
+            return f"put at least one consumer of each back on {request['from_cluster']} now"
+        return {"instructions": text, **self.await_move(request, before, log, undo)}
+
+
+def _namesrv(conn_id: str) -> str:
+    """The name servers a rocketmq connection names, as clients take them (no credentials)."""
+    return ";".join(RocketMQHook(conn_id).get_endpoint().namesrv_addrs)
 
 
 class FleetSwitchOperator(BaseOperator):
@@ -170,8 +213,8 @@ class FleetSwitchOperator(BaseOperator):
         self.groups = groups
         self.to_cluster = to_cluster
         self.from_cluster = from_cluster
-        if isinstance(switcher, AddressServiceSwitcher) and not from_cluster:
-            raise ValueError("an address-service switch needs from_cluster: it waits for the clients to leave it")
+        if isinstance(switcher, EvidenceSwitcher) and not from_cluster:
+            raise ValueError(f"a {type(switcher).__name__} needs from_cluster: it waits for the clients to leave it")
         self.switcher = switcher
         self.share = share
         self.connections = dict(connections or {})
