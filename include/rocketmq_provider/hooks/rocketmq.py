@@ -66,6 +66,10 @@ class RocketMQHook(BaseHook):
         """Async connection access, for triggers (sync access would block the triggerer loop)."""
         return endpoint_from_connection(await self.aget_connection(self.rocketmq_conn_id))
 
+    def namesrv(self) -> str:
+        """The connection's name servers as clients take them, ``host:port;host:port`` (no credentials)."""
+        return ";".join(self.get_endpoint().namesrv_addrs)
+
     def get_conn(self) -> ClusterAdmin:
         return self.get_endpoint().admin()
 

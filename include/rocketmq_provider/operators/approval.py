@@ -170,7 +170,7 @@ class ManualStepEvidence(Evidence):
         self.title = f"By hand after you approve: fleet {fleet}"
 
     def render(self, context: Any) -> str:
-        namesrv = ";".join(RocketMQHook(self.to_conn_id).get_endpoint().namesrv_addrs)
+        namesrv = RocketMQHook(self.to_conn_id).namesrv()
         return (manual_instructions(self.fleet, self.role, self.groups, float(self.share), namesrv, self.how)
                 + " The switch then waits until the brokers show every client where it should be.")
 

@@ -130,11 +130,11 @@ class AddressServiceSwitcher(EvidenceSwitcher):
         subgroups = [self.canary_subgroup] if canary else [self.canary_subgroup, self.subgroup]
         before = self.whereabouts(request)
         log.info("before the switch: %s", before.to_dict())
-        answers = [self._set(subgroup, _namesrv(request["cluster"]), log) for subgroup in subgroups]
+        answers = [self._set(subgroup, RocketMQHook(request["cluster"]).namesrv(), log) for subgroup in subgroups]
 
         def undo() -> str:
             for subgroup in subgroups:
-                self._set(subgroup, _namesrv(request["from_cluster"]), log)
+                self._set(subgroup, RocketMQHook(request["from_cluster"]).namesrv(), log)
             return (f"subgroup(s) {subgroups} answer {request['from_cluster']} again."
                     " Put fewer members on the canary subgroup")
         return {"subgroups": answers, **self.await_move(request, before, log, undo)}
@@ -167,17 +167,12 @@ class ManualSwitcher(EvidenceSwitcher):
     def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
         before = self.whereabouts(request)
         text = manual_instructions(request["fleet"], request["role"], list(request["groups"]),
-                                   float(request["share"]), _namesrv(request["cluster"]), self.how)
+                                   float(request["share"]), RocketMQHook(request["cluster"]).namesrv(), self.how)
         log.warning("BY HAND: %s Waiting up to %.0fs for the brokers to show it.", text, self.timeout_seconds)
 
         def undo() -> str:
             return f"put at least one consumer of each back on {request['from_cluster']} now"
         return {"instructions": text, **self.await_move(request, before, log, undo)}
-
-
-def _namesrv(conn_id: str) -> str:
-    """The name servers a rocketmq connection names, as clients take them (no credentials)."""
-    return ";".join(RocketMQHook(conn_id).get_endpoint().namesrv_addrs)
 
 
 class FleetSwitchOperator(BaseOperator):
