@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from rocketmq.exceptions import ProducerSendSyncFailed
+
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
@@ -37,6 +39,20 @@ def shutdown_within(client: Any, seconds: float = 20.0) -> None:
     stopper = threading.Thread(target=client.shutdown, daemon=True)
     stopper.start()
     stopper.join(seconds)
+
+
+def send_routed(producer: Any, message: Any, timeout: float = 30.0) -> Any:
+    """``send_sync`` that rides out a missing route: the C++ client asks the name server once when it
+    first sends, and on a busy machine that ask can time out or come before the route is complete,
+    leaving "No route info" although the name server already holds the route. Other errors raise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return producer.send_sync(message)
+        except ProducerSendSyncFailed as error:
+            if "No route info" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 class Side:

@@ -28,7 +28,7 @@ from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness import clusters as harness
-from cluster_side import shutdown_within
+from cluster_side import send_routed, shutdown_within
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -327,7 +327,7 @@ def live(request, rmq_clusters):
         for i in range(sent):
             msg = Message(topic)
             msg.set_body(f"live {i}".encode())
-            producer.send_sync(msg)
+            send_routed(producer, msg)
 
         async def snapshot(admin: ClusterAdmin):
             offsets = await admin.topic_offsets(cluster.broker, topic)

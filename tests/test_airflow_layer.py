@@ -16,7 +16,7 @@ from http_recorder import RecordingServer
 from rocketmq_core.model import TopicConfig
 from rocketmq_harness import clusters as harness
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
-from cluster_side import shutdown_within
+from cluster_side import send_routed, shutdown_within
 
 SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
 
@@ -149,7 +149,7 @@ def test_writes_stopped_sensor_waits_for_quiet_topic(bag, rmq_clusters, names):
         while time.monotonic() < stop_at:
             msg = Message(topic)
             msg.set_body(b"x")
-            sent.append(producer.send_sync(msg).msg_id)
+            sent.append(send_routed(producer, msg).msg_id)
             last_write.append(time.time())
             time.sleep(0.2)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import Side, send_half, shutdown_within
+from cluster_side import Side, send_half, send_routed, shutdown_within
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import (
     QUERY_CONSUME_QUEUE, VIEW_MESSAGE_BY_ID, BacklogError, BacklogReport, decode_stored_message,
@@ -106,7 +106,7 @@ def produce(cluster, topic: str, keys: list[str], delay_level: int = 0,
                 msg.set_delay_time_level(delay_level)
             for name, value in (properties or {}).items():
                 msg.set_property(name, value)
-            results.append(producer.send_sync(msg))
+            results.append(send_routed(producer, msg))
         return results
     finally:
         producer.shutdown()

@@ -11,7 +11,7 @@ import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 from rocketmq.ffi import MessageModel
 
-from cluster_side import has_route, shutdown_within, wait_for
+from cluster_side import has_route, send_routed, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import BROADCASTING, take_census
 from rocketmq_core.model import TopicConfig
@@ -102,7 +102,7 @@ def test_census_lists_every_producer_group_online_and_mqadmin_agrees(census_clus
         producer = Producer(group)
         producer.set_namesrv_addr(cluster.namesrv)
         producer.start()
-        producer.send_sync(_message(topic, group))  # connects to the broker that holds the queue
+        send_routed(producer, _message(topic, group))  # connects to the broker that holds the queue
         started.append(producer)
     try:
         census = wait_for(lambda: (c := admin_run(cluster, lambda a: take_census(a, [topic])))

@@ -31,7 +31,7 @@ from rocketmq_core.metadata import Scope, diff, take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness.clusters import mqadmin, parse_consumer_progress
-from cluster_side import shutdown_within
+from cluster_side import send_routed, shutdown_within
 
 RMQCTL = Path(sys.executable).with_name("rmqctl")
 
@@ -269,7 +269,7 @@ def test_clients_match_core_and_mqadmin(cluster, names, cleanup, capsys):
     try:
         message = Message(topic)
         message.set_body(b"hello")
-        producer.send_sync(message)
+        send_routed(producer, message)
         assert received.wait(60), "the consumer never received the message"
 
         def online():

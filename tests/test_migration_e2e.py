@@ -24,7 +24,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo.config_service import FleetConfig, serve
 from rocketmq_demo.fleet import DemoFleet, FleetLayout
-from cluster_side import shutdown_within
+from cluster_side import send_routed, shutdown_within
 
 SOURCE, TARGET = "rocketmq_source", "rocketmq_target"
 GATES = ["approve_metadata_sync", "approve_canary_consumers", "approve_canary_producers",
@@ -330,7 +330,7 @@ class StrayProducer:
                 message = Message(self.topic)
                 message.set_keys(key)
                 message.set_body(key.encode())
-                self.producer.send_sync(message)
+                send_routed(self.producer, message)
                 self.sent.append(key)
                 time.sleep(0.3)
 

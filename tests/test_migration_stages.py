@@ -12,7 +12,7 @@ import uuid
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import send_half, shutdown_within, wait_for
+from cluster_side import send_half, send_routed, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import ClientsOnline, WritesStopped
 from rocketmq_core.fence import fence_topics, lift_fence
@@ -169,7 +169,7 @@ def test_the_cutover_refuses_while_anyone_writes_the_source(sides, names):
             message = Message(topic)
             message.set_keys(f"stray-{index}")
             message.set_body(b"stray")
-            stray.send_sync(message)
+            send_routed(stray, message)
     finally:
         stray.shutdown()
     after = evaluate(sides, run.conditions(Stage.CUTOVER))
@@ -212,7 +212,7 @@ def test_the_watch_sees_a_returning_client_a_lifted_fence_and_a_write(sides, nam
     try:
         message = Message(topic)
         message.set_body(b"after the cutover")
-        stray.send_sync(message)
+        send_routed(stray, message)
     finally:
         stray.shutdown()
     written = watch()

@@ -16,7 +16,7 @@ import time
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import shutdown_within, wait_for
+from cluster_side import send_routed, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.checks import BacklogZero, ClientsOnline, WritesStopped
@@ -161,7 +161,7 @@ def test_clients_are_counted_once_across_brokers(ha_cluster, names):
         for i in range(8):  # round robin over both brokers' queues: the producer reaches both
             message = Message(topic)
             message.set_body(b"x")
-            producer.send_sync(message)
+            send_routed(producer, message)
 
         def per_broker() -> dict[str, tuple[int, int]]:
             async def _go(admin: ClusterAdmin):
