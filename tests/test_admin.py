@@ -32,10 +32,6 @@ from cluster_side import send_routed, shutdown_within
 
 # --- helpers ----------------------------------------------------------------------------------
 
-
-GET_KVLIST_BY_NAMESPACE = 219  # name server KV table, e.g. the ORDER_TOPIC_CONFIG namespace
-
-
 def admin_run(cluster, scenario, credentials: Credentials | None | str = "cluster", **kwargs):
     """Run ``scenario(admin)`` with a ClusterAdmin on the cluster's name server."""
     creds = cluster.credentials if credentials == "cluster" else credentials
@@ -166,13 +162,12 @@ def test_topics_created_by_mqadmin_are_read_back_exactly(cluster, names):
         assert "success" in no_exception(output)
 
     async def read(admin: ClusterAdmin):
-        order_table = await admin.namesrv_invoke(GET_KVLIST_BY_NAMESPACE, {"namespace": "ORDER_TOPIC_CONFIG"})
-        return await admin.topic_configs(cluster.broker), await admin.topic_names(), loads(order_table.body)
+        return await admin.topic_configs(cluster.broker), await admin.topic_names(), await admin.order_table()
 
     configs, listed, order_table = admin_run(cluster, read)
     # mqadmin -o true records the topic in the name server's order table on both versions ...
-    assert order_table["table"][t_order] == f"{cluster.spec.broker_name}:5"
-    assert t_write_only not in order_table["table"] and t_default not in order_table["table"]
+    assert order_table[t_order] == f"{cluster.spec.broker_name}:5"
+    assert t_write_only not in order_table and t_default not in order_table
     # ... a 5.x broker also stores the flag at once; a 4.9 broker copies it from that table at
     # its next registration (up to 30 s later), so until then it reports the topic unordered.
     assert replace(configs[t_order], order=True) == \

@@ -20,8 +20,7 @@ from rocketmq.client import Message, Producer, PushConsumer
 from cluster_side import Side, send_half, send_routed, shutdown_within
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import (
-    QUERY_CONSUME_QUEUE, VIEW_MESSAGE_BY_ID, BacklogError, BacklogReport, decode_stored_message,
-    attribute_system_rows, half_state, measure_backlog,
+    BacklogReport, attribute_system_rows, decode_stored_message, half_state, measure_backlog,
 )
 from rocketmq_core.errors import BrokerUnavailable, ConnectionFailed, InvalidSpec, NotFound
 from rocketmq_core.model import HALF_TOPIC, SCHEDULE_TOPIC, TIMER_TOPIC, GroupConfig, TopicConfig
@@ -207,12 +206,13 @@ async def pending_half_keys(admin: ClusterAdmin, broker: str) -> set[str]:
     keys = set()
     index = state.start
     while index < state.max_offset:
-        resp = await admin.client.invoke(broker, QUERY_CONSUME_QUEUE, {"topic": HALF_TOPIC, "queueId": 0,
-                                                                       "index": index, "count": 64})
+        resp = await admin.client.invoke(broker, RequestCode.QUERY_CONSUME_QUEUE,
+                                         {"topic": HALF_TOPIC, "queueId": 0, "index": index, "count": 64})
         entries = loads(resp.body)["queueData"]
         for offset, entry in enumerate(entries, start=index):
             if offset < state.max_offset and state.is_pending(offset):
-                view = await admin.client.invoke(broker, VIEW_MESSAGE_BY_ID, {"offset": entry["physicOffset"]})
+                view = await admin.client.invoke(broker, RequestCode.VIEW_MESSAGE_BY_ID,
+                                                 {"offset": entry["physicOffset"]})
                 keys.add(decode_stored_message(view.body)[0].get("UNIQ_KEY", ""))
         index += len(entries)
     return keys

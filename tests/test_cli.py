@@ -27,7 +27,9 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.cli import main
 from rocketmq_core.errors import RocketMQError
-from rocketmq_core.metadata import Scope, diff, take_snapshot
+from rocketmq_core.metadata.diff import diff
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_harness.clusters import mqadmin, parse_consumer_progress

@@ -21,10 +21,13 @@ from rocketmq_core import acl
 from rocketmq_core.acl import AclPolicy, AclUser, PlainAccount, PolicyEntry
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, ResponseError, RocketMQError
-from rocketmq_core.metadata import (
-    CREATE, DELETE, KIND_GROUP, KIND_TOPIC, UPDATE, BrokerMetadata, ClusterSnapshot, Scope, apply_plan, diff,
-    make_plan, merge_brokers, split_queues, take_snapshot,
-)
+from rocketmq_core.metadata.apply import apply_plan
+from rocketmq_core.metadata.diff import diff
+from rocketmq_core.metadata.fields import CREATE, DELETE, KIND_GROUP, KIND_TOPIC, UPDATE
+from rocketmq_core.metadata.layout import split_queues
+from rocketmq_core.metadata.plan import make_plan
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import BrokerMetadata, ClusterSnapshot, merge_brokers, take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_harness.clusters import mqadmin
 
@@ -100,8 +103,7 @@ async def _remove(admin: ClusterAdmin, cluster, kind: str, name: str) -> None:
     masters = [b.master for b in await admin.masters(cluster.name)]
     if kind == KIND_TOPIC:
         await admin.delete_topic(name, cluster.name)
-        for addr in admin.namesrv_addrs:
-            await admin.client.invoke(addr, 102, {"namespace": "ORDER_TOPIC_CONFIG", "key": name})
+        await admin.put_order(name, None)
     elif kind == KIND_GROUP:
         for addr in masters:
             await admin.delete_group(addr, name)

@@ -16,9 +16,12 @@ import pytest
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, RocketMQError
-from rocketmq_core.metadata import (
-    CREATE, KIND_TOPIC, UPDATE, ClusterSnapshot, Plan, Scope, apply_plan, diff, make_plan, take_snapshot,
-)
+from rocketmq_core.metadata.apply import apply_plan
+from rocketmq_core.metadata.diff import diff
+from rocketmq_core.metadata.fields import CREATE, KIND_TOPIC, UPDATE
+from rocketmq_core.metadata.plan import Plan, make_plan
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.model import GroupConfig, Share, TopicConfig
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_harness.clusters import mqadmin

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.metadata import Scope, apply_plan, make_plan, take_snapshot
+from rocketmq_core.metadata.apply import apply_plan
+from rocketmq_core.metadata.plan import make_plan
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import take_snapshot
 from rocketmq_core.model import TopicConfig
 from rocketmq_core.two_way import resolve, three_way
 

@@ -54,8 +54,6 @@ KIND_POLICY = "acl_policy"     # 5.x ACL 2.0 policy set of one subject
 #: 4.9 refuses access and secret keys of 6 characters or fewer (AclConstants.*_MIN_LENGTH = 6).
 PLAIN_KEY_MIN_LENGTH = 7
 _PLAIN_PERMS = {"DENY", "PUB", "SUB", "PUB|SUB", "SUB|PUB"}
-#: A 4.9 broker answers this when asked to delete an access key it does not have.
-_DELETE_ACL_CONFIG_FAILED = 210
 _USER_TYPES = {"super": "Super", "normal": "Normal"}
 _USER_STATUSES = {"enable", "disable"}
 _DECISIONS = {"allow": "Allow", "deny": "Deny"}
@@ -372,7 +370,7 @@ async def put_plain_account(admin: ClusterAdmin, addr: str, account: PlainAccoun
 async def delete_plain_account(admin: ClusterAdmin, addr: str, access_key: str) -> bool:
     """Delete one account; False when the broker did not have it."""
     resp = await admin.client.invoke(addr, RequestCode.DELETE_ACL_CONFIG, {"accessKey": access_key},
-                                     accept=(ResponseCode.SUCCESS, _DELETE_ACL_CONFIG_FAILED))
+                                     accept=(ResponseCode.SUCCESS, ResponseCode.DELETE_ACL_CONFIG_FAILED))
     if resp.code == ResponseCode.SUCCESS:
         return True
     if access_key in await plain_accounts(admin, addr):

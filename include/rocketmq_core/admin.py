@@ -33,6 +33,8 @@ T = TypeVar("T")
 MAX_IN_FLIGHT = 256
 
 MASTER_ID = 0
+#: The name server's KV namespace of ordered topics: topic -> ``broker:queues;broker2:queues``.
+ORDER_NAMESPACE = "ORDER_TOPIC_CONFIG"
 
 
 async def gather_all(*jobs: Awaitable[T]) -> list[T]:
@@ -190,7 +192,7 @@ class ClusterAdmin:
 
     async def create_topic(self, addr: str, topic: TopicConfig) -> None:
         """Create or update a topic on one broker. A 4.9 broker ignores ``order``: there, ordering is
-        the name server's ORDER_TOPIC_CONFIG table (metadata.py writes it with the topic)."""
+        the name server's order table (``put_order``; metadata apply writes it with the topic)."""
         validate_topic_name(topic.name)
         await self.client.invoke(addr, RequestCode.UPDATE_AND_CREATE_TOPIC, topic.create_header())
 
@@ -218,6 +220,25 @@ class ClusterAdmin:
         for addr in self.namesrv_addrs:
             await self.client.invoke(addr, RequestCode.DELETE_TOPIC_IN_NAMESRV,
                                      {"topic": topic, "clusterName": cluster})
+
+    async def order_table(self) -> dict[str, str]:
+        """The name server's ordered topics (``mqadmin updateTopic -o true`` writes them), empty when none."""
+        try:
+            resp = await self.namesrv_invoke(RequestCode.GET_KVLIST_BY_NAMESPACE, {"namespace": ORDER_NAMESPACE})
+        except QueryNotFound:  # no ordered topic at all
+            return {}
+        table = (loads(resp.body) if resp.body else {}).get("table") or {}
+        return {str(k): str(v) for k, v in table.items()}
+
+    async def put_order(self, topic: str, value: str | None) -> None:
+        """Record (or, with None, drop) an ordered topic on every name server, as mqadmin updateTopic -o does."""
+        for addr in self.namesrv_addrs:
+            if value is None:
+                await self.client.invoke(addr, RequestCode.DELETE_KV_CONFIG,
+                                         {"namespace": ORDER_NAMESPACE, "key": topic})
+            else:
+                await self.client.invoke(addr, RequestCode.PUT_KV_CONFIG,
+                                         {"namespace": ORDER_NAMESPACE, "key": topic, "value": value})
 
     async def topic_route(self, topic: str) -> dict:
         resp = await self.namesrv_invoke(RequestCode.GET_ROUTEINFO_BY_TOPIC, {"topic": topic})

@@ -101,11 +101,6 @@ TIMER_WHEEL_QUEUE_ID = -1
 DEFAULT_DELAY_LEVELS = 18
 _CQ_PAGE = 256
 
-# Request codes used only here (same on 4.9.x and 5.x).
-VIEW_MESSAGE_BY_ID = 33
-GET_TIMER_CHECK_POINT = 60
-QUERY_CONSUME_QUEUE = 321
-
 
 class BacklogError(RocketMQError):
     """The backlog cannot be counted exactly: a store mode that hides pending messages."""
@@ -408,7 +403,7 @@ async def _timer_rows(admin: ClusterAdmin, addr: str, broker: str) -> list[Backl
     before the wheel's count: a message entering the wheel in between is counted twice, never
     missed.
     """
-    checkpoint = await admin.client.invoke(addr, GET_TIMER_CHECK_POINT)
+    checkpoint = await admin.client.invoke(addr, RequestCode.GET_TIMER_CHECK_POINT)
     if len(checkpoint.body) < 32:
         raise ProtocolError(f"timer checkpoint of {addr} is {len(checkpoint.body)} bytes, expected 56")
     _, _, entered, _ = struct.unpack_from(">4q", checkpoint.body, 0)
@@ -509,7 +504,7 @@ async def _queue_messages(admin: ClusterAdmin, addr: str, topic: str, queue_id: 
     entries: list[tuple[int, dict[str, Any]]] = []
     index = start
     while index < end:
-        resp = await admin.client.invoke(addr, QUERY_CONSUME_QUEUE,
+        resp = await admin.client.invoke(addr, RequestCode.QUERY_CONSUME_QUEUE,
                                          {"topic": topic, "queueId": queue_id, "index": index,
                                           "count": min(_CQ_PAGE, end - index)})
         page = (loads(resp.body).get("queueData") or []) if resp.body else []
@@ -519,7 +514,8 @@ async def _queue_messages(admin: ClusterAdmin, addr: str, topic: str, queue_id: 
         entries.extend((index + i, entry) for i, entry in enumerate(page[:end - index]))
         index += len(page)
     messages = await _in_flight(
-        lambda e: admin.client.invoke(addr, VIEW_MESSAGE_BY_ID, {"offset": int(e[1]["physicOffset"])}), entries)
+        lambda e: admin.client.invoke(addr, RequestCode.VIEW_MESSAGE_BY_ID, {"offset": int(e[1]["physicOffset"])}),
+        entries)
     return [(offset, *decode_stored_message(resp.body)) for (offset, _), resp in zip(entries, messages)]
 
 
@@ -657,6 +653,6 @@ def _opt(value: int | None) -> str:
 
 __all__ = [
     "BacklogError", "BacklogReport", "BacklogRow", "HalfState", "Kind", "PER_GROUP_LIMIT",
-    "QUERY_CONSUME_QUEUE", "VIEW_MESSAGE_BY_ID", "decode_stored_message", "half_state",
+    "decode_stored_message", "half_state",
     "measure_backlog", "pending_halves_by_topic",
 ]

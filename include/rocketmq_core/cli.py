@@ -30,9 +30,12 @@ from typing import Any
 from rocketmq_core.admin import ClusterAdmin, gather_all
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.errors import RocketMQError
-from rocketmq_core.metadata import (
-    DELETE, ClusterSnapshot, MetadataDiff, Plan, PlanResult, Scope, apply_plan, diff, make_plan, take_snapshot,
-)
+from rocketmq_core.metadata.apply import PlanResult, apply_plan
+from rocketmq_core.metadata.diff import MetadataDiff, diff
+from rocketmq_core.metadata.fields import DELETE
+from rocketmq_core.metadata.plan import Plan, make_plan
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.model import ClientConnection
 from rocketmq_core.remoting.client import Credentials
 

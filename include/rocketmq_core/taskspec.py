@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from rocketmq_core.address_service import check_subgroup
 from rocketmq_core.errors import InvalidSpec
-from rocketmq_core.metadata import Scope
+from rocketmq_core.metadata.scope import Scope
 from rocketmq_core.model import validate_group_name, validate_topic_name
 
 SPECS_DIR_ENV = "RMQ_TASK_SPECS_DIR"

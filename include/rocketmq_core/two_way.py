@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rocketmq_core.metadata import CREATE, DELETE, ClusterSnapshot, MetadataDiff, Scope, diff
+from rocketmq_core.metadata.diff import MetadataDiff, diff
+from rocketmq_core.metadata.fields import CREATE, DELETE
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import ClusterSnapshot
 
 Key = tuple[str, str]  # (kind, name)
 

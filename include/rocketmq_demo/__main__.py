@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import GroupConfig, TopicConfig

@@ -23,7 +23,7 @@ from typing import Any
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import RocketMQError
-from rocketmq_core.metadata import V5_GROUP_KEYS
+from rocketmq_core.metadata.fields import V5_GROUP_KEYS
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_harness.clusters import (
     PROJECT_ROOT, SOURCE_VERSION, TARGET_VERSION, ClusterSpec, RunningCluster, is_up, mqadmin, start, stop,

@@ -25,7 +25,11 @@ from pathlib import Path
 from _common import BENCH_TARGET, Timer, fresh_cluster, load_average, run_mqadmin, stats, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.metadata import ClusterSnapshot, PlanResult, Scope, apply_plan, diff, make_plan, take_snapshot
+from rocketmq_core.metadata.apply import PlanResult, apply_plan
+from rocketmq_core.metadata.diff import diff
+from rocketmq_core.metadata.plan import make_plan
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 
 N = 5_000

@@ -27,7 +27,8 @@ from _common import BENCH_SOURCE, BENCH_TARGET, Timer, config_writer, fresh_clus
     run_parallel, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.metadata import MetadataDiff, diff, take_snapshot
+from rocketmq_core.metadata.diff import MetadataDiff, diff
+from rocketmq_core.metadata.snapshot import take_snapshot
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_harness.clusters import classpath

@@ -10,9 +10,12 @@ from airflow.sdk import BaseOperator, Variable
 from airflow.sdk.bases.notifier import BaseNotifier
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.metadata import (
-    DELETE, ClusterSnapshot, MetadataDiff, Scope, apply_plan, diff, make_plan, take_snapshot,
-)
+from rocketmq_core.metadata.apply import apply_plan
+from rocketmq_core.metadata.diff import MetadataDiff, diff
+from rocketmq_core.metadata.fields import DELETE
+from rocketmq_core.metadata.plan import make_plan
+from rocketmq_core.metadata.scope import Scope
+from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.two_way import resolve, three_way
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.approval import Approval

@@ -14,7 +14,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fence import fence_topics, lift_fence
-from rocketmq_core.metadata import take_snapshot
+from rocketmq_core.metadata.snapshot import take_snapshot
 from rocketmq_core.migration import Condition
 from rocketmq_core.taskspec import MigrationSpec, load_specs
 from rocketmq_provider.hooks.rocketmq import RocketMQHook

@@ -16,7 +16,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from rocketmq_core.metadata import take_snapshot
+from rocketmq_core.metadata.snapshot import take_snapshot
 from rocketmq_core.taskspec import ClusterRef, ReplicationSpec
 from rocketmq_provider.hooks.rocketmq import ClusterEndpoint, RocketMQHook
 from rocketmq_provider.replication_runner import LocalProcessRunner, WorkerRunner
