@@ -24,6 +24,7 @@ from rocketmq_core.model import (
     PERM_READ, PERM_WRITE, ClientConnection, ConsumerConnection, GroupConfig, MessageQueue, QueueOffsets,
     TopicConfig,
 )
+from rocketmq_core.offsets import reset_to_time
 from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
@@ -451,13 +452,13 @@ def test_reset_offset_by_timestamp_moves_to_the_first_message_at_or_after_the_ti
             # 4.9's broker would move this online group one message early on the queues holding
             # A: refused, and nothing changed.
             with pytest.raises(RocketMQError, match="nothing was changed") as refused:
-                admin_run(cluster, lambda admin: admin.reset_offset_by_timestamp(group, topic, t_near_a))
+                admin_run(cluster, lambda admin: reset_to_time(admin, group, topic, t_near_a))
             assert "closest" in str(refused.value)
             assert {k: c for k, (_, c) in as_rows(stats()).items()} == maxima
-            moved = admin_run(cluster, lambda admin: admin.reset_offset_by_timestamp(group, topic, t_near_b))
+            moved = admin_run(cluster, lambda admin: reset_to_time(admin, group, topic, t_near_b))
         else:
             # 5.x resets on the server: the committed offsets move at once (the consumer follows later).
-            moved = admin_run(cluster, lambda admin: admin.reset_offset_by_timestamp(group, topic, t_near_a))
+            moved = admin_run(cluster, lambda admin: reset_to_time(admin, group, topic, t_near_a))
             assert {k: c for k, (_, c) in as_rows(stats()).items()} == \
                 {(topic, broker, q): count for q, count in enumerate(A_COUNTS)}
         assert moved == exact
@@ -475,8 +476,8 @@ def test_reset_offset_by_timestamp_moves_to_the_first_message_at_or_after_the_ti
     # Offline: the group that consumed and left, and a group that never consumed at all.
     async def offline(admin: ClusterAdmin):
         assert (await admin.consumer_connection(cluster.broker, group)).online == 0
-        return (await admin.reset_offset_by_timestamp(group, topic, t_near_a),
-                await admin.reset_offset_by_timestamp(fresh, topic, t_near_a),
+        return (await reset_to_time(admin, group, topic, t_near_a),
+                await reset_to_time(admin, fresh, topic, t_near_a),
                 as_rows(await admin.consume_stats(cluster.broker, fresh, topic)))
 
     poll(lambda: admin_run(cluster, lambda a: a.consumer_connection(cluster.broker, group)).online, lambda n: n == 0,
@@ -575,7 +576,7 @@ def test_rejected_names_are_invalid_spec_before_anything_is_sent(cluster, names)
                 with pytest.raises(InvalidSpec):
                     await admin.create_groups("127.0.0.1:1", [good_group, GroupConfig(bad)])
                 with pytest.raises(InvalidSpec):
-                    await admin.reset_offset_by_timestamp(bad, "T", 0)
+                    await reset_to_time(admin, bad, "T", 0)
             return dict(admin.client._connections)
 
     assert asyncio.run(offline()) == {}

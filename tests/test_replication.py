@@ -23,6 +23,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.procutil import read_json
 from rocketmq_core.errors import InvalidSpec, ProtocolError
 from rocketmq_core.model import TopicConfig
+from rocketmq_core.offsets import reset_to_time
 from rocketmq_core.remoting.client import RemotingClient
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.replication import codec, remote
@@ -791,7 +792,7 @@ def test_reset_by_timestamp_replays_exactly_from_that_time(sides, names, spawn, 
     expected = [m.keys[0] for m in stored if m.store_timestamp >= stamp]
     assert 20 <= len(expected) < 60
     since = target.max_offsets(topic)
-    source.run(lambda a: a.reset_offset_by_timestamp(group, topic, stamp, cluster="source"))
+    source.run(lambda a: reset_to_time(a, group, topic, stamp, cluster="source"))
     replay = spawn(config, "w1")
     wait_for(lambda: sum(target.keys(topic, since).values()) >= len(expected), f"{len(expected)} replayed", 60)
     time.sleep(1.5)

@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import gc
 import json
-import struct
+import re
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from rocketmq_core.errors import (
-    BrokerUnavailable, ConnectionFailed, ConsumerNotOnline, ProtocolError, QueryNotFound, RequestCodeNotSupported,
+    BrokerUnavailable, ConnectionFailed, ConsumerNotOnline, QueryNotFound, RequestCodeNotSupported,
     RequestTimeout, RocketMQError, ServerError, TopicNotExist,
 )
 from rocketmq_core.model import (
@@ -26,7 +26,7 @@ from rocketmq_core.model import (
 from rocketmq_core.remoting.client import Credentials, RemotingClient
 from rocketmq_core.remoting.codec import RemotingCommand
 from rocketmq_core.remoting.fastjson import loads
-from rocketmq_core.remoting.protocol import RequestCode, ResponseCode
+from rocketmq_core.remoting.protocol import RequestCode
 
 T = TypeVar("T")
 #: Requests in flight per admin client; a broker answers these on one connection.
@@ -91,7 +91,6 @@ class ClusterAdmin:
         self.namesrv_addrs = list(namesrv_addrs)
         self.cluster = cluster
         self.client = RemotingClient(credentials, timeout=timeout, connect_timeout=connect_timeout)
-        self._server_side_reset: dict[str, bool] = {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -258,62 +257,6 @@ class ClusterAdmin:
         resp = await self.client.invoke(addr, RequestCode.GET_MIN_OFFSET, {"topic": topic, "queueId": queue_id})
         return int(resp.ext_fields["offset"])
 
-    async def search_offset(self, addr: str, topic: str, queue_id: int, timestamp_ms: int) -> int:
-        """The first offset whose store time is at or after the timestamp (the max offset if none is).
-
-        5.x brokers answer exactly that. 4.9 brokers answer the message whose store time is
-        *closest* (possibly the one before it, or the last message when the time is after them
-        all), so the broker's answer is only where to start: the store times of the messages
-        around it decide.
-        """
-        hint = await self._broker_search_offset(addr, topic, queue_id, timestamp_ms)
-        low, high = await gather_all(self.min_offset(addr, topic, queue_id),
-                                         self.max_offset(addr, topic, queue_id))
-        offset = min(max(hint, low), high)
-        while offset > low:  # back, while the message before is at or after the time
-            start = max(low, offset - _SCAN)
-            before = [o for o, t in await self._store_times(addr, topic, queue_id, start, offset - start)
-                      if t < timestamp_ms and o < offset]
-            if before:
-                offset = max(before) + 1
-                break
-            offset = start
-        while offset < high:  # forward, past messages stored before the time
-            window = await self._store_times(addr, topic, queue_id, offset, _SCAN)
-            if not window:
-                break
-            hit = next((o for o, t in window if t >= timestamp_ms), None)
-            if hit is not None:
-                return hit
-            offset = window[-1][0] + 1
-        return offset
-
-    async def _broker_search_offset(self, addr: str, topic: str, queue_id: int, timestamp_ms: int) -> int:
-        """The broker's own SEARCH_OFFSET_BY_TIMESTAMP answer, which 4.9 also uses to reset offsets."""
-        resp = await self.client.invoke(addr, RequestCode.SEARCH_OFFSET_BY_TIMESTAMP,
-                                        {"topic": topic, "queueId": queue_id, "timestamp": timestamp_ms})
-        return int(resp.ext_fields["offset"])
-
-    async def _store_times(self, addr: str, topic: str, queue_id: int, offset: int,
-                           count: int) -> list[tuple[int, int]]:
-        """(queue offset, store timestamp) of up to ``count`` messages from ``offset``, read by a
-        pull that commits nothing."""
-        resp = await self.client.invoke(addr, RequestCode.PULL_MESSAGE, {
-            "consumerGroup": _TOOLS_GROUP, "topic": topic, "queueId": queue_id, "queueOffset": offset,
-            "maxMsgNums": count, "sysFlag": _PULL_SUBSCRIPTION, "commitOffset": 0, "suspendTimeoutMillis": 0,
-            "subscription": "*", "subVersion": 0, "expressionType": "TAG"},
-            accept=(ResponseCode.SUCCESS, ResponseCode.PULL_NOT_FOUND, ResponseCode.PULL_RETRY_IMMEDIATELY,
-                    ResponseCode.PULL_OFFSET_MOVED))
-        return _store_times(resp.body) if resp.code == ResponseCode.SUCCESS else []
-
-    async def _resets_on_server(self, addr: str) -> bool:
-        """5.x brokers reset offsets themselves, exactly, for online and offline groups alike."""
-        if addr not in self._server_side_reset:
-            version = (await self.broker_runtime_info(addr)).get("brokerVersionDesc", "")
-            major = version.lstrip("V").split("_")[0]
-            self._server_side_reset[addr] = major.isdigit() and int(major) >= 5
-        return self._server_side_reset[addr]
-
     # --- groups ----------------------------------------------------------------------------
 
     async def group_configs(self, addr: str) -> dict[str, GroupConfig]:
@@ -410,12 +353,8 @@ class ClusterAdmin:
 
     async def all_consumer_offsets(self, addr: str) -> dict[tuple[str, str], dict[int, int]]:
         """(topic, group) -> queue id -> committed offset, for everything one broker holds."""
-        resp = await self.client.invoke(addr, RequestCode.GET_ALL_CONSUMER_OFFSET, timeout=30)
-        result = {}
-        for key, queues in (loads(resp.body).get("offsetTable") or {}).items():
-            topic, _, group = key.rpartition("@")
-            result[(topic, group)] = {int(q): int(o) for q, o in queues.items()}
-        return result
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_CONSUMER_OFFSET, timeout=60)
+        return _consumer_offset_table(resp.body)
 
     async def delay_offsets(self, addr: str) -> dict[int, int]:
         """Delay level -> how far the broker's scheduler has delivered SCHEDULE_TOPIC_XXXX."""
@@ -452,81 +391,6 @@ class ClusterAdmin:
         await self.update_consumer_offset(addr, group, topic, *items[0])
         await self.gather(self.update_consumer_offset(addr, group, topic, q, o) for q, o in items[1:])
 
-    async def reset_offset_by_timestamp(self, group: str, topic: str, timestamp_ms: int,
-                                        cluster: str | None = None) -> dict[MessageQueue, int]:
-        """Move a group's committed offsets on a topic to the first message at or after a time.
-
-        5.x brokers do this themselves, exactly, online group or not. A 4.9 broker tells online
-        consumers (they would otherwise overwrite the offsets) but picks the message whose store
-        time is *closest* to the timestamp; so on 4.9 the exact offsets are computed here, written
-        directly for a group with no consumer online, and pushed through the broker only when its
-        choice is the exact one on every queue -- otherwise nothing is changed and the error says so.
-        """
-        validate_group_name(group)
-        result: dict[MessageQueue, int] = {}
-        for broker in await self.masters(cluster):
-            addr = broker.master
-            header = {"topic": topic, "group": group, "timestamp": timestamp_ms, "isForce": "true"}
-            if await self._resets_on_server(addr):
-                resp = await self.client.invoke(addr, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header, timeout=30)
-                table = (loads(resp.body) if resp.body else {}).get("offsetTable") or {}
-                result.update({MessageQueue.from_key(k): int(v) for k, v in table.items()})
-                continue
-            queues = sorted(await self.topic_offsets(addr, topic), key=lambda q: q.queue_id)
-            exact = dict(zip(queues, await self.gather(
-                self.search_offset(addr, topic, q.queue_id, timestamp_ms) for q in queues)))
-            online = (await self.consumer_connection(addr, group)).clients
-            if online:
-                closest = dict(zip(queues, await self.gather(
-                    self._broker_search_offset(addr, topic, q.queue_id, timestamp_ms) for q in queues)))
-                wrong = {q.queue_id: (closest[q], exact[q]) for q in queues if closest[q] != exact[q]}
-                if wrong:
-                    raise RocketMQError(
-                        f"{addr} (RocketMQ 4.x) would reset online group {group!r} on {topic!r} to the message"
-                        f" closest to {timestamp_ms}, not the first at or after it, on queue(s)"
-                        f" {', '.join(f'{q}: {c} instead of {e}' for q, (c, e) in sorted(wrong.items()))};"
-                        " nothing was changed. Stop the group's consumers (offline groups are reset exactly)"
-                        " or choose another time.")
-                # C++-based clients (as the Python ones) read the reset only in the broker's C layout,
-                # which it sends when the request itself says CPP.
-                language = "CPP" if all(c.language == "CPP" for c in online) else "JAVA"
-                try:
-                    resp = await self.client.invoke(addr, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header,
-                                                    timeout=30, language=language)
-                    table = (loads(resp.body) if resp.body else {}).get("offsetTable") or {}
-                    result.update({MessageQueue.from_key(k): int(v) for k, v in table.items()})
-                    continue
-                except ConsumerNotOnline:
-                    pass  # the group went offline meanwhile: write the offsets directly
-            await self.update_consumer_offsets(addr, group, topic, {q.queue_id: o for q, o in exact.items()})
-            result.update(exact)
-        return result
-
-
-_SCAN = 32
-_TOOLS_GROUP = "TOOLS_CONSUMER"  # a group every broker has; pulls that commit nothing use it
-_PULL_SUBSCRIPTION = 1 << 2      # PullSysFlag: the subscription travels with the pull
-_BORN_HOST_V6 = 1 << 4           # MessageSysFlag: 16-byte born host address
-
-
-def _store_times(body: bytes) -> list[tuple[int, int]]:
-    """(queue offset, store timestamp) of each stored message in a PULL body."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < len(body):
-            (total,) = struct.unpack_from(">i", body, pos)
-            (queue_offset,) = struct.unpack_from(">q", body, pos + 20)
-            (sys_flag,) = struct.unpack_from(">i", body, pos + 36)
-            born_host = 16 if sys_flag & _BORN_HOST_V6 else 4
-            (store_time,) = struct.unpack_from(">q", body, pos + 48 + born_host + 4)
-            out.append((queue_offset, store_time))
-            if total <= 0:
-                break
-            pos += total
-    except struct.error as exc:
-        raise ProtocolError(f"malformed message in a pull body at byte {pos}: {exc}") from exc
-    return out
 
 
 def _topic_landed(wanted: TopicConfig, have: TopicConfig | None) -> bool:
@@ -546,3 +410,45 @@ def _offset_table(stats: dict) -> list[QueueOffsets]:
                      consumer_offset=int(v.get("consumerOffset", 0)), last_timestamp=int(v.get("lastTimestamp", 0)))
         for key, v in (stats.get("offsetTable") or {}).items()
     ]
+
+
+_OFFSET_TABLE_KEY = '"offsetTable":{'
+_TOPIC_GROUP_ENTRY = re.compile(r'"([^"\\]*)":\{([^{}]*)\}')
+
+
+def _consumer_offset_table(body: bytes) -> dict[tuple[str, str], dict[int, int]]:
+    """(topic, group) -> queue id -> committed offset from GET_ALL_CONSUMER_OFFSET's ``offsetTable``.
+
+    A broker with thousands of groups answers megabytes: fastjson's fixed layout is read with one
+    regex per entry, and anything else falls back to the tolerant parser.
+    """
+    text = body.decode("utf-8")
+    start = text.find(_OFFSET_TABLE_KEY)
+    result: dict[tuple[str, str], dict[int, int]] = {}
+    if start >= 0:
+        pos = start + len(_OFFSET_TABLE_KEY)
+        try:
+            while True:
+                match = _TOPIC_GROUP_ENTRY.match(text, pos)
+                if match is None:
+                    break
+                topic, _, group = match.group(1).rpartition("@")
+                queues = {}
+                for pair in filter(None, match.group(2).split(",")):
+                    queue_id, _, offset = pair.partition(":")
+                    queues[int(queue_id.strip('"'))] = int(offset)
+                result[(topic, group)] = queues
+                pos = match.end()
+                if text.startswith(",", pos):
+                    pos += 1
+                    continue
+                break
+            if text.startswith("}", pos):
+                return result
+        except ValueError:
+            pass
+    result = {}
+    for key, queues in (loads(text).get("offsetTable") or {}).items():
+        topic, _, group = key.rpartition("@")
+        result[(topic, group)] = {int(q): int(o) for q, o in queues.items()}
+    return result

@@ -345,10 +345,9 @@ async def _group_rows_broker_wide(admin: ClusterAdmin, addr: str, broker: str,
     Naming the topic spares the broker its scan of the whole offset table per request, while the
     broker still does the arithmetic: topic config, read queues, online subscription.
     """
-    resp = await admin.client.invoke(addr, RequestCode.GET_ALL_CONSUMER_OFFSET, timeout=60)
     wanted = set(groups)
     topics: dict[str, list[str]] = defaultdict(list)
-    for topic, group in _offset_table(resp.body):
+    for topic, group in await admin.all_consumer_offsets(addr):
         if group in wanted:
             topics[group].append(topic)
     pairs = []
@@ -586,7 +585,6 @@ def decode_stored_message(data: bytes) -> tuple[dict[str, str], bytes]:
 _STATS_ENTRY = re.compile(
     rb'\{"brokerName":"([^"\\]*)","queueId":(\d+),"topic":"([^"\\]*)"\}'
     rb':\{"brokerOffset":(-?\d+),"consumerOffset":(-?\d+)[,}]')
-_OFFSET_TABLE = '"offsetTable":{'
 
 StatsEntry = tuple[str, str, int, int, int]
 
@@ -607,43 +605,6 @@ def _consume_stats_entries(body: bytes) -> list[StatsEntry]:
         queue = dict(key)
         result.append((queue["topic"], queue["brokerName"], int(queue["queueId"]),
                        int(values.get("brokerOffset", 0)), int(values.get("consumerOffset", 0))))
-    return result
-
-
-_TOPIC_GROUP_ENTRY = re.compile(r'"([^"\\]*)":\{([^{}]*)\}')
-
-
-def _offset_table(body: bytes) -> dict[tuple[str, str], dict[int, int]]:
-    """(topic, group) -> queue id -> committed offset from GET_ALL_CONSUMER_OFFSET's ``offsetTable``."""
-    text = body.decode("utf-8")
-    start = text.find(_OFFSET_TABLE)
-    result: dict[tuple[str, str], dict[int, int]] = {}
-    if start >= 0:
-        pos = start + len(_OFFSET_TABLE)
-        try:
-            while True:
-                match = _TOPIC_GROUP_ENTRY.match(text, pos)
-                if match is None:
-                    break
-                topic, _, group = match.group(1).rpartition("@")
-                queues = {}
-                for pair in filter(None, match.group(2).split(",")):
-                    queue_id, _, offset = pair.partition(":")
-                    queues[int(queue_id.strip('"'))] = int(offset)
-                result[(topic, group)] = queues
-                pos = match.end()
-                if text.startswith(",", pos):
-                    pos += 1
-                    continue
-                break
-            if text.startswith("}", pos):
-                return result
-        except ValueError:
-            pass
-    result = {}
-    for key, queues in (loads(text).get("offsetTable") or {}).items():
-        topic, _, group = key.rpartition("@")
-        result[(topic, group)] = {int(q): int(o) for q, o in queues.items()}
     return result
 
 

@@ -85,6 +85,11 @@ class TopicConfig:
     def message_type(self) -> str:
         return self.attributes.get("message.type", "UNSPECIFIED")
 
+    @property
+    def keeps_order(self) -> bool:
+        """Per-queue order matters: the 4.9 order flag, or the 5.x FIFO message type."""
+        return self.order or self.message_type == "FIFO"
+
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> "TopicConfig":
         return cls(

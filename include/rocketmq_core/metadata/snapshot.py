@@ -72,6 +72,10 @@ class ClusterSnapshot:
         """Per topic, broker -> (read, write) queues: ``layout`` without the perms."""
         return {t: {b: (s.read, s.write) for b, s in shares.items()} for t, shares in self.layout.items()}
 
+    def names_in(self, scope: Scope) -> tuple[list[str], list[str]]:
+        """The topics and the groups in scope, sorted: what a migration or a replication task covers."""
+        return sorted(t for t in self.topics if scope.topic(t)), sorted(g for g in self.groups if scope.group(g))
+
     def scoped(self, scope: Scope) -> ClusterSnapshot:
         """The same snapshot with only the topics, groups and ACL entries in scope."""
         return replace(

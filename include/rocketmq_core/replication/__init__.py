@@ -1,5 +1,6 @@
 """Cross-cluster replication, free of Airflow: the wire pieces (codec, remote), the decisions
-(policy), the task config (config) and the worker process (worker).
+(policy), the task config (config) and the worker process (worker, composing queue_runner,
+membership, routes and stats).
 
 ``ReplicationWorker`` is imported lazily so that ``python -m rocketmq_core.replication.worker``
 does not load the module twice.

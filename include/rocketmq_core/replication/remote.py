@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from rocketmq_core.errors import ConnectionFailed, ProtocolError, RequestTimeout, ResponseError
 from rocketmq_core.remoting.client import RemotingClient
 from rocketmq_core.remoting.protocol import RequestCode
 from rocketmq_core.replication import codec
 from rocketmq_core.replication.codec import PullResult, SendResult, StoredMessage
+
+#: What a request may fail with that the worker waits out and retries, never dies of.
+TRANSIENT = (ConnectionFailed, RequestTimeout, ResponseError, ProtocolError)
 
 
 async def pull(client: RemotingClient, addr: str, group: str, topic: str, queue_id: int, offset: int,

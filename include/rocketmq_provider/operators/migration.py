@@ -14,7 +14,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fence import fence_topics, lift_fence
-from rocketmq_core.metadata.snapshot import take_snapshot
+from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.migration import Condition
 from rocketmq_core.taskspec import MigrationSpec, load_specs
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
@@ -60,8 +60,7 @@ class MigrationPreflightOperator(BaseOperator):
         except RocketMQError as exc:
             raise AirflowException(f"preflight: {exc}") from exc
         scope = spec.scope.to_scope()
-        topics = sorted(t for t in snapshot.topics if scope.topic(t))
-        groups = sorted(g for g in snapshot.groups if scope.group(g))
+        topics, groups = snapshot.names_in(scope)
         problems = []
         if not topics:
             problems.append(f"the scope matches no topic on {spec.source.conn_id}")
@@ -113,15 +112,15 @@ class MigrationPreflightOperator(BaseOperator):
                                        " or mark it failed, before starting another")
         Variable.set(key, run_id)
 
-    def _claims_elsewhere(self, topics: set[str], groups: set[str], snapshot: Any) -> list[str]:
+    def _claims_elsewhere(self, topics: set[str], groups: set[str], snapshot: ClusterSnapshot) -> list[str]:
         """Other specs on the same source, resolved against the same snapshot, must not share names."""
         specs, _ = load_specs()
         problems = []
         for path, other in specs.items():
             if other.name == self.spec.name or other.source != self.spec.source:
                 continue
-            scope = other.scope.to_scope()
-            shared = sorted({t for t in topics if scope.topic(t)} | {g for g in groups if scope.group(g)})
+            their_topics, their_groups = snapshot.names_in(other.scope.to_scope())
+            shared = sorted(topics.intersection(their_topics) | groups.intersection(their_groups))
             if shared:
                 problems.append(f"{path.name} ({other.name}) also covers {shared[:10]}")
         return problems

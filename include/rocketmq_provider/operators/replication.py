@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from rocketmq_core.metadata.snapshot import take_snapshot
+from rocketmq_core.offsets import reset_to_time
 from rocketmq_core.taskspec import ClusterRef, ReplicationSpec
 from rocketmq_provider.hooks.rocketmq import ClusterEndpoint, RocketMQHook
 from rocketmq_provider.replication_runner import LocalProcessRunner, WorkerRunner
@@ -78,11 +79,10 @@ class ReplicationOperator(BaseOperator):
         spec = self.spec
         snapshot = RocketMQHook(spec.source.conn_id).run(
             lambda admin: take_snapshot(admin, spec.source.cluster, include_acl=False))
-        scope = spec.scope.to_scope()
-        topics = sorted(t for t in snapshot.topics if scope.topic(t))
+        topics, _ = snapshot.names_in(spec.scope.to_scope())
         if not topics:
             raise AirflowException(f"the scope of {spec.name} matches no topic on {spec.source.conn_id}")
-        ordered = [t for t in topics if snapshot.topics[t].order or snapshot.topics[t].message_type == "FIFO"]
+        ordered = [t for t in topics if snapshot.topics[t].keeps_order]
         return topics, ordered
 
     def start_workers(self, topics: list[str], ordered: list[str], start: Any) -> dict[str, list[str]]:
@@ -255,8 +255,7 @@ class ReplicationControlOperator(ReplicationOperator):
             async def reset(admin, topics=tuple(config.get("topics", ()))):
                 moved = {}
                 for topic in topics:
-                    offsets = await admin.reset_offset_by_timestamp(self.spec.group, topic, timestamp_ms,
-                                                                    d.source.cluster)
+                    offsets = await reset_to_time(admin, self.spec.group, topic, timestamp_ms, d.source.cluster)
                     moved.update({f"{mq.topic}:{mq.broker}:{mq.queue_id}": o for mq, o in offsets.items()})
                 return moved
             result[d.name] = RocketMQHook(d.source.conn_id).run(reset)
