@@ -1,12 +1,14 @@
 """Sensors over live RocketMQ state: backlog zero, clients online, writes stopped.
 
-Deferrable by default (the wait runs on the triggerer); ``deferrable=False`` pokes instead.
+Deferrable by default: the sensor checks once in the task and, unless that settles it, the wait
+runs on the triggerer, which carries on the streak; ``deferrable=False`` pokes instead.
 Every check's figures are logged and pushed to XCom under ``observations`` so a gate, a
 report or a person can see what the sensor saw, not only that it passed.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
@@ -49,12 +51,17 @@ class RocketMQCheckSensor(BaseSensorOperator):
                 return super().execute(context)
             finally:
                 context["ti"].xcom_push(key="observations", value=self._observations)
-        check = self.build_check()
+        if self.poke(context):  # it already holds: no round trip through the triggerer
+            context["ti"].xcom_push(key="observations", value=self._observations)
+            return self._observations[-1]
+        check, streak = self._check, self._streak  # built by poke()
         self.defer(
             trigger=RocketMQCheckTrigger(self.rocketmq_conn_id, check.kind, check.kwargs(),
                                          stable_checks=int(self.stable_checks), poll_interval=self.poke_interval,
-                                         timeout=self.timeout),
+                                         timeout=self.timeout, earlier=self._observations, streak=streak.count),
             method_name="execute_complete",
+            # a backstop should the triggerer be gone: the trigger's own deadline reports first, with figures
+            timeout=timedelta(seconds=self.timeout + self.poke_interval + 60),
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:

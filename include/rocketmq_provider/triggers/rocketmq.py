@@ -28,8 +28,11 @@ class RocketMQCheckTrigger(BaseTrigger):
 
     def __init__(self, rocketmq_conn_id: str, check_kind: str, check_kwargs: dict[str, Any],
                  stable_checks: int = 1, poll_interval: float = 10.0, timeout: float = 3600.0,
-                 deadline: float | None = None):
+                 deadline: float | None = None, earlier: list[dict[str, Any]] | None = None, streak: int = 0):
+        """``earlier`` and ``streak``: what the sensor saw before it deferred, carried on."""
         super().__init__()
+        self.earlier = list(earlier or [])
+        self.streak = streak
         self.rocketmq_conn_id = rocketmq_conn_id
         self.check_kind = check_kind
         self.check_kwargs = check_kwargs
@@ -43,16 +46,19 @@ class RocketMQCheckTrigger(BaseTrigger):
             "rocketmq_conn_id": self.rocketmq_conn_id, "check_kind": self.check_kind,
             "check_kwargs": self.check_kwargs, "stable_checks": self.stable_checks,
             "poll_interval": self.poll_interval, "timeout": self.timeout, "deadline": self.deadline,
+            "earlier": self.earlier, "streak": self.streak,
         })
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         check = build_check(self.check_kind, self.check_kwargs)
         endpoint = await RocketMQHook(self.rocketmq_conn_id).aget_endpoint()
-        observations: list[dict[str, Any]] = []
+        observations = list(self.earlier)
         dropped = 0
-        streak = Streak(self.stable_checks)
+        streak = Streak(self.stable_checks, self.streak)
         async with endpoint.admin() as admin:
             while True:
+                if observations:  # the last check, the sensor's own included, was a poll ago
+                    await asyncio.sleep(self.poll_interval)
                 observation = await observe(check, admin)
                 observations.append(observation)
                 if len(observations) > MAX_OBSERVATIONS:
@@ -66,7 +72,6 @@ class RocketMQCheckTrigger(BaseTrigger):
                     yield TriggerEvent({"status": status, "check": check.describe(),
                                         "observations": observations, "dropped_observations": dropped})
                     return
-                await asyncio.sleep(self.poll_interval)
 
 
 class RocketMQWatchTrigger(BaseTrigger):
