@@ -7,7 +7,6 @@ reads from holds its position, so pausing keeps the position and resetting moves
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,8 +15,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from rocketmq_core.errors import RocketMQError
 from rocketmq_core.metadata.snapshot import take_snapshot
 from rocketmq_core.offsets import reset_to_time
+from rocketmq_core.replication.group import delete_replicator_group
 from rocketmq_core.taskspec import ClusterRef, ReplicationSpec
 from rocketmq_provider.hooks.rocketmq import ClusterEndpoint, RocketMQHook
 from rocketmq_provider.replication_runner import LocalProcessRunner, WorkerRunner
@@ -48,8 +49,6 @@ def _side(ref: ClusterRef, endpoint: ClusterEndpoint, secret_env: str) -> tuple[
 class ReplicationOperator(BaseOperator):
     """Shared by the replication operators: the spec, the runner, and the task's state."""
 
-    #: Longer than a broker holds a pull: the worker's suspend (5 s) plus the hold service's check interval.
-    HELD_PULL_SECONDS = 12.0
     #: A worker still alive this long after its start got past its config, credentials and routes.
     START_CHECK_SECONDS = 3.0
 
@@ -230,20 +229,11 @@ class ReplicationControlOperator(ReplicationOperator):
         deleted = {}
         group = self.spec.group
         for d in directions(self.spec):
-            async def drop(admin, cluster=d.source.cluster):
-                # A broker answers the long-poll pulls a stopped worker left behind once they time
-                # out, and auto-creates the group again (seen on 4.9, seconds after the delete):
-                # delete until it stays gone for longer than a held pull can last.
-                brokers = [b.master for b in await admin.masters(cluster) if b.master]
-                for _ in range(3):
-                    await admin.gather(admin.delete_group(addr, group) for addr in brokers)
-                    await asyncio.sleep(self.HELD_PULL_SECONDS)
-                    back = [a for a, configs in zip(brokers, await admin.gather(
-                        admin.group_configs(addr) for addr in brokers)) if group in configs]
-                    if not back:
-                        return brokers
-                raise AirflowException(f"group {group} keeps coming back on {back}: is a worker still running?")
-            brokers = RocketMQHook(d.source.conn_id).run(drop)
+            try:
+                brokers = RocketMQHook(d.source.conn_id).run(
+                    lambda admin, cluster=d.source.cluster: delete_replicator_group(admin, group, cluster))
+            except RocketMQError as exc:
+                raise AirflowException(f"delete {self.spec.name}: {exc}") from exc
             deleted[d.name] = f"group {self.spec.group} on {d.source.conn_id} ({len(brokers)} broker(s))"
         return deleted
 
