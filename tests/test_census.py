@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
@@ -16,6 +17,7 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import BROADCASTING, take_census
 from rocketmq_core.model import TopicConfig
 from rocketmq_harness import clusters as harness
+from rocketmq_provider.operators.approval import WritersEvidence
 
 
 def admin_run(cluster, job):
@@ -89,10 +91,14 @@ def test_census_names_every_reader_the_spec_did_not_decide(census_cluster, names
     assert decided == [p for p in problems if wide in p]
 
 
-def test_census_lists_every_producer_group_online_and_mqadmin_agrees(census_cluster, names):
+def test_census_lists_every_producer_group_online_and_mqadmin_agrees(census_cluster, names, airflow_env,
+                                                                    monkeypatch):
     """Writers: every producer group connected to any master, whatever it writes (a broker does not
-    know), system groups left out; each group's clients are what mqadmin producerConnection lists."""
+    know), system groups left out; each group's clients are what mqadmin producerConnection lists.
+    The cutover gate's evidence names the group in no fleet, and not one left behind on purpose."""
     cluster = census_cluster
+    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_CENSUS", json.dumps({
+        "conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.spec.namesrv_port}))
     topic = names.topic("scope")
     fleet_group, stray = names.group("pfleet"), names.group("pstray")
     create_topics(cluster, topic)
@@ -110,6 +116,9 @@ def test_census_lists_every_producer_group_online_and_mqadmin_agrees(census_clus
                           "both producer groups among the census' writers", 60)
         listed = {g: harness.mqadmin(cluster.spec, ["producerConnection", "-g", g, "-t", topic])
                   for g in (fleet_group, stray)}
+        brokers = sorted(cluster.spec.master_addrs)
+        at_the_gate = WritersEvidence("rocketmq_census", [fleet_group], brokers=brokers).render({})
+        left_on_purpose = WritersEvidence("rocketmq_census", [fleet_group], [stray], brokers=brokers).render({})
     finally:
         for producer in started:
             shutdown_within(producer)
@@ -122,6 +131,8 @@ def test_census_lists_every_producer_group_online_and_mqadmin_agrees(census_clus
     assert fleet_group not in census.writers_outside([fleet_group])
     assert stray not in census.writers_outside([fleet_group], left_behind=[stray])
     assert census.to_dict()["writers"][stray] == list(census.writers[stray])
+    assert f"| {stray} | 1 | {census.writers[stray][0]} |" in at_the_gate and fleet_group not in at_the_gate
+    assert stray not in left_on_purpose and fleet_group not in left_on_purpose
 
 
 def _message(topic: str, key: str) -> Message:

@@ -206,6 +206,8 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, ai
         assert "What the next switch checks" in bodies[gate] and "**refuses**" not in bodies[gate], bodies[gate]
     assert "| holds | a canary of 0.5 leaves a consumer of each of 2 group(s)" in bodies["approve_canary_consumers"]
     assert "| holds | no pending transactional half message" in bodies["approve_remaining_producers"]
+    for gate in ("approve_remaining_producers", "approve_cutover"):  # the writers census, live at the gate
+        assert "in no fleet" in bodies[gate] and "Could not measure" not in bodies[gate], bodies[gate]
     assert set(world.clusters_of("producer").values()) == {target}
     assert set(world.clusters_of("consumer").values()) == {target}
     assert set(_perms(world.source, layout.topic).values()) == {4}  # fenced: read-only on every master

@@ -30,3 +30,19 @@ def test_page_shows_gates_switches_and_plots_and_escapes_names():
     assert "d&lt;x&gt;" in page and "d<x>" not in page
     assert "<td>approve_cutover</td><td>Approve</td><td>alice</td>" in page
     assert "<td>50%</td>" in page and page.count("<polyline") == 2 and "total (last 1)" in page
+
+
+def test_page_names_the_writers_outside_the_fleets_the_preflight_found():
+    tasks = [("preflight", "success")]
+    found = RunRecord("d", "r", "running", tasks, preflight={
+        "census": {"writers": {"PG_fleet": ["c1"], "PG_<stray>": ["c2", "c3"]}},
+        "writers_outside": {"PG_<stray>": ["c2", "c3"]}})
+    page = render(found)
+    assert "Writers outside the fleets</b> at the preflight: PG_&lt;stray&gt; (2 clients)" in page
+    assert "PG_fleet" not in page
+    unknown = render(RunRecord("d", "r", "running", tasks, preflight={"census": {"writers": None},
+                                                                      "writers_outside": {}}))
+    assert "Writers outside the fleets: unknown" in unknown
+    none = render(RunRecord("d", "r", "running", tasks, preflight={"census": {"writers": {"PG_fleet": ["c1"]}},
+                                                                   "writers_outside": {}}))
+    assert "Writers outside" not in none

@@ -20,7 +20,7 @@ from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Sta
 from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
     ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, ManualStepEvidence, MigrationGate,
-    XComEvidence, rollback_requested,
+    WritersEvidence, XComEvidence, rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.operators.fleet import (
@@ -116,7 +116,8 @@ def _switcher(fleet: FleetSpec) -> Switcher:
                                       switch.timeout_seconds, switch.poll_seconds)
     if isinstance(switch, ManualSwitchSpec):
         return ManualSwitcher(switch.how, switch.timeout_seconds, switch.poll_seconds)
-    return HttpSwitcher(switch.http_conn_id, endpoint=switch.endpoint, method=switch.method, body=switch.body)
+    return HttpSwitcher(switch.http_conn_id, endpoint=switch.endpoint, method=switch.method, body=switch.body,
+                        content_type=switch.content_type)
 
 
 def build_migration_dag(spec: MigrationSpec) -> DAG:
@@ -153,6 +154,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                     scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
                                     dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
 
+        strays = WritersEvidence(src.conn_id, producers, spec.leave_behind, src.cluster, run_brokers("source"))
         steps: list[tuple[str, str, Stage, str, list[Any]]] = [
             ("approve_canary_consumers", "canary_consumers", Stage.CANARY_CONSUMERS,
              "Move the canary share of consumers to the target?",
@@ -162,12 +164,12 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
              [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
             ("approve_remaining_producers", "remaining_producers", Stage.REMAINING_PRODUCERS,
              "Move all remaining producers to the target?",
-             [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
+             [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
               ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
             ("approve_cutover", "cutover_offsets", Stage.CUTOVER,
              "The source is drained. Move the remaining consumers to the target (cutover)?",
              [BacklogEvidence(src.conn_id, consumers, src.cluster),
-              ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"),
+              ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
               ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
         ]
         gates = {gate_id: MigrationGate(

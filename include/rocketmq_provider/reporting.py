@@ -35,6 +35,7 @@ class RunRecord:
     switches: dict[str, dict[str, Any]] = field(default_factory=dict)
     observations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     report: dict[str, Any] | None = None
+    preflight: dict[str, Any] | None = None
 
 
 def current_step(record: RunRecord) -> str:
@@ -59,6 +60,7 @@ def render(record: RunRecord) -> str:
         _steps(record),
         _gates(record),
         _switches(record),
+        _writers_outside(record),
         *(_chart(task, obs) for task, obs in record.observations.items() if obs),
     ]
     for override in (record.report or {}).get("overrides", []):
@@ -86,6 +88,22 @@ def _gates(record: RunRecord) -> str:
                    f"<td>{html.escape(str(a.get('responded_by')))}</td><td>{html.escape(str(a.get('responded_at')))}</td></tr>"
                    for g, a in record.answers.items())
     return f"<h2>Approvals</h2><table><tr><th>gate</th><th>answer</th><th>by</th><th>at</th></tr>{rows}</table>"
+
+
+def _writers_outside(record: RunRecord) -> str:
+    """Producer groups the preflight found on the source in no fleet: nothing moves them."""
+    if not record.preflight:
+        return ""
+    census = record.preflight.get("census") or {}
+    if census and census.get("writers") is None:
+        return ("<p class=warn><b>Writers outside the fleets: unknown</b> (the source's brokers cannot list"
+                " their producers); the fence is what stops them.</p>")
+    outside = record.preflight.get("writers_outside") or {}
+    if not outside:
+        return ""
+    groups = ", ".join(f"{html.escape(g)} ({len(c)} client{'s' if len(c) != 1 else ''})" for g, c in outside.items())
+    return (f"<p class=warn><b>Writers outside the fleets</b> at the preflight: {groups}. Nothing moves them;"
+            " the fence refuses their writes to the migrated topics.</p>")
 
 
 def _switches(record: RunRecord) -> str:

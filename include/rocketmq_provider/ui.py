@@ -42,6 +42,8 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunRecord:
             record.switches[row.task_id] = value
         elif row.task_id == "report" and isinstance(value, dict):
             record.report = value
+        elif row.task_id == "preflight" and isinstance(value, dict):
+            record.preflight = value
     record.observations = _observations(session, run)
     return record
 

@@ -15,6 +15,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLBran
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from rocketmq_core.census import take_census
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fleet_moves import manual_instructions
@@ -155,6 +156,38 @@ class InvariantEvidence(Evidence):
                 f" | {seen['summary']} |"
                 for seen in verify_conditions(self.conditions, self.connections, self.broker_sets)]
         return "\n".join(["| now | condition | seen |", "|---|---|---|", *rows])
+
+
+class WritersEvidence(Evidence):
+    """Producer groups online on a cluster now that are in no fleet and not left behind on purpose:
+    nothing moves them, so after the cutover nobody would read what they write; the fence is what
+    refuses them. A broker cannot say which topics a producer writes, so every group is listed."""
+
+    template_fields = ("brokers",)
+
+    def __init__(self, rocketmq_conn_id: str, fleet_groups: list[str], left_behind: list[str] | None = None,
+                 cluster: str | None = None, brokers: list[str] | str | None = None):
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.fleet_groups = fleet_groups
+        self.left_behind = left_behind or []
+        self.cluster = cluster
+        self.brokers = brokers
+        self.title = f"Producers on `{rocketmq_conn_id}` in no fleet"
+
+    def render(self, context: Any) -> str:
+        census = RocketMQHook(self.rocketmq_conn_id).run(
+            lambda admin: take_census(admin, [], self.cluster, list(self.brokers or [])))
+        if census.writers is None:
+            return ("**Unknown**: these brokers cannot list their producers (GET_ALL_PRODUCER_INFO is newer);"
+                    " the fence is what stops a producer outside the fleets.")
+        outside = census.writers_outside(self.fleet_groups, self.left_behind)
+        if not outside:
+            return "None: every producer group online here is in a fleet or left behind on purpose."
+        rows = [f"| {group} | {len(clients)} | {', '.join(clients[:3])}{' ...' if len(clients) > 3 else ''} |"
+                for group, clients in outside.items()]
+        return "\n".join([f"**{len(outside)} producer group(s) in no fleet are online.** Move or stop them, or"
+                          " name them in `leave_behind`; the fence refuses their writes to the migrated topics.",
+                          "", "| group | clients | client ids |", "|---|---:|---|", *rows])
 
 
 class ManualStepEvidence(Evidence):
