@@ -1,10 +1,11 @@
-"""A real HTTP endpoint for tests: records every request, answers per path (default 200)."""
+"""A real HTTP endpoint for tests: records every request (a JSON or form body), answers per path (default 200)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -17,7 +18,12 @@ class RecordingServer:
         class Handler(BaseHTTPRequestHandler):
             def _record(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                recorder.requests.append((self.path, json.loads(self.rfile.read(length) or b"{}")))
+                raw = self.rfile.read(length)
+                if self.headers.get("Content-Type") == "application/x-www-form-urlencoded":
+                    body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode(), keep_blank_values=True).items()}
+                else:
+                    body = json.loads(raw or b"{}")
+                recorder.requests.append((self.path, body))
                 status, text = failures.get(self.path, (200, b'{"ok": true}'))
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(text)))

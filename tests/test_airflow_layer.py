@@ -197,6 +197,14 @@ def test_switch_acts_when_precondition_holds(bag, rmq_clusters, switch_api, name
     assert recorded["status_code"] == 200
 
 
+def test_config_center_switch_sends_form_fields_with_the_target_name_servers(bag, rmq_clusters, switch_api):
+    run, _ = run_dag(bag, "probe_switch_config_center")
+    assert run.state == "success"
+    assert switch_api.requests == [("/nacos/v1/cs/configs", {
+        "dataId": "orders-producers.properties", "group": "DEFAULT_GROUP",
+        "content": f"rocketmq.namesrv.addr={rmq_clusters['target'].namesrv}"})]
+
+
 def test_failed_http_switch_fails_the_task_and_shows_the_answer(bag, rmq_clusters, switch_api, names, capfd):
     target = rmq_clusters["target"]
     topic = names.topic()

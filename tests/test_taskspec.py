@@ -146,6 +146,18 @@ def test_a_bad_address_service_switch_is_named(switch, message):
     assert "fleets.0.switch" in error and message in error
 
 
+@pytest.mark.parametrize("switch, message", [
+    ({"content_type": "form"}, "content_type form needs a body"),
+    ({"content_type": "form", "body": {"dataId": "orders", "timeout": 3}}, "not text: ['timeout']"),
+    ({"content_type": "xml", "body": {}}, "content_type"),
+])
+def test_a_bad_form_switch_is_named(switch, message):
+    fleets = copy.deepcopy(EXAMPLE["fleets"])
+    fleets[0]["switch"] = {"type": "http", "http_conn_id": "nacos", "endpoint": "/nacos/v1/cs/configs", **switch}
+    error = str(pytest.raises(InvalidSpec, parse_spec, variant(fleets=fleets), "f.yaml").value)
+    assert "fleets.0.switch" in error and message in error
+
+
 def test_a_manual_fleet_gets_its_instructions_at_the_gate_before_each_switch(tmp_path, monkeypatch):
     """The gate before a manual switch says what to change, with the destination's name servers
     read from its connection when the gate opens; the switch is a ManualSwitcher."""

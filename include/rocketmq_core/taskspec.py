@@ -69,7 +69,7 @@ class HttpSwitchSpec(_Strict):
     """How to tell a fleet to use another cluster: an HTTP call through an Airflow connection.
 
     ``endpoint`` and ``body`` are Jinja templates; ``{{ task.switch_request }}`` holds the fleet,
-    role, groups, share and destination cluster.
+    role, groups, share and destination cluster, ``{{ task.target_namesrv }}`` its name servers.
     """
 
     type: Literal["http"] = "http"
@@ -77,6 +77,18 @@ class HttpSwitchSpec(_Strict):
     endpoint: Annotated[str, Field(min_length=1)]
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     body: dict[str, Any] | None = None
+    #: ``form`` sends the body as form fields (a config center such as Nacos); each must be a string.
+    content_type: Literal["json", "form"] = "json"
+
+    @model_validator(mode="after")
+    def _form_fields_are_text(self) -> HttpSwitchSpec:
+        if self.content_type == "form":
+            if self.body is None:
+                raise ValueError("content_type form needs a body: the form fields to send")
+            wrong = sorted(k for k, v in self.body.items() if not isinstance(v, str))
+            if wrong:
+                raise ValueError(f"form fields must be text (templates included); not text: {wrong}")
+        return self
 
 
 class AddressServiceSwitchSpec(_Strict):

@@ -46,6 +46,15 @@ with _dag("probe_switch", endpoint="/switch", override_reason=""):
         override_reason="{{ params.override_reason }}",
     )
 
+with _dag("probe_switch_config_center"):
+    # The README's worked example: a Nacos-style config publish, form fields, the target's name servers.
+    FleetSwitchOperator(
+        task_id="switch", fleet="orders", role="producer", groups=["PROBE_PRODUCERS"], to_cluster="rocketmq_target",
+        switcher=HttpSwitcher("switch_api", endpoint="/nacos/v1/cs/configs", content_type="form", body={
+            "dataId": "orders-{{ task.switch_request.role }}s.properties", "group": "DEFAULT_GROUP",
+            "content": "rocketmq.namesrv.addr={{ task.target_namesrv }}"}),
+    )
+
 with _dag("probe_switch_run_brokers", broker_sets={}):
     # Nobody of the group is online: satisfied, unless a broker of the run's set is missing.
     FleetSwitchOperator(

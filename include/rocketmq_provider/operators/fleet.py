@@ -44,23 +44,30 @@ class HttpSwitcher(Switcher):
     """Calls an HTTP API through an Airflow HTTP connection; method, endpoint and body are templated.
 
     The request dict (fleet, role, groups, share, cluster, connection id) is available in templates
-    as ``{{ task.switch_request }}``. A non-2xx answer fails the task and shows the answer.
+    as ``{{ task.switch_request }}``, and the destination's name servers as ``{{ task.target_namesrv }}``.
+    The body goes as JSON, or as form fields (``content_type="form"``, as Nacos's config API takes
+    them). A non-2xx answer fails the task and shows the answer.
     """
 
     template_fields = ("method", "endpoint", "body")
 
-    def __init__(self, http_conn_id: str, endpoint: str, method: str = "POST", body: Any = None):
+    def __init__(self, http_conn_id: str, endpoint: str, method: str = "POST", body: Any = None,
+                 content_type: str = "json"):
+        if content_type not in ("json", "form"):
+            raise ValueError(f"content_type must be json or form, not {content_type!r}")
         self.http_conn_id = http_conn_id
         self.endpoint = endpoint
         self.method = method
         self.body = body
+        self.content_type = content_type
 
     def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
         from airflow.providers.http.hooks.http import HttpHook
 
         hook = HttpHook(method=self.method.upper(), http_conn_id=self.http_conn_id)
         body = self.body if self.body is not None else request
-        response = hook.run(self.endpoint, json=body, extra_options={"check_response": False})
+        payload = {"data": body} if self.content_type == "form" else {"json": body}
+        response = hook.run(self.endpoint, **payload, extra_options={"check_response": False})
         text = response.text[:2000]
         if not response.ok:
             raise AirflowException(
@@ -227,6 +234,11 @@ class FleetSwitchOperator(BaseOperator):
         request = {"fleet": self.fleet, "role": self.role, "groups": list(self.groups),
                    "share": float(self.share), "cluster": self.to_cluster}
         return {**request, "from_cluster": self.from_cluster} if self.from_cluster else request
+
+    @property
+    def target_namesrv(self) -> str:
+        """The destination's name servers, ``host:port;host:port``, for a switch body to hand to clients."""
+        return RocketMQHook(self.to_cluster).namesrv()
 
     def check_preconditions(self) -> list[dict[str, Any]]:
         """Evaluate every precondition now; return the observations of those that failed."""
