@@ -22,7 +22,7 @@ from rocketmq_core.errors import (
     RequestCodeNotSupported, RequestTimeout, ResponseError, ServerError, ServiceNotAvailable, SubscriptionGroupNotExist,
     SystemBusy, TopicNotExist, response_error,
 )
-from rocketmq_core.model import MessageQueue
+from rocketmq_core.model import MessageQueue, QueueOffsets
 from rocketmq_core.remoting import codec
 from rocketmq_core.remoting.client import Credentials, RemotingClient
 from rocketmq_core.remoting.codec import MAX_FRAME, RemotingCommand, decode, encode, frame_length
@@ -245,6 +245,21 @@ def test_fastjson_object_keys():
     # The key is the same however fastjson ordered the object's fields.
     other = loads('{"t":{{"topic":"T","queueId":0,"brokerName":"b"}:1}}')["t"]
     assert set(other) == {k for k in table if dict(k)["queueId"] == 0}
+
+
+def test_consume_stats_read_fast_and_tolerantly_agree():
+    """fastjson's own layout goes through one regex; any other order of keys through the parser."""
+    from rocketmq_core.admin import _consume_stats
+
+    as_fastjson = (b'{"consumeTps":0.0,"offsetTable":{{"brokerName":"b","queueId":0,"topic":"T"}:{"brokerOffset":5,'
+                   b'"consumerOffset":3,"lastTimestamp":17},{"brokerName":"b","queueId":1,"topic":"%RETRY%G"}:'
+                   b'{"brokerOffset":2,"consumerOffset":-1,"lastTimestamp":0}}}')
+    reordered = (b'{"offsetTable":{{"topic":"T","queueId":0,"brokerName":"b"}:{"consumerOffset":3,"brokerOffset":5,'
+                 b'"lastTimestamp":17},{"brokerName":"b","queueId":1,"topic":"%RETRY%G"}:{"brokerOffset":2,'
+                 b'"consumerOffset":-1,"lastTimestamp":0}}}')
+    expected = [QueueOffsets(MessageQueue("T", "b", 0), 5, 3, 17), QueueOffsets(MessageQueue("%RETRY%G", "b", 1), 2, -1, 0)]
+    assert _consume_stats(as_fastjson) == expected
+    assert sorted(_consume_stats(reordered), key=lambda q: q.queue.queue_id) == expected
 
 
 def test_fastjson_values_of_every_kind():

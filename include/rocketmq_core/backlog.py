@@ -314,16 +314,11 @@ def _group_row(group: str, topic: str, broker: str, queue_id: int, broker_offset
                       kind="retry" if topic.startswith(RETRY_PREFIX) else "normal")
 
 
-async def _consume_stats(admin: ClusterAdmin, addr: str, group: str, topic: str | None = None) -> list[StatsEntry]:
-    resp = await admin.client.invoke(addr, RequestCode.GET_CONSUME_STATS, {"consumerGroup": group, "topic": topic})
-    return _consume_stats_entries(resp.body)
-
-
 async def _group_rows_per_group(admin: ClusterAdmin, addr: str, broker: str,
                                 groups: tuple[str, ...]) -> tuple[list[BacklogRow], set[str]]:
     """GET_CONSUME_STATS per group, and once more naming its retry topic (offsets or not)."""
     requests = [(g, None) for g in groups] + [(g, _retry_topic(g)) for g in groups]
-    answers = await _in_flight(lambda req: _consume_stats(admin, addr, *req), requests)
+    answers = await _in_flight(lambda req: admin.consume_stats(addr, *req), requests)
     plain_stats, retry_stats = answers[:len(groups)], answers[len(groups):]
     rows: list[BacklogRow] = []
     known: set[str] = set()
@@ -331,10 +326,11 @@ async def _group_rows_per_group(admin: ClusterAdmin, addr: str, broker: str,
         if entries:
             known.add(group)
         retry_name = _retry_topic(group)
-        if not any(entry[0] == retry_name for entry in entries):
+        if not any(q.queue.topic == retry_name for q in entries):
             entries = entries + retry_entries
-        for topic, broker_name, queue_id, broker_offset, consumer_offset in entries:
-            rows.append(_group_row(group, topic, broker_name or broker, queue_id, broker_offset, consumer_offset))
+        for q in entries:
+            rows.append(_group_row(group, q.queue.topic, q.queue.broker or broker, q.queue.queue_id, q.broker_offset,
+                                   q.consumer_offset))
     return rows, known
 
 
@@ -356,10 +352,10 @@ async def _group_rows_broker_wide(admin: ClusterAdmin, addr: str, broker: str,
         pairs += [(group, topic) for topic in topics.get(group, ())]
         if retry_name not in topics.get(group, ()):
             pairs.append((group, retry_name))
-    stats = await _in_flight(lambda pair: _consume_stats(admin, addr, *pair), pairs)
-    rows = [_group_row(group, topic, broker_name or broker, queue_id, broker_offset, consumer_offset)
-            for (group, _), entries in zip(pairs, stats)
-            for topic, broker_name, queue_id, broker_offset, consumer_offset in entries]
+    stats = await _in_flight(lambda pair: admin.consume_stats(addr, *pair), pairs)
+    rows = [_group_row(group, q.queue.topic, q.queue.broker or broker, q.queue.queue_id, q.broker_offset,
+                       q.consumer_offset)
+            for (group, _), entries in zip(pairs, stats) for q in entries]
     return rows, set(topics)
 
 
@@ -580,32 +576,6 @@ def decode_stored_message(data: bytes) -> tuple[dict[str, str], bytes]:
     """Properties and body of one message in the broker's stored layout (V1 4.x, V2 5.x)."""
     message, _ = decode_message(data)
     return message.properties, message.body
-
-
-_STATS_ENTRY = re.compile(
-    rb'\{"brokerName":"([^"\\]*)","queueId":(\d+),"topic":"([^"\\]*)"\}'
-    rb':\{"brokerOffset":(-?\d+),"consumerOffset":(-?\d+)[,}]')
-
-StatsEntry = tuple[str, str, int, int, int]
-
-
-def _consume_stats_entries(body: bytes) -> list[StatsEntry]:
-    """(topic, broker, queue id, broker offset, consumer offset) of a ConsumeStats body.
-
-    Its offsetTable is keyed by whole MessageQueue objects, which only the slow tolerant parser
-    reads; fastjson writes them in one fixed layout, read here by one regex and checked by
-    count (one ``"queueId":`` per entry). Anything else goes to the tolerant parser.
-    """
-    entries = [(t.decode(), b.decode(), int(q), int(bo), int(co)) for b, q, t, bo, co in _STATS_ENTRY.findall(body)]
-    if len(entries) == body.count(b'"queueId":'):
-        return entries
-    table = loads(body).get("offsetTable") or {}
-    result = []
-    for key, values in table.items():
-        queue = dict(key)
-        result.append((queue["topic"], queue["brokerName"], int(queue["queueId"]),
-                       int(values.get("brokerOffset", 0)), int(values.get("consumerOffset", 0))))
-    return result
 
 
 def _opt(value: int | None) -> str:
