@@ -44,7 +44,7 @@ def main() -> int:
     (out / "dag_parse.json").write_text(json.dumps(result, indent=2))
     print(f"dag parse: {SPECS} specs -> {result['dags']} DAGs in {seconds:.2f}s (target < 2 s): "
           f"{'met' if result['met'] else 'NOT met'}")
-    return 0
+    return 0 if result["met"] else 1
 
 
 if __name__ == "__main__":
