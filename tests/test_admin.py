@@ -198,7 +198,7 @@ def test_topics_created_by_admin_match_mqadmin(cluster, names):
     configs, routes, offsets = admin_run(cluster, create)
     for topic in [*batch, single]:
         # A 4.9 broker keeps no order flag (ordering there is the name server's ORDER_TOPIC_CONFIG
-        # table, which metadata.py writes); a 5.x broker stores it.
+        # table, which admin.put_order writes); a 5.x broker stores it.
         assert configs[topic.name] == replace(topic, order=topic.order and cluster.spec.major >= 5)
     topics = [*batch, single]
     outputs = mqadmin_all(cluster.spec, ["topicList"], *(["topicRoute", "-t", t.name] for t in topics),
@@ -409,7 +409,7 @@ A_COUNTS = [3, 1, 2, 0]  # messages stored before the reset time, per queue
 B_PER_QUEUE = 2          # messages stored after it
 
 
-def test_reset_offset_by_timestamp_moves_to_the_first_message_at_or_after_the_time(cluster, names):
+def test_reset_to_time_moves_to_the_first_message_at_or_after_the_time(cluster, names):
     """Online first, then offline: the group's committed offsets land exactly on batch B.
 
     The store times are laid out so that a time ``t_near_a`` is much closer to the last message of

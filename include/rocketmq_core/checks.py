@@ -59,6 +59,11 @@ class Check:
     def kwargs(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def handover(self) -> dict[str, Any]:
+        """The kwargs of a check that carries on from this one elsewhere (a sensor's trigger):
+        the brokers it has seen join the broker set, so one gone since is still missed."""
+        return {**self.kwargs(), "brokers": sorted(set(self.brokers) | (self._seen_brokers or set()))}
+
     async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
         raise NotImplementedError
 
@@ -218,17 +223,24 @@ class WritesStopped(Check):
     kind = "writes_stopped"
 
     def __init__(self, topics: list[str], window_seconds: float = 60, cluster: str | None = None,
-                 brokers: list[str] | None = None):
+                 brokers: list[str] | None = None, since: dict[str, Any] | None = None):
+        """``since`` (from ``handover``): when the offsets were last seen moving, and where they stood."""
         if not topics:
             raise InvalidSpec("writes_stopped needs at least one topic")
         self.topics = sorted(topics)
         self.window_seconds = window_seconds
         self.cluster = cluster
         self.brokers = sorted(brokers or [])
-        self._baseline: tuple[float, dict[str, int]] | None = None
+        self._baseline: tuple[float, dict[str, int]] | None = (
+            (float(since["at"]), dict(since["max_offsets"])) if since else None)
 
     def kwargs(self) -> dict[str, Any]:
         return {"topics": self.topics, "window_seconds": self.window_seconds, **self.common_kwargs()}
+
+    def handover(self) -> dict[str, Any]:
+        """The quiet window carries on where this check saw it start."""
+        since = {"at": self._baseline[0], "max_offsets": self._baseline[1]} if self._baseline else None
+        return {**super().handover(), "since": since}
 
     def describe(self) -> str:
         return f"no writes to {len(self.topics)} topic(s) for {self.window_seconds:g}s"

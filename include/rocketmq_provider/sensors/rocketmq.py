@@ -56,7 +56,7 @@ class RocketMQCheckSensor(BaseSensorOperator):
             return self._observations[-1]
         check, streak = self._check, self._streak  # built by poke()
         self.defer(
-            trigger=RocketMQCheckTrigger(self.rocketmq_conn_id, check.kind, check.kwargs(),
+            trigger=RocketMQCheckTrigger(self.rocketmq_conn_id, check.kind, check.handover(),
                                          stable_checks=int(self.stable_checks), poll_interval=self.poke_interval,
                                          timeout=self.timeout, earlier=self._observations, streak=streak.count),
             method_name="execute_complete",
