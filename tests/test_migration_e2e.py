@@ -174,7 +174,9 @@ def _mark_drain_sensors_by_hand(world: World, airflow_api, run_id: str) -> None:
     """What the UI allows: mark the writes-stopped and drained sensors successful while they wait,
     then wait for the cutover gate they unlock."""
     for sensor in ("source_writes_stopped", "source_drained"):
-        _wait(lambda s=sensor: airflow_api.task_states(world.dag_id, run_id).get(s) in ("deferred", "running"),
+        # deferred: its own first check in the task is over and the trigger waits (marking a task
+        # while its process still runs was seen to fail with a database error on SQLite)
+        _wait(lambda s=sensor: airflow_api.task_states(world.dag_id, run_id).get(s) == "deferred",
               120, f"{sensor} waiting")
         airflow_api.set_task_state(world.dag_id, run_id, sensor, "success")
     airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=300)
