@@ -91,6 +91,7 @@ class ClusterAdmin:
         self.namesrv_addrs = list(namesrv_addrs)
         self.cluster = cluster
         self.client = RemotingClient(credentials, timeout=timeout, connect_timeout=connect_timeout)
+        self._majors: dict[str, int] = {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -136,6 +137,14 @@ class ClusterAdmin:
     async def broker_runtime_info(self, addr: str) -> dict[str, str]:
         resp = await self.client.invoke(addr, RequestCode.GET_BROKER_RUNTIME_INFO)
         return dict(loads(resp.body).get("table", {}))
+
+    async def broker_major(self, addr: str) -> int:
+        """The broker's major version (``V5_5_0`` -> 5; 0 when it does not say), asked once per admin."""
+        if addr not in self._majors:
+            version = (await self.broker_runtime_info(addr)).get("brokerVersionDesc", "")
+            major = version.lstrip("V").split("_")[0]
+            self._majors[addr] = int(major) if major.isdigit() else 0
+        return self._majors[addr]
 
     async def gather(self, jobs: Iterable[Awaitable[T]]) -> list[T]:
         """Run many requests concurrently, at most MAX_IN_FLIGHT at a time; the first failure raises."""

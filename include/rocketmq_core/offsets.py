@@ -71,13 +71,6 @@ async def _read_store_times(admin: ClusterAdmin, addr: str, topic: str, queue_id
     return _store_times(resp.body) if resp.code == ResponseCode.SUCCESS else []
 
 
-async def _resets_on_server(admin: ClusterAdmin, addr: str) -> bool:
-    """5.x brokers reset offsets themselves, exactly, for online and offline groups alike."""
-    version = (await admin.broker_runtime_info(addr)).get("brokerVersionDesc", "")
-    major = version.lstrip("V").split("_")[0]
-    return major.isdigit() and int(major) >= 5
-
-
 async def reset_to_time(admin: ClusterAdmin, group: str, topic: str, timestamp_ms: int,
                         cluster: str | None = None) -> dict[MessageQueue, int]:
     """Move a group's committed offsets on a topic to the first message at or after a time.
@@ -93,7 +86,7 @@ async def reset_to_time(admin: ClusterAdmin, group: str, topic: str, timestamp_m
     for broker in await admin.masters(cluster):
         addr = broker.master
         header = {"topic": topic, "group": group, "timestamp": timestamp_ms, "isForce": "true"}
-        if await _resets_on_server(admin, addr):
+        if await admin.broker_major(addr) >= 5:  # 5.x resets offsets itself, exactly, online or not
             resp = await admin.client.invoke(addr, RequestCode.INVOKE_BROKER_TO_RESET_OFFSET, header, timeout=30)
             result.update(_reset_table(resp.body))
             continue
