@@ -408,7 +408,7 @@ def test_a_gate_marked_successful_by_hand_unlocks_nothing(world, airflow_api, rm
     """Marking a gate successful (as the UI allows) records no answer: the switch after it reads
     the gate's recorded answer, finds none, and moves nobody."""
     run_id, _ = _run_approving(world, airflow_api, GATES[:1])
-    airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_consumers", timeout=300, settle=2)
+    airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_consumers", timeout=300)
     airflow_api.set_task_state(world.dag_id, run_id, "approve_canary_consumers", "success")
     assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
     switch = f"canary_consumers.{world.layout.consumer_fleet}"
@@ -481,7 +481,7 @@ def test_a_second_run_is_refused_while_the_first_is_unfinished(world, airflow_ap
     preflight refuses, naming the first; once the first is marked failed by hand, a new run may start."""
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
     first = airflow_api.trigger(world.dag_id)
-    airflow_api.wait_for_gate(world.dag_id, first, "approve_metadata_sync", timeout=300, settle=0)
+    airflow_api.wait_for_gate(world.dag_id, first, "approve_metadata_sync", timeout=300)
     second = airflow_api.trigger(world.dag_id)
     assert airflow_api.wait_for_run(world.dag_id, second, timeout=300) == "failed"
     assert airflow_api.task_states(world.dag_id, second)["preflight"] == "failed"

@@ -79,24 +79,19 @@ class AirflowApi:
         return data.get("hitl_details", [])
 
     def wait_for_gate(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300,
-                      settle: float = 8.0) -> dict[str, Any]:
-        """Wait until the gate's task is parked in awaiting_input, then ``settle`` seconds more.
-
-        Airflow 3.3.2 fails a gate answered before the executor has reported the exit of the
-        workload that parked it (the scheduler sees a "success" event for a re-queued task).
-        A person never answers that fast; a script must wait a scheduler loop or two.
-        """
+                      poll: float = 0.5) -> dict[str, Any]:
+        """Return the gate's open question as soon as it is listed, as the Required Actions page
+        shows it: the project's gates take an answer at once (see EvidenceGateMixin)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for gate in self.pending_gates(dag_id, run_id):
-                if gate["task_instance"]["task_id"] == task_id and gate["task_instance"]["state"] == "awaiting_input":
-                    time.sleep(settle)
+                if gate["task_instance"]["task_id"] == task_id:
                     return gate
             state = self.run_state(dag_id, run_id)
             if state in TERMINAL:
                 raise RuntimeError(f"run {run_id} ended {state} before gate {task_id} opened: "
                                    f"{self.task_states(dag_id, run_id)}")
-            time.sleep(2)
+            time.sleep(poll)
         raise TimeoutError(f"gate {task_id} did not open within {timeout}s: {self.task_states(dag_id, run_id)}")
 
     def answer(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1,

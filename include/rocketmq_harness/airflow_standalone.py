@@ -85,6 +85,8 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(spec.port),
         "AIRFLOW__API__WORKERS": "1",
+        # LocalExecutor with the guard that takes a gate's answer at once (rocketmq_provider.executors)
+        "AIRFLOW__CORE__EXECUTOR": "rocketmq_provider.executors.GateSafeLocalExecutor",
         # LocalExecutor forks `parallelism` workers up front; 32 idle ones cost 4 GiB.
         "AIRFLOW__CORE__PARALLELISM": "6",
         "AIRFLOW__API__BASE_URL": spec.url,
