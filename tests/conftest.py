@@ -125,13 +125,19 @@ def airflow_env(rmq_clusters):
     return AIRFLOW_HOME
 
 
+def _e2e_standalone():
+    from rocketmq_harness import airflow_standalone
+
+    return airflow_standalone.StandaloneSpec(E2E_HOME, 28080, E2E_HOME / "dags", E2E_SPECS)
+
+
 @pytest.fixture(scope="session")
 def airflow_api(request, rmq_clusters):
     """A running Airflow standalone (its own home and port) with the project's and the probe DAGs."""
     from rocketmq_harness import airflow_standalone
     from rocketmq_harness.airflow_api import AirflowApi
 
-    spec = airflow_standalone.StandaloneSpec(E2E_HOME, 28080, E2E_HOME / "dags", E2E_SPECS)
+    spec = _e2e_standalone()
     spec.specs_dir.mkdir(parents=True, exist_ok=True)
     _link_dag_files(spec.dags_folder)
     pid = airflow_standalone.recorded_pid(spec)
@@ -139,6 +145,15 @@ def airflow_api(request, rmq_clusters):
     if pid is None and not os.environ.get("RMQ_HARNESS_KEEP"):
         request.addfinalizer(lambda: airflow_standalone.stop(spec))
     return AirflowApi(running)
+
+
+@pytest.fixture(scope="session")
+def airflow_as(airflow_api):
+    """The same running Airflow as each of the harness's users (airflow_standalone.USERS) sees it."""
+    from rocketmq_harness import airflow_standalone
+    from rocketmq_harness.airflow_api import AirflowApi
+
+    return {user: AirflowApi(airflow_standalone.login(_e2e_standalone(), user)) for user in airflow_standalone.USERS}
 
 
 @pytest.fixture

@@ -94,6 +94,34 @@ def test_a_gate_answered_the_moment_it_is_listed_runs_what_it_guards(airflow_api
         assert (marker_dir / "go").exists()
 
 
+def test_only_the_assigned_on_call_answers_and_a_viewer_can_neither_trigger_nor_answer(airflow_as, tmp_path):
+    dag = "probe_gate_assigned"
+    oncall, developer, watcher = airflow_as["oncall"], airflow_as["developer"], airflow_as["watcher"]
+    oncall.wait_for_dag(dag)
+    oncall.call("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
+    with pytest.raises(AirflowApiError) as refused:
+        watcher.call("POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "conf": {}})
+    assert refused.value.status == 403
+    run_id = developer.trigger(dag, {"marker_dir": str(tmp_path)})  # the user role may start runs
+    gate = oncall.wait_for_gate(dag, run_id, "gate")
+    assert "**Who may answer:** `oncall`" in gate["body"]
+    for who in (developer, watcher):
+        with pytest.raises(AirflowApiError) as refused:
+            who.answer(dag, run_id, "gate", "Approve")
+        assert refused.value.status == 403, who
+    assert [g["task_instance"]["task_id"] for g in oncall.pending_gates(dag, run_id)] == ["gate"]
+    assert not (tmp_path / "guarded").exists()
+    oncall.answer(dag, run_id, "gate", "Approve")
+    assert oncall.wait_for_run(dag, run_id) == "success"
+    assert (tmp_path / "guarded").exists()
+    answer = oncall.xcom(dag, run_id, "gate", key="answer")
+    assert (answer["chosen_options"], answer["responded_by"]) == (["Approve"], "oncall")
+    page = watcher.report_page(dag, run_id)  # a viewer reads the record, refused attempts included
+    assert "triggered by developer" in page
+    assert "<td>developer</td><td>answered gate: Approve (not recorded: refused)</td>" in page
+    assert "<td>oncall</td><td>answered gate: Approve</td>" in page
+
+
 def test_gate_opening_and_run_failure_are_announced_on_the_webhook(airflow_api):
     hook = RecordingServer()
     try:
@@ -122,3 +150,14 @@ def test_a_dead_webhook_does_not_block_the_gate(airflow_api):
     airflow_api.answer(dag, run_id, "gate", "Reject")
     airflow_api.wait_for_run(dag, run_id)
     assert airflow_api.task_states(dag, run_id) == {"gate": "success", "fail": "skipped"}
+
+
+def test_the_demo_connections_are_where_admin_connections_shows_them(airflow_as):
+    """Created in the metadata database (not only the environment): the UI lists and edits them."""
+    listed = airflow_as["admin"].call("GET", "/api/v2/connections?limit=100")["connections"]
+    by_id = {c["connection_id"]: c for c in listed}
+    assert by_id["rocketmq_source"]["conn_type"] == "rocketmq" and by_id["rocketmq_source"]["port"] == 19876
+    assert by_id["fleet_config"]["conn_type"] == "http"
+    with pytest.raises(AirflowApiError) as refused:  # a viewer sees runs, not connections
+        airflow_as["watcher"].call("GET", "/api/v2/connections/rocketmq_source")
+    assert refused.value.status == 403

@@ -307,6 +307,10 @@ def test_dag_refuses_last_consumers_while_a_producer_still_writes_to_the_source(
     states = airflow_api.task_states(world.dag_id, run_id)
     assert states[f"remaining_consumers.{layout.consumer_fleet}"] == "failed"
     assert SOURCE in set(world.clusters_of("consumer").values())
+    page = airflow_api.report_page(world.dag_id, run_id)  # the hand-marking is on the record
+    for sensor in ("source_writes_stopped", "source_drained"):
+        assert f"<td>admin</td><td>marked {sensor} success by hand</td>" in page
+    assert "triggered by admin" in page
 
 
 class StrayProducer:

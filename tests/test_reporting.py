@@ -46,3 +46,20 @@ def test_page_names_the_writers_outside_the_fleets_the_preflight_found():
     none = render(RunRecord("d", "r", "running", tasks, preflight={"census": {"writers": {"PG_fleet": ["c1"]}},
                                                                    "writers_outside": {}}))
     assert "Writers outside" not in none
+
+
+def test_page_lists_what_people_did_and_flags_answers_the_gate_refused():
+    answers = {"approve_cutover": {"chosen_options": ["Approve"], "responded_by": "oncall", "responded_at": "t2"}}
+    actions = [
+        {"at": "t1", "by": "developer", "event": "update_hitl_detail", "task_id": "approve_cutover",
+         "extra": {"chosen_options": ["Approve"]}},
+        {"at": "t2", "by": "oncall", "event": "update_hitl_detail", "task_id": "approve_cutover",
+         "extra": {"chosen_options": ["Approve"]}},
+        {"at": "t3", "by": "admin", "event": "patch_task_instance", "task_id": "source_drained",
+         "extra": {"new_state": "success"}},
+    ]
+    page = render(RunRecord("d", "r", "running", [], answers=answers, actions=actions, triggered_by="oncall"))
+    assert "triggered by oncall" in page
+    assert "<td>developer</td><td>answered approve_cutover: Approve (not recorded: refused)</td>" in page
+    assert "<td>oncall</td><td>answered approve_cutover: Approve</td>" in page
+    assert "<td>admin</td><td>marked source_drained success by hand</td>" in page

@@ -31,6 +31,8 @@ SPECS_DIR_ENV = "RMQ_TASK_SPECS_DIR"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_\-\u4e00-\u9fff]{1,200}$")
 _WILDCARDS = re.compile(r"[*?\[]")
+#: An approver is an Airflow user name as the auth manager reports it (no spaces or commas).
+_USER_NAME = re.compile(r"^[^\s,]{1,256}$")
 
 
 class _Strict(BaseModel):
@@ -201,6 +203,14 @@ class _TaskSpec(_Strict):
     scope: ScopeSpec = ScopeSpec()
     approvers: Annotated[list[str], Field(min_length=1)]
     notifications: NotificationSpec = NotificationSpec()
+
+    @field_validator("approvers")
+    @classmethod
+    def _user_names(cls, approvers: list[str]) -> list[str]:
+        bad = [name for name in approvers if not _USER_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{bad} are not user names: name Airflow users, without spaces or commas")
+        return list(dict.fromkeys(approvers))
 
     @field_validator("name")
     @classmethod

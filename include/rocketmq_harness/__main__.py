@@ -46,7 +46,9 @@ def main(argv: list[str]) -> int:
     elif verb == "airflow":
         if rest == ["start"]:
             running = airflow_standalone.start()
-            print(f"Airflow UI and REST API: {running.url}  login: {running.username} / {running.password}")
+            print(f"Airflow UI and REST API: {running.url}")
+            for user, password in airflow_standalone.passwords().items():
+                print(f"  login {user} / {password} ({airflow_standalone.USERS[user]})")
         elif rest == ["stop"]:
             pid = airflow_standalone.stop()
             print(f"airflow: stopped process group {pid}" if pid else "airflow: nothing running")

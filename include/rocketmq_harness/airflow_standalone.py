@@ -22,6 +22,10 @@ from rocketmq_harness.clusters import PROJECT_ROOT, RUN_DIR, demo_clusters
 from rocketmq_provider.replication_runner import LocalProcessRunner
 
 USER = "admin"
+#: The users and roles of the demo and the tests (SimpleAuthManager's roles): the on-call, who
+#: answers the gates of specs naming them; a developer, who may trigger runs but is named by no
+#: spec; a watcher, who may only look.
+USERS = {USER: "admin", "oncall": "user", "developer": "user", "watcher": "viewer"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,21 @@ class RunningAirflow:
             return json.load(resp)["access_token"]
 
 
-def _password(spec: StandaloneSpec) -> str:
+def passwords(spec: StandaloneSpec = DEMO) -> dict[str, str]:
+    """Each user's password, made once per Airflow home (kept in its passwords file, mode 600)."""
     path = spec.home / "simple_auth_manager_passwords.json"
-    if not path.exists():
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if set(known) != set(USERS):
         spec.home.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({USER: secrets.token_urlsafe(12)}))
+        known = {user: known.get(user) or secrets.token_urlsafe(12) for user in USERS}
+        path.write_text(json.dumps(known))
         path.chmod(0o600)
-    return json.loads(path.read_text())[USER]
+    return known
+
+
+def login(spec: StandaloneSpec, user: str) -> RunningAirflow:
+    """The running Airflow as one of ``USERS`` sees it."""
+    return RunningAirflow(spec.url, user, passwords(spec)[user])
 
 
 def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
@@ -80,7 +92,7 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(spec.dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:{role}" for user, role in USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(spec.home / "simple_auth_manager_passwords.json"),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(spec.port),
@@ -99,13 +111,17 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         # replication workers' config, pids and counters: one standalone's tasks never see another's
         "RMQ_STATE_DIR": str(spec.home / "state"),
     }
-    env["AIRFLOW_CONN_FLEET_CONFIG"] = json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080")),
-         "schema": "http"})
-    for name, spec in demo_clusters().items():
-        env[f"AIRFLOW_CONN_ROCKETMQ_{name.upper()}"] = json.dumps(
-            {"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port})
     return env
+
+
+def connections() -> dict[str, dict]:
+    """The demo's connections. They go into the metadata database, not the environment, so that
+    Admin → Connections shows them and an operator can edit them (secrets stay masked there)."""
+    conns = {"fleet_config": {"conn_type": "http", "host": "127.0.0.1", "schema": "http",
+                              "port": int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080"))}}
+    for name, cluster in demo_clusters().items():
+        conns[f"rocketmq_{name}"] = {"conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.namesrv_port}
+    return conns
 
 
 def _pid_file(spec: StandaloneSpec) -> Path:
@@ -131,7 +147,7 @@ def _healthy(url: str) -> bool:
 
 def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     """Start standalone unless ours already answers; wait for the API and a healthy scheduler."""
-    running = RunningAirflow(spec.url, USER, _password(spec))
+    running = login(spec, USER)
     env = environment(spec)
     fingerprint = json.dumps({k: v for k, v in sorted(env.items()) if k.startswith(("AIRFLOW", "RMQ_"))})
     fingerprint_file = spec.home / "environment.json"
@@ -143,6 +159,10 @@ def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     fingerprint_file.write_text(fingerprint)
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    conn_file = spec.home / "connections.json"
+    conn_file.write_text(json.dumps(connections()))
+    subprocess.run([airflow, "connections", "import", "--overwrite", str(conn_file)], env=env, check=True,
+                   capture_output=True)
     with open(spec.home / "standalone.log", "ab") as log:
         proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=spec.home)

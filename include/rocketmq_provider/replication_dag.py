@@ -7,7 +7,7 @@ from airflow.sdk import DAG, Param
 
 from rocketmq_core.taskspec import ReplicationSpec
 from rocketmq_provider.notifications import notifiers
-from rocketmq_provider.operators.approval import ConflictGate, EvidenceApprovalOperator, XComEvidence
+from rocketmq_provider.operators.approval import ConflictGate, EvidenceApprovalOperator, XComEvidence, assignees
 from rocketmq_provider.operators.metadata import (
     MetadataDiffOperator, MetadataSyncOperator, ResolveConflictsOperator, TwoWayMetadataSyncOperator,
 )
@@ -36,7 +36,7 @@ def build_replication_dags(spec: ReplicationSpec) -> list[DAG]:
             task_id="approve_start", subject=f"{spec.name}: sync metadata and start replicating?",
             body=f"{spec.direction} replication, {spec.workers} worker(s) per direction.",
             evidence=[XComEvidence("metadata_plan", "Metadata plan", field="text")],
-            assigned_users=[{"id": u, "name": u} for u in spec.approvers],
+            assigned_users=assignees(spec.approvers),
             notifiers=notifiers(spec.notifications, "gate_opened"))
         sync = MetadataSyncOperator(task_id="metadata_sync", **sync_args)
         plan >> gate >> sync >> ReplicationStartOperator(task_id="start_workers", spec=spec)
@@ -68,7 +68,7 @@ def build_replication_dags(spec: ReplicationSpec) -> list[DAG]:
             active >> sync >> rescope
             gate = ConflictGate(task_id="resolve_conflicts_gate", sync_task_id="metadata_sync",
                                 subject=f"{spec.name}: metadata changed on both sides; which side wins?",
-                                assigned_users=[{"id": u, "name": u} for u in spec.approvers],
+                                assigned_users=assignees(spec.approvers),
                                 notifiers=notifiers(spec.notifications, "gate_opened"))
             sync >> gate >> ResolveConflictsOperator(task_id="resolve_conflicts", gate_task_id=gate.task_id,
                                                      sync_task_id="metadata_sync", base_variable=base, **sync_args)

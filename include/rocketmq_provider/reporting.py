@@ -36,6 +36,8 @@ class RunRecord:
     observations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     preflight: dict[str, Any] | None = None
+    triggered_by: str | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)  # what people did to the run, from Airflow's audit log
 
 
 def current_step(record: RunRecord) -> str:
@@ -56,9 +58,11 @@ def render(record: RunRecord) -> str:
     parts = [
         f"<h1>{esc(record.dag_id)}</h1>",
         f"<p class=now><b>Now:</b> {esc(current_step(record))} &middot; {done}/{len(record.tasks)} steps done"
-        f" &middot; run <code>{esc(record.run_id)}</code> ({esc(record.state)})</p>",
+        f" &middot; run <code>{esc(record.run_id)}</code> ({esc(record.state)})"
+        f"{f' &middot; triggered by {esc(record.triggered_by)}' if record.triggered_by else ''}</p>",
         _steps(record),
         _gates(record),
+        _actions(record),
         _switches(record),
         _writers_outside(record),
         *(_chart(task, obs) for task, obs in record.observations.items() if obs),
@@ -88,6 +92,34 @@ def _gates(record: RunRecord) -> str:
                    f"<td>{html.escape(str(a.get('responded_by')))}</td><td>{html.escape(str(a.get('responded_at')))}</td></tr>"
                    for g, a in record.answers.items())
     return f"<h2>Approvals</h2><table><tr><th>gate</th><th>answer</th><th>by</th><th>at</th></tr>{rows}</table>"
+
+
+def describe_action(action: dict[str, Any], answers: dict[str, dict[str, Any]]) -> str:
+    """One audit-log entry in the on-call's words. An answer the gate did not record (refused: not
+    an approver, or the gate was already answered) says so."""
+    event, task, extra = action.get("event"), action.get("task_id"), action.get("extra") or {}
+    if event == "patch_task_instance":
+        return f"marked {task} {extra.get('new_state')} by hand"
+    if event == "post_clear_task_instances":
+        return f"cleared {', '.join(extra.get('task_ids') or ['the failed tasks'])}"
+    if event == "patch_dag_run":
+        return f"set the run {extra.get('state')}"
+    if event == "update_hitl_detail":
+        chosen = extra.get("chosen_options")
+        recorded = answers.get(task) or {}
+        taken = recorded.get("responded_by") == action.get("by") and recorded.get("chosen_options") == chosen
+        return f"answered {task}: {', '.join(chosen or [])}" + ("" if taken else " (not recorded: refused)")
+    return f"{event} {task or ''}".strip()
+
+
+def _actions(record: RunRecord) -> str:
+    if not record.actions:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(str(a.get('at')))}</td><td>{html.escape(str(a.get('by')))}</td>"
+                   f"<td>{html.escape(describe_action(a, record.answers))}</td></tr>" for a in record.actions)
+    return (f"<h2>What people did</h2><p>From Airflow's audit log. A step marked by hand proves nothing: the"
+            f" switches after it re-check the clusters.</p><table><tr><th>at</th><th>who</th><th>what</th></tr>"
+            f"{rows}</table>")
 
 
 def _writers_outside(record: RunRecord) -> str:

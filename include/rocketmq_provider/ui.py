@@ -6,6 +6,8 @@ stands now. Access is Airflow's own: the caller must be allowed to read the DAG'
 
 from __future__ import annotations
 
+import json
+
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import requires_access_dag
 from airflow.models.dagrun import DagRun
+from airflow.models.log import Log
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
@@ -45,7 +48,27 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunRecord:
         elif row.task_id == "preflight" and isinstance(value, dict):
             record.preflight = value
     record.observations = _observations(session, run)
+    record.triggered_by = run.triggering_user_name
+    record.actions = _actions(session, dag_id, run_id)
     return record
+
+
+#: The audit log's events (Airflow's API endpoint names) that change a run by hand.
+AUDITED_EVENTS = ("patch_task_instance", "post_clear_task_instances", "patch_dag_run", "update_hitl_detail")
+
+
+def _actions(session: Session, dag_id: str, run_id: str) -> list[dict]:
+    rows = session.scalars(select(Log).where(Log.dag_id == dag_id, Log.run_id == run_id,
+                                             Log.event.in_(AUDITED_EVENTS)).order_by(Log.dttm))
+    actions = []
+    for row in rows:
+        try:
+            extra = json.loads(row.extra or "{}")
+        except ValueError:
+            extra = {}
+        actions.append({"at": str(row.dttm), "by": row.owner, "event": row.event, "task_id": row.task_id,
+                        "extra": extra if isinstance(extra, dict) else {}})
+    return actions
 
 
 def _observations(session: Session, run: DagRun) -> dict[str, list[dict]]:

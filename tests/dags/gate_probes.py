@@ -13,7 +13,7 @@ from rocketmq_core.taskspec import NotificationSpec
 from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor
 from rocketmq_provider.operators.approval import (
-    ClientsEvidence, EvidenceApprovalOperator, MigrationGate, rollback_requested,
+    ClientsEvidence, EvidenceApprovalOperator, MigrationGate, assignees, rollback_requested,
 )
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -58,3 +58,9 @@ with DAG("probe_notifications", schedule=None, start_date=START, catchup=False, 
         raise RuntimeError("this probe fails on purpose")
 
     gate >> fail()
+
+
+with DAG("probe_gate_assigned", schedule=None, start_date=START, catchup=False, params={"marker_dir": "/tmp"},
+         tags=["test-probe"]):
+    EvidenceApprovalOperator(task_id="gate", subject="Move the probe fleet?", body="Only the on-call answers.",
+                             assigned_users=assignees(["oncall"])) >> mark.override(task_id="guarded")("guarded")

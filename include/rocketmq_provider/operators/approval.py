@@ -60,6 +60,13 @@ class Approval:
                                f" in this run; recorded: {found}")
 
 
+def assignees(approvers: list[str]) -> list[dict[str, str]]:
+    """A spec's approvers as a gate's ``assigned_users``: Airflow refuses anyone else's answer.
+
+    The id is the user name, which is the user id under SimpleAuthManager (the demo's)."""
+    return [{"id": name, "name": name} for name in approvers]
+
+
 def override_reason(answer: dict[str, Any]) -> str:
     """The override typed into the gate's form, or "" (too short to be a reason is refused)."""
     reason = str((answer.get("params_input") or {}).get(OVERRIDE_FIELD) or "").strip()
@@ -234,6 +241,7 @@ class EvidenceGateMixin:
 
     evidence: list[Evidence]
     body: str | None
+    assigned_users: list[dict[str, str]]
 
     def execute(self, context: Any) -> Any:
         self._render_evidence(context)
@@ -257,6 +265,9 @@ class EvidenceGateMixin:
 
     def _render_evidence(self, context: Any) -> None:
         sections = [self.body or ""]
+        if self.assigned_users:
+            names = ", ".join(f"`{user['name']}`" for user in self.assigned_users)
+            sections.append(f"**Who may answer:** {names}. Airflow refuses anyone else's answer.")
         for item in self.evidence:
             try:
                 text = item.render(context)
