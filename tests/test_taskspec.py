@@ -35,6 +35,7 @@ def test_example_spec_is_valid_and_derives_its_groups():
     ({"name": "x" * 201}, "name"),
     ({"source": {"conn_id": ""}}, "source.conn_id"),
     ({"approvers": []}, "approvers"),
+    ({"approvers": ["on call"]}, "approvers"),
     ({"surprise": 1}, "surprise"),
     ({"target": {"conn_id": "rocketmq_source"}}, "(top level)"),
 ])
@@ -180,3 +181,19 @@ def test_a_manual_fleet_gets_its_instructions_at_the_gate_before_each_switch(tmp
     # producers' gates carry no manual step: that fleet is switched over HTTP
     assert not [e for e in dag.get_task("approve_remaining_producers").evidence
                 if type(e).__name__ == "ManualStepEvidence"]
+
+
+def test_the_migration_graph_boxes_each_phase_and_keeps_task_ids(tmp_path, monkeypatch):
+    from rocketmq_provider.migration_dag import PHASES
+
+    write(tmp_path, "a.yaml", EXAMPLE)
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    dag = bag.dags["rmq_migration__orders-migration"]
+    top = dag.task_group.children
+    assert set(top) == {*PHASES, "outcome", "report"}
+    phase_of = {task_id: phase for phase in PHASES for task_id in top[phase].children}
+    assert phase_of["approve_metadata_sync"] == "metadata" and phase_of["source_drained"] == "drain"
+    assert phase_of["approve_cutover"] == phase_of["remaining_consumers"] == "cutover"
+    assert phase_of["rollback_requested"] == "rollback"
+    assert dag.get_task("approve_cutover").task_id == "approve_cutover"  # no phase prefix

@@ -20,7 +20,7 @@ from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Sta
 from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
     ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, ManualStepEvidence, MigrationGate,
-    WritersEvidence, XComEvidence, rollback_requested,
+    WritersEvidence, XComEvidence, assignees, rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.operators.fleet import (
@@ -88,6 +88,22 @@ def _switches(spec: MigrationSpec, run: MigrationRun, stage: Stage, approval: Ap
     return group
 
 
+def _phase(name: str) -> TaskGroup:
+    """A box around one phase's tasks in the graph; task ids stay as they are (no group prefix)."""
+    return TaskGroup(name, prefix_group_id=False, tooltip=PHASES[name])
+
+
+#: The migration's phases, as the graph groups them, with the tooltip each box shows.
+PHASES = {
+    "metadata": "preflight, the metadata plan and its sync to the target",
+    "canary": "a canary share of consumers, then of producers, to the target",
+    "producers": "all remaining producers to the target",
+    "drain": "fence the source, wait until it takes no writes and holds nothing undelivered",
+    "cutover": "the remaining consumers to the target, verified, then the source watched",
+    "rollback": "only after a Roll back answer: producers back, target drained, consumers back",
+}
+
+
 def _share(stage: Stage, fleet: FleetSpec) -> float | str:
     """A canary moves the trigger's share, else the fleet's; other stages move everyone."""
     return f"{{{{ params.canary_share or {fleet.canary_share} }}}}" if stage.canary else 1.0
@@ -123,7 +139,7 @@ def _switcher(fleet: FleetSpec) -> Switcher:
 def build_migration_dag(spec: MigrationSpec) -> DAG:
     src, tgt = spec.source, spec.target
     consumers, producers = spec.groups_of("consumer"), spec.groups_of("producer")
-    users = [{"id": u, "name": u} for u in spec.approvers]
+    users = assignees(spec.approvers)
 
     def approved_at(gate: str) -> Approval:
         return Approval((gate,), approvers=tuple(spec.approvers))
@@ -140,99 +156,111 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
              description=spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}",
              on_failure_callback=notifiers(spec.notifications, "run_failed"),
              tags=["rocketmq", "migration"]) as dag:
-        preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
-        plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
-                                    source_cluster=src.cluster, target_cluster=tgt.cluster,
-                                    scope=spec.scope.to_scope().to_dict())
-        gate_sync = MigrationGate(task_id="approve_metadata_sync", subject=f"{spec.name}: apply the metadata plan?",
-                                  body="Topics and groups the target lacks or holds differently. "
-                                       "Roll back here only stops the run: nothing has moved yet.",
-                                  approve_task_id="metadata_sync",
-                                  evidence=[XComEvidence("metadata_plan", "Metadata plan", field="text")], **gate_args)
-        sync = MetadataSyncOperator(task_id="metadata_sync", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
-                                    source_cluster=src.cluster, target_cluster=tgt.cluster,
-                                    scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
-                                    dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
+        with _phase("metadata"):
+            preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
+            plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
+                                        source_cluster=src.cluster, target_cluster=tgt.cluster,
+                                        scope=spec.scope.to_scope().to_dict())
+            gate_sync = MigrationGate(task_id="approve_metadata_sync", subject=f"{spec.name}: apply the metadata plan?",
+                                      body="Topics and groups the target lacks or holds differently. "
+                                           "Roll back here only stops the run: nothing has moved yet.",
+                                      approve_task_id="metadata_sync",
+                                      evidence=[XComEvidence("metadata_plan", "Metadata plan", field="text")], **gate_args)
+            sync = MetadataSyncOperator(task_id="metadata_sync", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
+                                        source_cluster=src.cluster, target_cluster=tgt.cluster,
+                                        scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
+                                        dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
 
         strays = WritersEvidence(src.conn_id, producers, spec.leave_behind, src.cluster, run_brokers("source"))
-        steps: list[tuple[str, str, Stage, str, list[Any]]] = [
-            ("approve_canary_consumers", "canary_consumers", Stage.CANARY_CONSUMERS,
-             "Move the canary share of consumers to the target?",
-             [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-            ("approve_canary_producers", "canary_producers", Stage.CANARY_PRODUCERS,
-             "Consumers on the target are online. Are they idempotent? Move the canary share of producers?",
-             [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-            ("approve_remaining_producers", "remaining_producers", Stage.REMAINING_PRODUCERS,
-             "Move all remaining producers to the target?",
-             [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
-              ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-            ("approve_cutover", "cutover_offsets", Stage.CUTOVER,
-             "The source is drained. Move the remaining consumers to the target (cutover)?",
-             [BacklogEvidence(src.conn_id, consumers, src.cluster),
-              ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
-              ClientsEvidence([src.conn_id, tgt.conn_id], consumers)]),
-        ]
-        gates = {gate_id: MigrationGate(
-            task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
-            evidence=[*_manual_steps(spec, stage), *evidence, InvariantEvidence(_stage_conditions(spec, run, stage), _connections(spec),
-                                                   resolved("broker_sets"))], **gate_args)
-            for gate_id, next_id, stage, subject, evidence in steps}
 
-        canary_consumers = _switches(spec, run, Stage.CANARY_CONSUMERS, approved_at("approve_canary_consumers"))
-        consumers_online = ClientsOnlineSensor(
-            task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
-            cluster=tgt.cluster, brokers=run_brokers("target"), poke_interval=stability.poll_interval_seconds,
-            timeout=stability.clients_timeout_seconds)
-        canary_producers = _switches(spec, run, Stage.CANARY_PRODUCERS, approved_at("approve_canary_producers"))
-        remaining_producers = _switches(spec, run, Stage.REMAINING_PRODUCERS,
-                                        approved_at("approve_remaining_producers"))
-        # Producers are gone: a straggler's sends now fail at a Java client (read-only route), and
-        # the quiet window and the drain are measured after the fence.
-        fence = FenceSourceOperator(task_id="fence_source", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
-                                    cluster=src.cluster, brokers=run_brokers("source"), dry_run="{{ params.dry_run }}")
-        writes_stopped = SourceWritesStoppedSensor(
-            task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
-            cluster=src.cluster, brokers=run_brokers("source"), window_seconds=stability.writes_quiet_seconds,
-            poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
-        drained = BacklogZeroSensor(
-            task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=resolved("groups"),
-            cluster=src.cluster, brokers=run_brokers("source"), stable_checks="{{ params.backlog_checks }}",
-            poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
-        offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id, groups=consumers,
-                                         cluster=src.cluster)
-        remaining_consumers = _switches(spec, run, Stage.CUTOVER, approved_at("approve_cutover"))
-        no_consumers_left = ClientsOnlineSensor(
-            task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
-            max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
-            poke_interval=stability.poll_interval_seconds,
-            timeout=stability.clients_timeout_seconds)
-        no_producers_left = ClientsOnlineSensor(
-            task_id="cutover_verified_producers", rocketmq_conn_id=src.conn_id, groups=producers, role="producer",
-            min_clients=0, max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
-            poke_interval=stability.poll_interval_seconds,
-            timeout=stability.clients_timeout_seconds)
+        def gate(gate_id: str, next_id: str, stage: Stage, subject: str, evidence: list[Any]) -> MigrationGate:
+            return MigrationGate(
+                task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
+                evidence=[*_manual_steps(spec, stage), *evidence,
+                          InvariantEvidence(_stage_conditions(spec, run, stage), _connections(spec),
+                                            resolved("broker_sets"))], **gate_args)
 
-        # The cutover is done; the source stays watched: a straggler's write (the fence does not
-        # stop every client), a fence lifted by hand, a client of a migrated group back there.
-        watch = SourceWatchOperator(
-            task_id="watch_source", rocketmq_conn_id=src.conn_id, conditions=run.watch(),
-            watch_seconds="{{ params.watch_seconds }}", poll_interval=stability.poll_interval_seconds,
-            brokers=run_brokers("source"), dry_run="{{ params.dry_run }}",
-            on_failure_callback=notifiers(spec.notifications, "source_touched"))
+        with _phase("canary"):
+            gate_canary_consumers = gate(
+                "approve_canary_consumers", "canary_consumers", Stage.CANARY_CONSUMERS,
+                "Move the canary share of consumers to the target?",
+                [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+            canary_consumers = _switches(spec, run, Stage.CANARY_CONSUMERS, approved_at("approve_canary_consumers"))
+            consumers_online = ClientsOnlineSensor(
+                task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
+                cluster=tgt.cluster, brokers=run_brokers("target"), poke_interval=stability.poll_interval_seconds,
+                timeout=stability.clients_timeout_seconds)
+            gate_canary_producers = gate(
+                "approve_canary_producers", "canary_producers", Stage.CANARY_PRODUCERS,
+                "Consumers on the target are online. Are they idempotent? Move the canary share of producers?",
+                [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+            canary_producers = _switches(spec, run, Stage.CANARY_PRODUCERS, approved_at("approve_canary_producers"))
+        with _phase("producers"):
+            gate_remaining_producers = gate(
+                "approve_remaining_producers", "remaining_producers", Stage.REMAINING_PRODUCERS,
+                "Move all remaining producers to the target?",
+                [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
+                 ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+            remaining_producers = _switches(spec, run, Stage.REMAINING_PRODUCERS,
+                                            approved_at("approve_remaining_producers"))
+        with _phase("drain"):
+            # Producers are gone: a straggler's sends now fail at a Java client (read-only route), and
+            # the quiet window and the drain are measured after the fence.
+            fence = FenceSourceOperator(task_id="fence_source", rocketmq_conn_id=src.conn_id,
+                                        topics=resolved("topics"), cluster=src.cluster, brokers=run_brokers("source"),
+                                        dry_run="{{ params.dry_run }}")
+            writes_stopped = SourceWritesStoppedSensor(
+                task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
+                cluster=src.cluster, brokers=run_brokers("source"), window_seconds=stability.writes_quiet_seconds,
+                poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
+            drained = BacklogZeroSensor(
+                task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=resolved("groups"),
+                cluster=src.cluster, brokers=run_brokers("source"), stable_checks="{{ params.backlog_checks }}",
+                poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
+        with _phase("cutover"):
+            gate_cutover = gate(
+                "approve_cutover", "cutover_offsets", Stage.CUTOVER,
+                "The source is drained. Move the remaining consumers to the target (cutover)?",
+                [BacklogEvidence(src.conn_id, consumers, src.cluster),
+                 ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
+                 ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+            offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id,
+                                             groups=consumers, cluster=src.cluster)
+            remaining_consumers = _switches(spec, run, Stage.CUTOVER, approved_at("approve_cutover"))
+            no_consumers_left = ClientsOnlineSensor(
+                task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
+                max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
+                poke_interval=stability.poll_interval_seconds,
+                timeout=stability.clients_timeout_seconds)
+            no_producers_left = ClientsOnlineSensor(
+                task_id="cutover_verified_producers", rocketmq_conn_id=src.conn_id, groups=producers,
+                role="producer", min_clients=0, max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
+                poke_interval=stability.poll_interval_seconds,
+                timeout=stability.clients_timeout_seconds)
+            # The cutover is done; the source stays watched: a straggler's write (the fence does not
+            # stop every client), a fence lifted by hand, a client of a migrated group back there.
+            watch = SourceWatchOperator(
+                task_id="watch_source", rocketmq_conn_id=src.conn_id, conditions=run.watch(),
+                watch_seconds="{{ params.watch_seconds }}", poll_interval=stability.poll_interval_seconds,
+                brokers=run_brokers("source"), dry_run="{{ params.dry_run }}",
+                on_failure_callback=notifiers(spec.notifications, "source_touched"))
+        gates = {g.task_id: g for g in (gate_canary_consumers, gate_canary_producers, gate_remaining_producers,
+                                        gate_cutover)}
 
-        rollback = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
-                                        op_kwargs={"gates": list(gates)}, trigger_rule="all_done",
-                                        ignore_downstream_trigger_rules=False)
-        rolled_back = Approval(tuple(gates), ROLL_BACK, tuple(spec.approvers))
-        lift = LiftFenceOperator(task_id="rollback_lift_fence", rocketmq_conn_id=src.conn_id,
-                                 fence_task_id="fence_source", cluster=src.cluster)
-        rollback_producers = _switches(spec, run, Stage.ROLLBACK_PRODUCERS, rolled_back)
-        target_drained = BacklogZeroSensor(
-            task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers, cluster=tgt.cluster,
-            brokers=run_brokers("target"),
-            stable_checks="{{ params.backlog_checks }}", poke_interval=stability.poll_interval_seconds,
-            timeout=stability.drain_timeout_seconds)
-        rollback_consumers = _switches(spec, run, Stage.ROLLBACK_CONSUMERS, rolled_back)
+        with _phase("rollback"):
+            rollback = ShortCircuitOperator(task_id="rollback_requested", python_callable=rollback_requested,
+                                            op_kwargs={"gates": list(gates)}, trigger_rule="all_done",
+                                            ignore_downstream_trigger_rules=False)
+            rolled_back = Approval(tuple(gates), ROLL_BACK, tuple(spec.approvers))
+            lift = LiftFenceOperator(task_id="rollback_lift_fence", rocketmq_conn_id=src.conn_id,
+                                     fence_task_id="fence_source", cluster=src.cluster)
+            rollback_producers = _switches(spec, run, Stage.ROLLBACK_PRODUCERS, rolled_back)
+            target_drained = BacklogZeroSensor(
+                task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers,
+                cluster=tgt.cluster, brokers=run_brokers("target"),
+                stable_checks="{{ params.backlog_checks }}", poke_interval=stability.poll_interval_seconds,
+                timeout=stability.drain_timeout_seconds)
+            rollback_consumers = _switches(spec, run, Stage.ROLLBACK_CONSUMERS, rolled_back)
 
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
                                           remaining_consumers, rollback_producers, rollback_consumers)
@@ -242,10 +270,10 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                          switches=switch_ids, offsets_task="cutover_offsets",
                                          verdict_task="outcome").as_teardown(on_failure_fail_dagrun=True)
 
-        preflight >> plan >> gate_sync >> sync >> gates["approve_canary_consumers"] >> canary_consumers
-        canary_consumers >> consumers_online >> gates["approve_canary_producers"] >> canary_producers
-        canary_producers >> gates["approve_remaining_producers"] >> remaining_producers
-        remaining_producers >> fence >> writes_stopped >> drained >> gates["approve_cutover"] >> offsets
+        preflight >> plan >> gate_sync >> sync >> gate_canary_consumers >> canary_consumers
+        canary_consumers >> consumers_online >> gate_canary_producers >> canary_producers
+        canary_producers >> gate_remaining_producers >> remaining_producers
+        remaining_producers >> fence >> writes_stopped >> drained >> gate_cutover >> offsets
         offsets >> remaining_consumers >> [no_consumers_left, no_producers_left] >> rollback
         [no_consumers_left, no_producers_left] >> watch
         rollback >> lift >> rollback_producers >> target_drained >> rollback_consumers
