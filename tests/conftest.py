@@ -156,6 +156,22 @@ def airflow_as(airflow_api):
     return {user: AirflowApi(airflow_standalone.login(_e2e_standalone(), user)) for user in airflow_standalone.USERS}
 
 
+@pytest.fixture(scope="module")
+def fab_airflow_as(request, rmq_clusters):
+    """Airflow with FAB's auth manager (rocketmq_provider.auth), as production runs it, as each of
+    the harness's users sees it; it reads the end-to-end DAG folder and is stopped after the module."""
+    from rocketmq_harness import airflow_standalone
+    from rocketmq_harness.airflow_api import AirflowApi
+
+    spec = airflow_standalone.StandaloneSpec(ROOT / ".run" / "airflow-fab", 28090, E2E_HOME / "dags", E2E_SPECS,
+                                             auth="fab")
+    _link_dag_files(spec.dags_folder)
+    airflow_standalone.start(spec)
+    if not os.environ.get("RMQ_HARNESS_KEEP"):
+        request.addfinalizer(lambda: airflow_standalone.stop(spec))
+    return {user: AirflowApi(airflow_standalone.login(spec, user)) for user in airflow_standalone.USERS}
+
+
 @pytest.fixture
 def online_group(rmq_clusters, names):
     """A group with one real consumer online on the target and none on the source."""

@@ -81,3 +81,15 @@ def test_connections_cover_every_connection_the_specs_use(compose):
     hosts = {json.loads(v)["host"] for k, v in env.items() if k.startswith("AIRFLOW_CONN_")}
     assert hosts <= set(compose["services"]), f"connections point at unknown services: {hosts}"
     assert env["RMQ_TASK_SPECS_DIR"] in {v.split(":")[1] for v in compose["x-airflow"]["volumes"]}
+
+
+def test_no_secret_defaults_to_a_known_value_and_fab_decides_who_may_answer(compose):
+    text = (ROOT / "docker-compose.yaml").read_text()
+    env = compose["x-airflow"]["environment"]
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == "rocketmq_provider.auth.OnCallFabAuthManager"
+    assert importlib.util.find_spec("rocketmq_provider.auth")
+    for secret in ("POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD",
+                   "ADDRESS_SERVICE_TOKEN"):
+        assert f"${{{secret}:?" in text and f"${{{secret}:-" not in text, secret
+        assert f"{secret}=\n" in (ROOT / ".env.example").read_text(), secret
+    assert "SIMPLE_AUTH_MANAGER_USERS" not in text and "airflow:airflow@" not in text

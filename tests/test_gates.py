@@ -95,7 +95,17 @@ def test_a_gate_answered_the_moment_it_is_listed_runs_what_it_guards(airflow_api
 
 
 def test_only_the_assigned_on_call_answers_and_a_viewer_can_neither_trigger_nor_answer(airflow_as, tmp_path):
-    dag = "probe_gate_assigned"
+    _only_the_assigned_answer(airflow_as, "probe_gate_assigned", "`oncall`", tmp_path)
+
+
+@pytest.mark.parametrize("dag, named", [("probe_gate_assigned", "`oncall`"),
+                                        ("probe_gate_rotation", "everyone with role `orders-oncall`")])
+def test_under_fab_the_approver_is_found_by_name_or_rotation_role(fab_airflow_as, dag, named, tmp_path):
+    """FAB's user ids are row numbers: the spec's names and roles still resolve (OnCallFabAuthManager)."""
+    _only_the_assigned_answer(fab_airflow_as, dag, named, tmp_path)
+
+
+def _only_the_assigned_answer(airflow_as, dag: str, named: str, tmp_path) -> None:
     oncall, developer, watcher = airflow_as["oncall"], airflow_as["developer"], airflow_as["watcher"]
     oncall.wait_for_dag(dag)
     oncall.call("PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
@@ -104,7 +114,7 @@ def test_only_the_assigned_on_call_answers_and_a_viewer_can_neither_trigger_nor_
     assert refused.value.status == 403
     run_id = developer.trigger(dag, {"marker_dir": str(tmp_path)})  # the user role may start runs
     gate = oncall.wait_for_gate(dag, run_id, "gate")
-    assert "**Who may answer:** `oncall`" in gate["body"]
+    assert f"**Who may answer:** {named}" in gate["body"]
     for who in (developer, watcher):
         with pytest.raises(AirflowApiError) as refused:
             who.answer(dag, run_id, "gate", "Approve")

@@ -36,6 +36,7 @@ def test_example_spec_is_valid_and_derives_its_groups():
     ({"source": {"conn_id": ""}}, "source.conn_id"),
     ({"approvers": []}, "approvers"),
     ({"approvers": ["on call"]}, "approvers"),
+    ({"approvers": ["role:orders oncall"]}, "approvers"),
     ({"surprise": 1}, "surprise"),
     ({"target": {"conn_id": "rocketmq_source"}}, "(top level)"),
 ])

@@ -31,7 +31,9 @@ SPECS_DIR_ENV = "RMQ_TASK_SPECS_DIR"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_\-\u4e00-\u9fff]{1,200}$")
 _WILDCARDS = re.compile(r"[*?\[]")
-#: An approver is an Airflow user name as the auth manager reports it (no spaces or commas).
+#: An approver is an Airflow user name as the auth manager reports it (no spaces or commas), or
+#: ROLE_PREFIX and a role: everyone holding it (resolved by rocketmq_provider.auth under FAB).
+ROLE_PREFIX = "role:"
 _USER_NAME = re.compile(r"^[^\s,]{1,256}$")
 
 

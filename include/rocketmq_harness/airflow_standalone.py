@@ -1,7 +1,10 @@
-"""Airflow standalone (SQLite, LocalExecutor, SimpleAuthManager) for the demo and end-to-end tests.
+"""Airflow standalone (SQLite, LocalExecutor, SimpleAuthManager) for the demo and end-to-end tests,
+or the same Airflow with FAB's auth manager, as production runs it.
 
-It runs this project's dags/ and plugins/ with rocketmq connections for the local clusters, a
-known login, and a shared JWT secret; it is recorded by pid and stopped by process group.
+It runs this project's dags/ and plugins/ with rocketmq connections for the local clusters, the
+harness's users, and a shared JWT secret; it is recorded by pid and stopped by process group.
+``airflow standalone`` forces SimpleAuthManager, so the FAB flavour starts the four components
+itself.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ USER = "admin"
 #: answers the gates of specs naming them; a developer, who may trigger runs but is named by no
 #: spec; a watcher, who may only look.
 USERS = {USER: "admin", "oncall": "user", "developer": "user", "watcher": "viewer"}
+#: Under FAB the same users hold FAB's roles; the on-call also holds the rotation's role, which a
+#: spec names as ``role:orders-oncall``.
+ROTATION = "orders-oncall"
+FAB_ROLES = {USER: ["Admin"], "oncall": ["User", ROTATION], "developer": ["User"], "watcher": ["Viewer"]}
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class StandaloneSpec:
     port: int
     dags_folder: Path
     specs_dir: Path = PROJECT_ROOT / "specs"
+    auth: str = "simple"  # or "fab"
 
     @property
     def url(self) -> str:
@@ -111,7 +119,28 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
         # replication workers' config, pids and counters: one standalone's tasks never see another's
         "RMQ_STATE_DIR": str(spec.home / "state"),
     }
+    if spec.auth == "fab":
+        env["AIRFLOW__CORE__AUTH_MANAGER"] = "rocketmq_provider.auth.OnCallFabAuthManager"
+        env["AIRFLOW__API__SECRET_KEY"] = env["AIRFLOW__API_AUTH__JWT_SECRET"]
     return env
+
+
+def _fab_users(spec: StandaloneSpec, env: dict[str, str], airflow: str) -> None:
+    """FAB keeps users in the metadata database: the rotation's role, then every user."""
+    subprocess.run([airflow, "roles", "create", ROTATION], env=env, check=True, capture_output=True)
+    listed = subprocess.run([airflow, "users", "list", "--output", "json"], env=env, check=True, capture_output=True)
+    table = next((line for line in listed.stdout.decode().splitlines() if line.startswith("[")), "[]")  # past warnings
+    existing = {u["username"] for u in json.loads(table)}
+    for user, password in passwords(spec).items():
+        if user in existing:  # an Airflow home started before keeps its users
+            continue
+        roles = FAB_ROLES[user]
+        create = [airflow, "users", "create", "--username", user, "--password", password, "--role", roles[0],
+                  "--email", f"{user}@example.invalid", "--firstname", user, "--lastname", "harness"]
+        subprocess.run(create, env=env, check=True, capture_output=True)
+        for role in roles[1:]:
+            subprocess.run([airflow, "users", "add-role", "--username", user, "--role", role], env=env, check=True,
+                           capture_output=True)
 
 
 def connections() -> dict[str, dict]:
@@ -133,7 +162,7 @@ def _alive(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"airflow" in cmdline and b"standalone" in cmdline
+    return b"airflow" in cmdline
 
 
 def _healthy(url: str) -> bool:
@@ -163,8 +192,14 @@ def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     conn_file.write_text(json.dumps(connections()))
     subprocess.run([airflow, "connections", "import", "--overwrite", str(conn_file)], env=env, check=True,
                    capture_output=True)
+    if spec.auth == "fab":
+        _fab_users(spec, env, airflow)
+        command = ["sh", "-c", " & ".join(f"{airflow} {c}" for c in ("api-server", "scheduler", "dag-processor",
+                                                                    "triggerer")) + " & wait"]
+    else:
+        command = [airflow, "standalone"]
     with open(spec.home / "standalone.log", "ab") as log:
-        proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=spec.home)
     _pid_file(spec).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout

@@ -64,3 +64,8 @@ with DAG("probe_gate_assigned", schedule=None, start_date=START, catchup=False, 
          tags=["test-probe"]):
     EvidenceApprovalOperator(task_id="gate", subject="Move the probe fleet?", body="Only the on-call answers.",
                              assigned_users=assignees(["oncall"])) >> mark.override(task_id="guarded")("guarded")
+
+with DAG("probe_gate_rotation", schedule=None, start_date=START, catchup=False, params={"marker_dir": "/tmp"},
+         tags=["test-probe"]):
+    EvidenceApprovalOperator(task_id="gate", subject="Move the probe fleet?", body="The rotation answers.",
+                             assigned_users=assignees(["role:orders-oncall"])) >> mark.override(task_id="guarded")("guarded")

@@ -20,6 +20,7 @@ from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fleet_moves import manual_instructions
 from rocketmq_core.migration import Condition
+from rocketmq_core.taskspec import ROLE_PREFIX
 from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 
 APPROVE = "Approve"
@@ -49,8 +50,7 @@ class Approval:
         for gate in self.gates:
             answer = ti.xcom_pull(task_ids=gate, key="answer")
             seen[gate] = answer
-            if (answer and answer.get("chosen_options") == [self.option]
-                    and (not self.approvers or answer.get("responded_by_id") in self.approvers)):
+            if answer and answer.get("chosen_options") == [self.option] and _by_approver(self.approvers, answer):
                 return {**answer, "gate": gate}
         found = "; ".join(f"{gate}: " + (f"{a.get('chosen_options')} by {a.get('responded_by_id')!r}" if a
                                          else "no recorded answer (marked successful by hand, or never answered)")
@@ -65,6 +65,13 @@ def assignees(approvers: list[str]) -> list[dict[str, str]]:
 
     The id is the user name, which is the user id under SimpleAuthManager (the demo's)."""
     return [{"id": name, "name": name} for name in approvers]
+
+
+def _by_approver(approvers: tuple[str, ...], answer: dict[str, Any]) -> bool:
+    """The answering user is named (by id, or by name: FAB's ids are numbers), or a role is named
+    (the auth manager checked the role when it took the answer)."""
+    return (not approvers or answer.get("responded_by_id") in approvers or answer.get("responded_by") in approvers
+            or any(a.startswith(ROLE_PREFIX) for a in approvers))
 
 
 def override_reason(answer: dict[str, Any]) -> str:
@@ -266,7 +273,9 @@ class EvidenceGateMixin:
     def _render_evidence(self, context: Any) -> None:
         sections = [self.body or ""]
         if self.assigned_users:
-            names = ", ".join(f"`{user['name']}`" for user in self.assigned_users)
+            names = ", ".join(f"everyone with role `{user['name'][len(ROLE_PREFIX):]}`"
+                              if user["name"].startswith(ROLE_PREFIX) else f"`{user['name']}`"
+                              for user in self.assigned_users)
             sections.append(f"**Who may answer:** {names}. Airflow refuses anyone else's answer.")
         for item in self.evidence:
             try:
