@@ -135,7 +135,8 @@ def _fab_users(spec: StandaloneSpec, env: dict[str, str], airflow: str) -> None:
         if user in existing:  # an Airflow home started before keeps its users
             continue
         roles = FAB_ROLES[user]
-        create = [airflow, "users", "create", "--username", user, "--password", password, "--role", roles[0],
+        # --password=VALUE: a generated password may begin with "-", which argparse takes for an option
+        create = [airflow, "users", "create", "--username", user, f"--password={password}", "--role", roles[0],
                   "--email", f"{user}@example.invalid", "--firstname", user, "--lastname", "harness"]
         subprocess.run(create, env=env, check=True, capture_output=True)
         for role in roles[1:]:
