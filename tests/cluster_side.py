@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rocketmq.exceptions import ProducerSendSyncFailed
@@ -30,6 +31,21 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
+@contextlib.contextmanager
+def auto_create(spec: harness.ClusterSpec, enabled: bool) -> Iterator[None]:
+    """``autoCreateTopicEnable`` of every broker of the cluster, set with mqadmin for the
+    with-block, then put back to what the harness starts them with (on)."""
+    def put(value: bool) -> None:
+        result = harness.mqadmin(spec, ["updateBrokerConfig", "-c", spec.name, "-k", "autoCreateTopicEnable",
+                                        "-v", str(value).lower()])
+        assert result.returncode == 0, result.stdout + result.stderr
+    put(enabled)
+    try:
+        yield
+    finally:
+        put(True)
 
 
 def shutdown_within(client: Any, seconds: float = 20.0) -> None:

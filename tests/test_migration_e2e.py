@@ -24,7 +24,8 @@ from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo.config_service import FleetConfig, serve
 from rocketmq_demo.fleet import DemoFleet, FleetLayout
-from cluster_side import send_routed, shutdown_within
+from rocketmq_harness import clusters as harness
+from cluster_side import auto_create, send_routed, shutdown_within
 
 SOURCE, TARGET = "rocketmq_source", "rocketmq_target"
 GATES = ["approve_metadata_sync", "approve_canary_consumers", "approve_canary_producers",
@@ -66,7 +67,8 @@ def _create_metadata(cluster, layout: FleetLayout) -> None:
     asyncio.run(run())
 
 
-def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = TARGET) -> Path:
+def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = TARGET,
+                extra: dict[str, Any] | None = None) -> Path:
     layout = world.layout
     switch = {"http_conn_id": conn_id, "method": "PUT"}
     spec = {
@@ -83,15 +85,18 @@ def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = 
         "approvers": ["admin"], "diff_schedule": None,
         "stability": {"backlog_checks": 3, "poll_interval_seconds": 2, "writes_quiet_seconds": 6,
                       "clients_timeout_seconds": 120, "drain_timeout_seconds": 300, "watch_seconds": 6},
+        **(extra or {}),
     }
     path = E2E_SPECS / f"{world.name}.yaml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
     return path
 
 
-def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOURCE, TARGET), mixed: bool = False):
+def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOURCE, TARGET), mixed: bool = False,
+           extra: dict[str, Any] | None = None):
     """A world on two clusters; ``conns`` name them in Airflow (and in the fleet's config).
-    ``mixed``: the first producer and the first consumer of each group run on the Java client."""
+    ``mixed``: the first producer and the first consumer of each group run on the Java client;
+    ``extra``: more fields of the spec."""
     u = uuid.uuid4().hex[:8]
     layout = FleetLayout(topic=f"orders_{u}", producer_group=f"PID_orders_{u}",
                          consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15)
@@ -107,7 +112,7 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
     conn_id = f"fleet_config_{u}"
     airflow_api.set_connection(conn_id, conn_type="http", host="127.0.0.1", port=server.server_address[1],
                                schema="http")
-    spec_path = _write_spec(w, conn_id, *conns)
+    spec_path = _write_spec(w, conn_id, *conns, extra=extra)
     fleet.start()
     try:
         yield w
@@ -120,6 +125,13 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
 @pytest.fixture
 def world(rmq_clusters, airflow_api, tmp_path):
     yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"])
+
+
+@pytest.fixture
+def retiring_world(rmq_clusters, airflow_api, tmp_path):
+    """A world whose spec ends with the gated retirement of the source topics."""
+    yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"],
+                      extra={"retire_source": True})
 
 
 @pytest.fixture
@@ -508,3 +520,37 @@ def test_a_second_run_is_refused_while_the_first_is_unfinished(world, airflow_ap
     airflow_api.wait_for_run(world.dag_id, third, timeout=300)
     assert airflow_api.run_state(world.dag_id, first) == "failed"
     assert set(world.clusters_of("consumer").values()) == {SOURCE}
+
+
+def test_the_source_topics_are_retired_at_the_last_gate_once_nothing_can_bring_them_back(retiring_world, airflow_api):
+    """retire_source: the last gate shows what the deletion checks, measured as it opens. The demo
+    brokers create topics on first send, so the retirement refuses and deletes nothing; the on-call
+    turns auto-create off with mqadmin and clears the task: the topic is gone from the source, the
+    fleet lost nothing, and the report records the deletion."""
+    world = retiring_world
+    topic, source = world.layout.topic, world.source
+    run_id, _ = _run_approving(world, airflow_api, GATES)
+    body = airflow_api.wait_for_gate(world.dag_id, run_id, "approve_retire_source", timeout=600)["body"]
+    assert "cannot be undone" in body and "| holds | no group reads the topics" in body, body
+    assert "| **refuses** | no broker creates topics on first send" in body, body
+    airflow_api.answer(world.dag_id, run_id, "approve_retire_source", "Approve")
+    assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
+    assert airflow_api.task_states(world.dag_id, run_id)["retire_source"] == "failed"
+    refused = airflow_api.xcom(world.dag_id, run_id, "retire_source", key="refused")
+    assert [o["figures"] for o in refused] == [{"auto_create": [source.spec.broker_name]}], refused
+    assert set(_perms(source, topic).values()) == {4}  # still there, still fenced
+
+    with auto_create(source.spec, False):
+        airflow_api.clear(world.dag_id, run_id, ["retire_source"])
+        assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "success", \
+            airflow_api.task_states(world.dag_id, run_id)
+    listed = harness.mqadmin(source.spec, ["topicList"])
+    assert listed.returncode == 0 and topic not in listed.stdout.split(), listed.stdout[-2000:]
+    report = airflow_api.xcom(world.dag_id, run_id, "report")
+    assert report["retired"]["retired"] == [topic] and report["retired"]["by"] == "admin"
+    held = report["retired"]["held"]  # what the broker had, for the record: fenced, read-only
+    assert list(held) == [source.spec.broker_name] and held[source.spec.broker_name][topic]["perm"] == 4, held
+    assert "approve_retire_source" in [a["gate"] for a in report["approvals"]]
+    world.fleet.stop(("producer",))
+    result = world.fleet.wait_until_received(timeout=120)
+    assert result["sent"] > 100 and result["lost"] == 0, result

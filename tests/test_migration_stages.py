@@ -1,7 +1,8 @@
 """The migration's stages and the invariant each switch must find true (rocketmq_core.migration),
 evaluated on the multi-broker clusters with real clients and no Airflow: a canary that would take
 a group's last consumer off the source, producers moving while one side has no reader or while
-a transactional half waits for its check-back, a cutover while someone still writes."""
+a transactional half waits for its check-back, a cutover while someone still writes, the source
+topics retired while someone could still read or write them."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import uuid
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
-from cluster_side import send_half, send_routed, shutdown_within, wait_for
+from rocketmq_harness import clusters as harness
+from cluster_side import auto_create, send_half, send_routed, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import ClientsOnline, WritesStopped
+from rocketmq_core.errors import BrokerUnavailable
 from rocketmq_core.fence import fence_topics, lift_fence
 from rocketmq_core.migration import SOURCE, TARGET, MigrationRun, Stage, verify
-from rocketmq_core.model import GroupConfig, TopicConfig
+from rocketmq_core.model import PERM_WRITE, GroupConfig, TopicConfig
+from rocketmq_core.retire import retire_topics
 
 SIDES = {SOURCE: "source-ha", TARGET: "target-ha"}
 END_TRANSACTION = 37  # request code a transactional producer commits or rolls back a half with
@@ -103,6 +107,21 @@ def test_a_canary_never_takes_the_last_consumer_of_a_group_off_the_source(sides,
     assert not rounded["satisfied"] and "a 90% canary moves 2" in rounded["summary"]
 
 
+def send_as_stray(cluster, topic: str, count: int) -> None:
+    """``count`` messages to the topic from a producer of a group no spec lists."""
+    stray = Producer(f"STRAY_{uuid.uuid4().hex[:8]}")
+    stray.set_namesrv_addr(cluster.namesrv)
+    stray.start()
+    try:
+        for index in range(count):
+            message = Message(topic)
+            message.set_keys(f"stray-{index}")
+            message.set_body(b"stray")
+            send_routed(stray, message)
+    finally:
+        stray.shutdown()
+
+
 def end_transaction(cluster, addr: str, sent, producer_group: str, key: str) -> None:
     """Commit a half message as its producer would (END_TRANSACTION with the half's commit-log offset)."""
     commit_log_offset = int(sent.ext_fields["msgId"][-16:], 16)  # offset message id: address, then offset
@@ -161,17 +180,7 @@ def test_the_cutover_refuses_while_anyone_writes_the_source(sides, names):
     assert before[(SOURCE, "writes_unchanged")]["satisfied"], before
     assert before[(SOURCE, "clients_online")]["satisfied"], before
 
-    stray = Producer(f"STRAY_{uuid.uuid4().hex[:8]}")
-    stray.set_namesrv_addr(source.namesrv)
-    stray.start()
-    try:
-        for index in range(3):
-            message = Message(topic)
-            message.set_keys(f"stray-{index}")
-            message.set_body(b"stray")
-            send_routed(stray, message)
-    finally:
-        stray.shutdown()
+    send_as_stray(source, topic, 3)
     after = evaluate(sides, run.conditions(Stage.CUTOVER))
     moved = after[(SOURCE, "writes_unchanged")]
     assert not moved["satisfied"] and moved["figures"]["moved"] == {topic: {"then": 0, "now": 3}}, moved
@@ -206,14 +215,63 @@ def test_the_watch_sees_a_returning_client_a_lifted_fence_and_a_write(sides, nam
     assert lifted[1]["figures"]["writable"] == {broker: [topic] for broker in brokers}
     assert lifted[1]["summary"].startswith("writable again: ")
 
-    stray = Producer(f"STRAY_{uuid.uuid4().hex[:8]}")
-    stray.set_namesrv_addr(source.namesrv)
-    stray.start()
-    try:
-        message = Message(topic)
-        message.set_body(b"after the cutover")
-        send_routed(stray, message)
-    finally:
-        stray.shutdown()
+    send_as_stray(source, topic, 1)
     written = watch()
     assert not written[0]["satisfied"] and written[0]["figures"]["moved"] == {topic: {"then": 0, "now": 1}}
+
+
+def commit_all(cluster, group: str, topic: str, at_end: bool) -> None:
+    """Commit ``group``'s offset on every queue of ``topic`` on every master: at its end, or at 0."""
+    async def _go(admin: ClusterAdmin):
+        for addr in cluster.spec.master_addrs.values():
+            bounds = await admin.topic_offsets(addr, topic)
+            await admin.update_consumer_offsets(addr, group, topic, {
+                mq.queue_id: high if at_end else 0 for mq, (_, high) in bounds.items()})
+    admin_run(cluster, _go)
+
+
+def test_the_source_topics_are_retired_only_once_nobody_reads_them_and_nothing_can_bring_them_back(sides, names):
+    """Retiring deletes the topics and their messages: refused while a group the spec left behind
+    still has messages there, while any reader is online, while a broker would re-create the topic
+    on a straggler's send, or while a broker of the run is missing; then deleted on every master
+    and the name server, as mqadmin sees it."""
+    topic, group, left, producers = names.topic(), names.group(), names.group("left"), names.group("p")
+    create_everywhere(sides, [topic], [group, left])
+    source = sides[SOURCE]
+    brokers = sorted(source.spec.master_addrs)
+    send_as_stray(source, topic, 6)
+    commit_all(source, group, topic, at_end=True)
+    commit_all(source, left, topic, at_end=False)  # a group left behind on purpose, 6 unread
+    admin_run(source, lambda admin: fence_topics(admin, [topic], None, brokers))
+    quiet = admin_run(source, WritesStopped([topic], window_seconds=0, brokers=brokers).evaluate).to_dict()
+    run = MigrationRun([group], [producers], topics=[topic], consumer_topics=[topic], writes_observations=[quiet])
+
+    def retirement() -> dict[str, dict]:
+        return {c.check.kind: admin_run(source, lambda admin, c=c.to_dict(): verify(c, admin, brokers))
+                for c in run.retirement()}
+
+    seen = retirement()
+    assert [k for k, o in seen.items() if o["satisfied"]] == ["fence_holds", "writes_unchanged", "no_pending_half"]
+    assert seen["topics_unread"]["figures"]["backlog"] == {left: 6}, seen["topics_unread"]
+    assert set(seen["topics_unread"]["figures"]["readers"]) >= {group, left}
+    assert seen["auto_create_off"]["figures"]["auto_create"] == brokers
+    assert "a straggler's send would re-create a retired topic" in seen["auto_create_off"]["summary"]
+
+    commit_all(source, left, topic, at_end=True)
+    with auto_create(source.spec, False):
+        with consumers(source, group, topic, 1):
+            read = retirement()["topics_unread"]
+        assert not read["satisfied"] and read["figures"]["online"] == {group: 1}, read
+        wait_for(lambda: online(source, group) == 0, f"the consumer of {group} gone")
+        assert all(o["satisfied"] for o in retirement().values()), retirement()
+
+        with pytest.raises(BrokerUnavailable, match="ghost-b9"):
+            admin_run(source, lambda admin: retire_topics(admin, [topic], None, [*brokers, "ghost-b9"]))
+        assert all(topic in admin_run(source, lambda admin, a=addr: admin.topic_configs(a))
+                   for addr in source.spec.master_addrs.values())  # refused before deleting anything
+        held = admin_run(source, lambda admin: retire_topics(admin, [topic], None, brokers))
+    assert sorted(held) == brokers and all(held[b][topic]["perm"] & PERM_WRITE == 0 for b in brokers), held
+    assert all(topic not in admin_run(source, lambda admin, a=addr: admin.topic_configs(a))
+               for addr in source.spec.master_addrs.values())
+    listed = harness.mqadmin(source.spec, ["topicList"])
+    assert listed.returncode == 0 and topic not in listed.stdout.split(), listed.stdout[-2000:]

@@ -879,7 +879,10 @@ def test_a_target_without_the_topic_fails_counts_and_retries_until_it_exists(sid
     try:
         stats = wait_for(lambda: (s := worker.stats())["retrying"] == 0 and s["lag"] == 0 and s, "retries done", 90)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; the worker's stats: {worker.stats()}") from None
+        periodic = [line for line in worker.log().splitlines() if "periodic" in line][-5:]
+        raise AssertionError(f"{exc}; the worker's stats: {worker.stats()}; on the broker: committed"
+                             f" {source.committed(group, topic)}, max {source.max_offsets(topic)};"
+                             f" periodic job errors: {periodic}") from None
     assert stats["replicated"] == 20 and stats["failed"] >= 10 and stats["oldest_retry_age_ms"] is None
 
 

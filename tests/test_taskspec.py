@@ -192,9 +192,26 @@ def test_the_migration_graph_boxes_each_phase_and_keeps_task_ids(tmp_path, monke
     bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
     dag = bag.dags["rmq_migration__orders-migration"]
     top = dag.task_group.children
-    assert set(top) == {*PHASES, "outcome", "report"}
-    phase_of = {task_id: phase for phase in PHASES for task_id in top[phase].children}
+    assert set(top) == {*PHASES, "outcome", "report"} - {"retire"}  # retire_source is off by default
+    phase_of = {task_id: phase for phase in PHASES if phase in top for task_id in top[phase].children}
     assert phase_of["approve_metadata_sync"] == "metadata" and phase_of["source_drained"] == "drain"
     assert phase_of["approve_cutover"] == phase_of["remaining_consumers"] == "cutover"
     assert phase_of["rollback_requested"] == "rollback"
     assert dag.get_task("approve_cutover").task_id == "approve_cutover"  # no phase prefix
+
+
+def test_retire_source_ends_the_run_with_a_gated_deletion_after_the_watch(tmp_path, monkeypatch):
+    write(tmp_path, "a.yaml", variant(retire_source=True))
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    dag = bag.dags["rmq_migration__orders-migration"]
+    assert set(dag.task_group.children["retire"].children) == {"approve_retire_source", "retire_source"}
+    assert dag.get_task("approve_retire_source").upstream_task_ids == {"watch_source"}
+    assert dag.get_task("retire_source").upstream_task_ids == {"approve_retire_source"}
+    # a Reject skips the deletion only: the watch alone still makes the run a success
+    assert {"watch_source", "retire_source"} <= dag.get_task("outcome").upstream_task_ids
+    retire = dag.get_task("retire_source")
+    assert [c["kind"] for c in retire.conditions] == ["fence_holds", "writes_unchanged", "no_pending_half",
+                                                      "topics_unread", "auto_create_off"]
+    assert retire.approval.gates == ("approve_retire_source",)
+    assert "approve_retire_source" in dag.get_task("report").gates

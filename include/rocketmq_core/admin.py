@@ -221,9 +221,10 @@ class ClusterAdmin:
         have = await self.topic_configs(addr)
         await self.gather(self.create_topic(addr, t) for t in topics if not _topic_landed(t, have.get(t.name)))
 
-    async def delete_topic(self, topic: str, cluster: str | None = None) -> None:
-        """Delete on every master broker, then from every name server."""
-        for broker in await self.masters(cluster):
+    async def delete_topic(self, topic: str, cluster: str | None = None, expected: Iterable[str] = ()) -> None:
+        """Delete on every master broker (refused, see ``masters``, when an ``expected`` one is
+        missing), then from every name server."""
+        for broker in await self.masters(cluster, expected):
             await self.client.invoke(broker.master, RequestCode.DELETE_TOPIC_IN_BROKER, {"topic": topic})
         for addr in self.namesrv_addrs:
             await self.client.invoke(addr, RequestCode.DELETE_TOPIC_IN_NAMESRV,

@@ -323,6 +323,62 @@ class FenceHolds(TopicsCheck):
         return CheckResult(not writable, {"writable": writable}, summary)
 
 
+class TopicsUnread(TopicsCheck):
+    """Nobody reads the topics any more and nothing of theirs waits: no consumer of any group that
+    reads them is online, and every such group's backlog is zero (a group the spec left behind
+    on purpose included). The census finds the groups, not the spec: deleting a topic deletes
+    whatever a forgotten reader has not read yet."""
+
+    kind = "topics_unread"
+
+    def describe(self) -> str:
+        return "no group reads the topics or has anything left to read"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        from rocketmq_core.backlog import attribute_system_rows, measure_backlog
+        from rocketmq_core.census import take_census
+
+        await self.live_masters(admin, self.cluster)
+        census = await take_census(admin, self.topics, self.cluster, self._seen_brokers or ())
+        online = {g: r.online for g, r in census.readers.items() if r.online}
+        waiting: dict[str, int] = {}
+        if census.readers:
+            report = await attribute_system_rows(admin, await measure_backlog(
+                admin, sorted(census.readers), self.cluster, expected_brokers=self._seen_brokers or ()))
+            waiting = {g: n for g, n in sorted(report.by_group.items()) if n}
+        problems = ([f"{g} has {n} consumer(s) online" for g, n in online.items()]
+                    + [f"{g} has {n} message(s) unread" for g, n in waiting.items()])
+        return CheckResult(not problems, {"readers": sorted(census.readers), "online": online, "backlog": waiting},
+                           "; ".join(problems) or f"{len(census.readers)} reader group(s), none online, nothing unread")
+
+
+class AutoCreateOff(Check):
+    """No master creates a topic on first send (``autoCreateTopicEnable``): a straggler's send to a
+    deleted topic would otherwise bring it back, where nobody reads."""
+
+    kind = "auto_create_off"
+
+    def __init__(self, cluster: str | None = None, brokers: list[str] | None = None):
+        self.cluster = cluster
+        self.brokers = sorted(brokers or [])
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.common_kwargs()
+
+    def describe(self) -> str:
+        return "no broker creates topics on first send"
+
+    async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
+        brokers = await self.live_brokers(admin, self.cluster)
+        configs = await admin.gather(admin.broker_config(b.master) for b in brokers if b.master)
+        creating = sorted(b.name for b, config in zip(brokers, configs)
+                          if config.get("autoCreateTopicEnable", "false").lower() == "true")
+        summary = ("auto-create is off everywhere" if not creating else
+                   f"autoCreateTopicEnable=true on {', '.join(creating)}: a straggler's send would re-create"
+                   " a retired topic where nobody reads (turn it off first)")
+        return CheckResult(not creating, {"auto_create": creating}, summary)
+
+
 class MetadataPresent(Check):
     """The topics and groups exist on every master broker (the metadata sync has reached them)."""
 
@@ -377,7 +433,8 @@ class Streak:
 
 
 CHECKS: dict[str, type[Check]] = {c.kind: c for c in (BacklogZero, ClientsOnline, CanaryLeavesConsumers, NoPendingHalf,
-                                                       WritesStopped, WritesUnchanged, FenceHolds, MetadataPresent)}
+                                                       WritesStopped, WritesUnchanged, FenceHolds, TopicsUnread,
+                                                       AutoCreateOff, MetadataPresent)}
 
 
 def build_check(kind: str, kwargs: dict[str, Any]) -> Check:

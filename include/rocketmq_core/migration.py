@@ -19,8 +19,8 @@ from typing import Any
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import (
-    BacklogZero, CanaryLeavesConsumers, Check, ClientsOnline, FenceHolds, MetadataPresent, NoPendingHalf,
-    WritesUnchanged, build_check, observe,
+    AutoCreateOff, BacklogZero, CanaryLeavesConsumers, Check, ClientsOnline, FenceHolds, MetadataPresent,
+    NoPendingHalf, TopicsUnread, WritesUnchanged, build_check, observe,
 )
 
 SOURCE, TARGET = "source", "target"
@@ -112,7 +112,6 @@ class MigrationRun:
                     Condition(TARGET, ClientsOnline(producers, "producer", 0, 0, tgt))]
         raise ValueError(f"unknown stage {stage!r}")
 
-
     def watch(self) -> list[Condition]:
         """What must stay true on the source after the cutover: nobody writes the topics (a
         restarted pod, a stale config, a rolled-back deployment), the fence holds, and no client
@@ -122,6 +121,18 @@ class MigrationRun:
                 Condition(SOURCE, FenceHolds(self.topics, src)),
                 Condition(SOURCE, ClientsOnline(self.consumers, "consumer", 0, 0, src)),
                 Condition(SOURCE, ClientsOnline(self.producers, "producer", 0, 0, src))]
+
+    def retirement(self) -> list[Condition]:
+        """What must hold before the source topics are deleted, which deletes their messages: the
+        fence held and nothing wrote them since, no transactional half waits to be committed into
+        them, no group (listed or not) reads them or has anything left in them, and no broker would
+        re-create them for a straggler's send."""
+        src = self.source_cluster
+        return [Condition(SOURCE, FenceHolds(self.topics, src)),
+                Condition(SOURCE, WritesUnchanged(self.writes_observations, src)),
+                Condition(SOURCE, NoPendingHalf(self.topics, src)),
+                Condition(SOURCE, TopicsUnread(self.topics, src)),
+                Condition(SOURCE, AutoCreateOff(src))]
 
 
 def rebuild(condition: dict[str, Any], brokers: list[str]) -> Check:

@@ -247,6 +247,8 @@ class MigrationSpec(_TaskSpec):
     leave_behind: list[str] = []
     #: Broadcasting groups the on-call decided to move anyway: no backlog figure covers them.
     broadcast_groups: list[str] = []
+    #: End the run with a gated step that deletes the migrated topics (and their messages) on the source.
+    retire_source: bool = False
 
     @field_validator("leave_behind", "broadcast_groups")
     @classmethod

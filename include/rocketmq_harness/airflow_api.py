@@ -129,6 +129,12 @@ class AirflowApi:
         return self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances/{task_id}",
                          {"new_state": state})
 
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str]) -> Any:
+        """Clear task instances and what follows them, so they run again (the UI's "Clear")."""
+        return self.call("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances",
+                         {"dag_run_id": run_id, "task_ids": task_ids, "dry_run": False, "only_failed": False,
+                          "include_downstream": True})
+
     def set_run_state(self, dag_id: str, run_id: str, state: str) -> Any:
         """End a run by hand (what "Mark failed" on a run in the UI does)."""
         return self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{_q(run_id)}", {"state": state})

@@ -19,8 +19,8 @@ from airflow.sdk import DAG, Param, TaskGroup
 from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
 from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec
 from rocketmq_provider.operators.approval import (
-    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, InvariantEvidence, ManualStepEvidence, MigrationGate,
-    WritersEvidence, XComEvidence, assignees, rollback_requested,
+    ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, EvidenceApprovalOperator, InvariantEvidence,
+    ManualStepEvidence, MigrationGate, WritersEvidence, XComEvidence, assignees, rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
 from rocketmq_provider.operators.fleet import (
@@ -29,7 +29,7 @@ from rocketmq_provider.operators.fleet import (
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
-    MigrationReportOperator, SourceWatchOperator,
+    MigrationReportOperator, RetireSourceOperator, SourceWatchOperator,
 )
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
@@ -101,6 +101,7 @@ PHASES = {
     "drain": "fence the source, wait until it takes no writes and holds nothing undelivered",
     "cutover": "the remaining consumers to the target, verified, then the source watched",
     "rollback": "only after a Roll back answer: producers back, target drained, consumers back",
+    "retire": "with retire_source only: the migrated topics deleted on the source, once nobody can read or write them",
 }
 
 
@@ -262,13 +263,30 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                 timeout=stability.drain_timeout_seconds)
             rollback_consumers = _switches(spec, run, Stage.ROLLBACK_CONSUMERS, rolled_back)
 
+        retire = None
+        if spec.retire_source:
+            with _phase("retire"):
+                gate_retire = EvidenceApprovalOperator(
+                    task_id="approve_retire_source", subject=f"{spec.name}: delete the migrated topics on the source?",
+                    body="This deletes the topics and every message left in them on the source; it cannot be"
+                         " undone. Reject keeps them: the run still succeeds.",
+                    evidence=[InvariantEvidence(run.retirement(), _connections(spec), resolved("broker_sets"))],
+                    **gate_args)
+                retire = RetireSourceOperator(
+                    task_id="retire_source", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
+                    conditions=run.retirement(), approval=approved_at("approve_retire_source"), cluster=src.cluster,
+                    brokers=run_brokers("source"), dry_run="{{ params.dry_run }}")
+            watch >> gate_retire >> retire
+
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,
                                           remaining_consumers, rollback_producers, rollback_consumers)
                       for t in g.children.values()]
         # A teardown runs whatever happened, a run ended by hand included; it carries the verdict.
-        report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates],
-                                         switches=switch_ids, offsets_task="cutover_offsets",
-                                         verdict_task="outcome").as_teardown(on_failure_fail_dagrun=True)
+        report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates,
+                                                                   *(["approve_retire_source"] if retire else [])],
+                                         switches=switch_ids, offsets_task="cutover_offsets", verdict_task="outcome",
+                                         retire_task=retire.task_id if retire else None,
+                                         ).as_teardown(on_failure_fail_dagrun=True)
 
         preflight >> plan >> gate_sync >> sync >> gate_canary_consumers >> canary_consumers
         canary_consumers >> consumers_online >> gate_canary_producers >> canary_producers
@@ -280,7 +298,8 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
         # The run's verdict: failed if the cutover or the rollback failed or was refused anywhere
         # upstream, successful once either finished.
         outcome = EmptyOperator(task_id="outcome", trigger_rule="none_failed_min_one_success")
-        [watch, rollback_consumers] >> outcome >> report
+        # A Reject at the retirement gate skips only the retirement: the watch still decides.
+        [watch, *([retire] if retire else []), rollback_consumers] >> outcome >> report
     # The trigger form, set once the tasks exist: Airflow deep-copies a DAG's params into every
     # task made after them (half the parse time of 200 specs), and a task's run reads the DAG's.
     dag.params.update(_params(spec))

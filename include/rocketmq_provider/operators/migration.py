@@ -1,4 +1,5 @@
-"""The steps of a migration that are not a switch, a sensor or a gate: preflight, offsets, report."""
+"""The steps of a migration that are not a switch, a sensor or a gate: preflight, fence, watch,
+retirement, offsets, report."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fence import fence_topics, lift_fence
 from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
-from rocketmq_core.migration import Condition
+from rocketmq_core.migration import SOURCE, Condition
+from rocketmq_core.retire import retire_topics
 from rocketmq_core.taskspec import MigrationSpec, load_specs
-from rocketmq_provider.hooks.rocketmq import RocketMQHook
-from rocketmq_provider.operators.approval import ROLL_BACK
+from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
+from rocketmq_provider.operators.approval import ROLL_BACK, Approval
+from rocketmq_provider.operators.fleet import PreconditionRefused
 from rocketmq_provider.templating import truthy
 from rocketmq_provider.triggers.rocketmq import RocketMQWatchTrigger
 
@@ -217,6 +220,55 @@ class SourceWatchOperator(BaseOperator):
         return {"watched_seconds": float(self.watch_seconds), "rounds": event["rounds"]}
 
 
+class RetireSourceOperator(BaseOperator):
+    """Delete the migrated topics on the source, and their messages (see rocketmq_core.retire).
+
+    Nothing is deleted unless ``approval`` was answered in this run by an approver and every
+    condition (``MigrationRun.retirement``, on the cluster of ``rocketmq_conn_id``) holds on the
+    live source when this runs. There is no override: a deletion cannot be undone. What each
+    broker held goes to the log and XCom; a refusal pushes the failed figures as ``refused``.
+    """
+
+    template_fields = ("topics", "conditions", "brokers", "dry_run")
+
+    def __init__(self, *, rocketmq_conn_id: str, topics: list[str] | str, conditions: list[Condition],
+                 approval: Approval, cluster: str | None = None, brokers: list[str] | str | None = None,
+                 dry_run: bool | str = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        if {c.side for c in conditions} - {SOURCE}:
+            raise ValueError("a retirement's conditions are all on the source")
+        self.rocketmq_conn_id = rocketmq_conn_id
+        self.topics = topics
+        self.conditions = [c.to_dict() for c in conditions]
+        self.approval = approval
+        self.cluster = cluster
+        self.brokers = brokers
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        answer = self.approval.answer(ti)
+        brokers = list(self.brokers or [])
+        seen = verify_conditions(self.conditions, {SOURCE: self.rocketmq_conn_id}, {self.rocketmq_conn_id: brokers})
+        for observation in seen:
+            self.log.info("condition %s: %s", observation["condition"], observation["summary"])
+        failed = [o for o in seen if not o["satisfied"]]
+        topics = sorted(self.topics)
+        if truthy(self.dry_run):
+            self.log.info("dry run: would delete %s on %s%s", topics, self.rocketmq_conn_id,
+                          " (refused now: conditions fail)" if failed else "")
+            return {"dry_run": True, "topics": topics, "failed": failed}
+        if failed:
+            ti.xcom_push(key="refused", value=failed)
+            reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
+            raise PreconditionRefused(f"not retiring {len(topics)} topic(s) on {self.rocketmq_conn_id}: {reasons}",
+                                      failed)
+        held = RocketMQHook(self.rocketmq_conn_id).run(lambda a: retire_topics(a, topics, self.cluster, brokers))
+        self.log.info("retired on %s: %s; what each broker held: %s", self.rocketmq_conn_id, topics, held)
+        return {"dry_run": False, "retired": topics, "held": held, "by": answer["responded_by"],
+                "at": pendulum.now("UTC").isoformat()}
+
+
 class ConsumeOffsetsOperator(BaseOperator):
     """Record the groups' committed offsets per queue on a cluster (for the report at cutover)."""
 
@@ -256,12 +308,13 @@ class MigrationReportOperator(BaseOperator):
     """
 
     def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, verdict_task: str,
-                 **kwargs: Any):
+                 retire_task: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.gates = gates
         self.switches = switches
         self.offsets_task = offsets_task
         self.verdict_task = verdict_task
+        self.retire_task = retire_task
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -272,7 +325,9 @@ class MigrationReportOperator(BaseOperator):
                 approvals.append({"gate": gate, "chosen": answer["chosen_options"], "by": answer["responded_by"],
                                   "at": answer["responded_at"]})
         switches, overrides, refusals = [], [], []
-        for task_id in self.switches:
+        retired = ti.xcom_pull(task_ids=self.retire_task) if self.retire_task else None
+        retired = retired if retired and retired.get("retired") else None
+        for task_id in [*self.switches, *([self.retire_task] if self.retire_task else [])]:
             record = ti.xcom_pull(task_ids=task_id, key="switch")
             if record:
                 switches.append({"task": task_id, **record})
@@ -284,7 +339,9 @@ class MigrationReportOperator(BaseOperator):
                 refusals.append({"task": task_id, "failed": refused})
         timeline = sorted([(_iso(a["at"]), f"{a['gate']}: {a['chosen']} by {a['by']}") for a in approvals]
                           + [(_iso(s["at"]), f"{s['task']}: {s['role']}s of {s['fleet']} -> {s['cluster']} "
-                                             f"({s['share']:.0%})") for s in switches])
+                                             f"({s['share']:.0%})") for s in switches]
+                          + ([(_iso(retired["at"]), f"{self.retire_task}: {len(retired['retired'])} topic(s)"
+                                                    " deleted on the source")] if retired else []))
         phases = [{"from": a, "to": b, "seconds": round((pendulum.parse(tb) - pendulum.parse(ta)).total_seconds(), 1)}
                   for (ta, a), (tb, b) in zip(timeline, timeline[1:])]
         standing = {f"{s['role']}s of {s['fleet']}": f"{s['cluster']} ({s['share']:.0%})" for s in switches}
@@ -294,7 +351,7 @@ class MigrationReportOperator(BaseOperator):
         report = {"approvals": approvals, "switches": switches, "overrides": overrides, "refusals": refusals,
                   "standing": standing,
                   "verdict": verdict, "ended_by_hand": verdict in ("skipped", "None") and not stopped,
-                  "offsets_at_cutover": ti.xcom_pull(task_ids=self.offsets_task),
+                  "offsets_at_cutover": ti.xcom_pull(task_ids=self.offsets_task), "retired": retired,
                   "timeline": [{"at": at, "event": e} for at, e in timeline], "phases": phases}
         self.log.info("migration report:\n%s", "\n".join(f"{at}  {e}" for at, e in timeline))
         if verdict == "success" or (stopped and verdict in ("skipped", "None")):
