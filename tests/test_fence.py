@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 from cluster_side import wait_for
+from rocketmq_core.acl import PlainAccount, plain_accounts, put_plain_account
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.fence import fence_topics, lift_fence
+from rocketmq_core.errors import AccessDenied
+from rocketmq_core.fence import allow_writes, deny_writes, fence_topics, lift_fence
 from rocketmq_core.model import PERM_READ, PERM_WRITE, TopicConfig
+from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.replication import codec, remote
 from rocketmq_harness import clusters as harness
@@ -90,3 +94,64 @@ def test_a_delayed_message_that_comes_due_behind_the_fence_is_stored_not_lost(ha
              "the delayed message in the fenced topic", 40)
     stored = admin_run(cluster, lambda a: remote.pull_range(a.client, addr, topic, 0, 0, 1))
     assert [m.body for m in stored] == [b"due in 5 s"]
+
+
+def test_with_plain_acl_on_the_broker_itself_refuses_a_fenced_send_while_reads_go_on(acl_clusters, names):
+    """The send above gets through a route-only fence. With plain ACL on, the fence also gives
+    every non-admin account the topics as SUB (it read them) or DENY (it did not): the broker
+    refuses that same send with NO_PERMISSION, the account still pulls, other topics are
+    untouched, the admin account is named as one the fence cannot stop, and lifting restores
+    each account's own entries."""
+    cluster = acl_clusters["source-acl"]
+    broker, addr = next(iter(cluster.spec.master_addrs.items()))
+    topic, other = names.topic(), names.topic("other")
+    reader = PlainAccount(f"fleet{uuid.uuid4().hex[:8]}", "fleet-secret-1", default_topic_perm="PUB|SUB",
+                          default_group_perm="PUB|SUB")
+    writer = PlainAccount(f"writer{uuid.uuid4().hex[:8]}", "writer-secret-1", default_topic_perm="DENY",
+                          default_group_perm="PUB|SUB", topic_perms=(f"{other}=PUB", f"{topic}=PUB"))
+
+    async def prepare(admin: ClusterAdmin):
+        for name in (topic, other):
+            await admin.create_topic(addr, TopicConfig(name, 1, 1))
+        for account in (reader, writer):
+            await put_plain_account(admin, addr, account)
+    admin_run(cluster, prepare)
+
+    def as_account(account: PlainAccount, job):
+        async def _go():
+            async with ClusterAdmin(cluster.namesrv, Credentials(account.access_key, account.secret_key)) as admin:
+                return await job(admin)
+        return asyncio.run(_go())
+
+    def send(account: PlainAccount, to: str) -> str:
+        async def _send(admin: ClusterAdmin) -> str:
+            props = codec.encode_properties({"UNIQ_KEY": f"acl-{time.time_ns()}"})
+            try:
+                await remote.send_v2(admin.client, addr, "PG_fence_acl", to, 0, b"x", props, int(time.time() * 1000))
+            except AccessDenied as exc:
+                return f"denied: {exc}"
+            return "stored"
+        return as_account(account, _send)
+
+    def entries(account: PlainAccount) -> dict[str, str]:
+        found = admin_run(cluster, lambda a: plain_accounts(a, addr))[account.access_key]
+        return dict(e.partition("=")[::2] for e in found.topic_perms)
+
+    assert send(reader, topic) == "stored" and send(writer, topic) == "stored"
+    before, unstoppable = admin_run(cluster, lambda a: deny_writes(a, [topic], expected_brokers=[broker]))
+    assert before[broker][reader.access_key] == {topic: ""} and before[broker][writer.access_key] == {topic: "PUB"}
+    assert unstoppable == {broker: [harness.ADMIN_ACCESS_KEY]}
+    assert entries(reader) == {topic: "SUB"} and entries(writer) == {topic: "DENY", other: "PUB"}
+    for account in (reader, writer):
+        refused = send(account, topic)
+        # 4.9 answers an ACL refusal as a system error carrying the AclException
+        assert refused.startswith("denied: ") and "AclException" in refused and topic in refused, refused
+    assert send(writer, other) == "stored"
+    pulled = as_account(reader, lambda a: remote.pull(a.client, addr, "GID_fence_acl", topic, 0, 0))
+    assert pulled.status is codec.PullStatus.FOUND and len(pulled.messages) == 2, pulled
+
+    restored = admin_run(cluster, lambda a: allow_writes(a, before))
+    assert {reader.access_key, writer.access_key} <= set(restored[broker])  # and other tests' accounts
+    assert entries(writer) == {topic: "PUB", other: "PUB"}
+    assert entries(reader) == {topic: "PUB|SUB"}  # its default, spelled out: 4.9 cannot store an empty list
+    assert send(reader, topic) == "stored" and send(writer, topic) == "stored"

@@ -175,11 +175,16 @@ def _run_approving(world: World, airflow_api, gates: list[str],
           "consumers online on the source")
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
     run_id = airflow_api.trigger(world.dag_id, conf)
+    return run_id, _approve(world, airflow_api, run_id, gates)
+
+
+def _approve(world: World, airflow_api, run_id: str, gates: list[str]) -> dict[str, str]:
+    """Approve ``gates`` of the run in order, each as soon as it opens; the body each gate showed."""
     bodies = {}
     for gate in gates:
         bodies[gate] = airflow_api.wait_for_gate(world.dag_id, run_id, gate, timeout=600)["body"]
         airflow_api.answer(world.dag_id, run_id, gate, "Approve")
-    return run_id, bodies
+    return bodies
 
 
 def _mark_drain_sensors_by_hand(world: World, airflow_api, run_id: str) -> None:
@@ -225,6 +230,8 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, ai
         assert "None: every producer group" in writers or "in no fleet are online" in writers, bodies[gate]
     assert set(world.clusters_of("producer").values()) == {target}
     assert set(world.clusters_of("consumer").values()) == {target}
+    canary = airflow_api.xcom(world.dag_id, run_id, f"canary_producers.{layout.producer_fleet}", key="switch")
+    assert canary["share"] == 0.5 and "kept" not in canary, canary  # a first run's canary moves
     assert set(_perms(world.source, layout.topic).values()) == {4}  # fenced: read-only on every master
     preflight = airflow_api.xcom(world.dag_id, run_id, "preflight")
     assert preflight["broker_sets"][source] == sorted(world.source.spec.master_addrs)
@@ -520,6 +527,38 @@ def test_a_second_run_is_refused_while_the_first_is_unfinished(world, airflow_ap
     airflow_api.wait_for_run(world.dag_id, third, timeout=300)
     assert airflow_api.run_state(world.dag_id, first) == "failed"
     assert set(world.clusters_of("consumer").values()) == {SOURCE}
+
+
+def test_a_run_after_a_failed_one_resumes_where_the_fleets_stand(world, airflow_api):
+    """The first run moves every producer, fences the source and is ended by hand while it drains.
+    The next run's canaries find each fleet already further along on the target and keep it there
+    (a 50% canary of producers would send half of them back to the fenced source); its fence
+    finds the first one standing and keeps the topic's own permission for a roll back; the run
+    completes and nothing is lost."""
+    layout, source = world.layout, world.source
+    first, _ = _run_approving(world, airflow_api, GATES[:4])
+    _wait(lambda: airflow_api.task_states(world.dag_id, first).get("fence_source") == "success", 300, "the fence")
+    airflow_api.set_run_state(world.dag_id, first, "failed")
+    _wait(lambda: airflow_api.task_states(world.dag_id, first).get("report") in ("success", "failed"), 120,
+          "the first run's report")
+    assert set(world.clusters_of("producer").values()) == {TARGET}
+    assert sorted(world.clusters_of("consumer").values()) == sorted([SOURCE, TARGET] * len(layout.consumer_groups))
+    assert set(_perms(source, layout.topic).values()) == {4}
+
+    second = airflow_api.trigger(world.dag_id)
+    _approve(world, airflow_api, second, GATES)
+    assert airflow_api.wait_for_run(world.dag_id, second, timeout=600) == "success", \
+        airflow_api.task_states(world.dag_id, second)
+    consumers = airflow_api.xcom(world.dag_id, second, f"canary_consumers.{layout.consumer_fleet}", key="switch")
+    producers = airflow_api.xcom(world.dag_id, second, f"canary_producers.{layout.producer_fleet}", key="switch")
+    assert consumers["kept"] and consumers["moved"] == dict.fromkeys(layout.consumer_groups, 0.5), consumers
+    assert producers["kept"] and producers["moved"] == {layout.producer_group: 1.0}, producers
+    fence = airflow_api.xcom(world.dag_id, second, "fence_source")
+    assert fence["carried_over"] and fence["before"] == {source.spec.broker_name: {layout.topic: 6}}, fence
+    assert set(world.clusters_of("producer").values()) == set(world.clusters_of("consumer").values()) == {TARGET}
+    world.fleet.stop(("producer",))
+    result = world.fleet.wait_until_received(timeout=120)
+    assert result["sent"] > 100 and result["lost"] == 0, result
 
 
 def test_the_source_topics_are_retired_at_the_last_gate_once_nothing_can_bring_them_back(retiring_world, airflow_api):

@@ -7,18 +7,28 @@ refresh (``No route info of this topic``). A 4.9 broker does not itself refuse s
 the fence does not stand alone: the cutover still re-measures the topics' writes (checks.
 WritesUnchanged) and refuses when anything got through. Consumers keep reading: only the write
 bit goes. What each broker had is returned, so lifting the fence restores exactly that.
+
+Where a broker has plain ACL on (4.9's plain_acl.yml), the broker itself refuses: every
+account that is not an admin gets the topics as ``SUB`` (it read them) or ``DENY`` (it did not),
+so a send fails with NO_PERMISSION at once, whatever client sends it and whatever route it holds.
+An admin account passes every ACL check; the fence names those it cannot stop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
+from rocketmq_core.acl import PlainAccount, plain_accounts, put_plain_account
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import PERM_WRITE
 
 #: broker name -> topic -> the permission it had before the fence
 Perms = dict[str, dict[str, int]]
+#: broker name -> access key -> topic -> the account's own entry for it before the fence ("" for none)
+AclPerms = dict[str, dict[str, dict[str, str]]]
+_READS = {"SUB", "PUB|SUB", "ANY"}
 
 
 async def fence_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
@@ -50,3 +60,74 @@ async def lift_fence(admin: ClusterAdmin, before: Perms, cluster: str | None = N
                 restored.setdefault(broker.name, []).append(name)
     return restored
 
+
+
+def carried_over(earlier: Any, now: Any) -> Any:
+    """What to restore, when an earlier run's fence may still stand (``Perms`` or ``AclPerms``):
+    at each leaf, what the first fence found; this one found that fence, not the topic's own."""
+    if not isinstance(earlier, dict) or not isinstance(now, dict):
+        return now if earlier is None else earlier
+    return {key: carried_over(earlier.get(key), now.get(key)) for key in sorted(set(earlier) | set(now))}
+
+
+def _entries(account: PlainAccount) -> dict[str, str]:
+    return dict(entry.partition("=")[::2] for entry in account.topic_perms)
+
+
+async def _acl_masters(admin: ClusterAdmin, cluster: str | None, expected: Iterable[str]) -> list[tuple[str, str]]:
+    """(broker name, master address) of every master with plain ACL on."""
+    found = []
+    for broker in await admin.masters(cluster, expected):
+        assert broker.master is not None
+        if (await admin.broker_config(broker.master)).get("aclEnable", "false").lower() == "true":
+            found.append((broker.name, broker.master))
+    return found
+
+
+async def deny_writes(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
+                      expected_brokers: Iterable[str] = ()) -> tuple[AclPerms, dict[str, list[str]]]:
+    """On every master with plain ACL on, give every non-admin account the topics as ``SUB`` or
+    ``DENY``; what each account had, and per broker the admin accounts the fence cannot stop."""
+    wanted = sorted(set(topics))
+    before: AclPerms = {}
+    unstoppable: dict[str, list[str]] = {}
+    for name, addr in await _acl_masters(admin, cluster, expected_brokers):
+        for key, account in sorted((await plain_accounts(admin, addr)).items()):
+            if account.admin:
+                unstoppable.setdefault(name, []).append(key)
+                continue
+            entries = _entries(account)
+            before.setdefault(name, {})[key] = {t: entries.get(t, "") for t in wanted}
+            for topic in wanted:
+                entries[topic] = "SUB" if (entries.get(topic) or account.default_topic_perm) in _READS else "DENY"
+            await put_plain_account(admin, addr, replace(
+                account, topic_perms=tuple(sorted(f"{t}={p}" for t, p in entries.items()))))
+    return before, unstoppable
+
+
+async def allow_writes(admin: ClusterAdmin, before: AclPerms, cluster: str | None = None) -> dict[str, list[str]]:
+    """Give every account back its own entries for the topics; broker -> accounts restored.
+
+    4.9 cannot store an empty topic list through an update: an account that had no entry at
+    all gets its default spelled out for the topics, which grants the same."""
+    restored: dict[str, list[str]] = {}
+    if not before:
+        return restored
+    for name, addr in await _acl_masters(admin, cluster, before):
+        accounts = await plain_accounts(admin, addr)
+        for key, had in sorted(before.get(name, {}).items()):
+            account = accounts.get(key)
+            if account is None:
+                continue
+            entries = _entries(account)
+            for topic, entry in had.items():
+                if entry:
+                    entries[topic] = entry
+                else:
+                    entries.pop(topic, None)
+            if not entries:
+                entries = dict.fromkeys(had, account.default_topic_perm or "DENY")
+            await put_plain_account(admin, addr, replace(
+                account, topic_perms=tuple(sorted(f"{t}={p}" for t, p in entries.items()))))
+            restored.setdefault(name, []).append(key)
+    return restored

@@ -33,6 +33,21 @@ class Whereabouts:
         return {"leaving": {g: sorted(c) for g, c in self.leaving.items()},
                 "joining": {g: sorted(c) for g, c in self.joining.items()}}
 
+    def moved_share(self) -> dict[str, float | None]:
+        """Per group, the share of its online clients on the joining cluster only (None: none online)."""
+        shares: dict[str, float | None] = {}
+        for group in sorted(set(self.leaving) | set(self.joining)):
+            leaving, joining = self.leaving.get(group, frozenset()), self.joining.get(group, frozenset())
+            every = leaving | joining
+            shares[group] = len(joining - leaving) / len(every) if every else None
+        return shares
+
+    def beyond(self, share: float) -> bool:
+        """Every group already has at least ``share`` of its clients on the joining cluster: a
+        canary of ``share`` now would move some of them back (a run after an earlier one)."""
+        moved = self.moved_share()
+        return bool(moved) and all(m is not None and m >= share for m in moved.values())
+
 
 @dataclass(frozen=True)
 class MoveVerdict:

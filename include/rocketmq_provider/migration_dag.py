@@ -29,7 +29,7 @@ from rocketmq_provider.operators.fleet import (
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
-    MigrationReportOperator, RetireSourceOperator, SourceWatchOperator,
+    MigrationReportOperator, RetireSourceOperator, SourceWatchOperator, fence_record_key,
 )
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
@@ -208,7 +208,8 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             # Producers are gone: a straggler's sends now fail at a Java client (read-only route), and
             # the quiet window and the drain are measured after the fence.
             fence = FenceSourceOperator(task_id="fence_source", rocketmq_conn_id=src.conn_id,
-                                        topics=resolved("topics"), cluster=src.cluster, brokers=run_brokers("source"),
+                                        topics=resolved("topics"), record_key=fence_record_key(spec),
+                                        cluster=src.cluster, brokers=run_brokers("source"),
                                         dry_run="{{ params.dry_run }}")
             writes_stopped = SourceWritesStoppedSensor(
                 task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
@@ -254,7 +255,8 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                             ignore_downstream_trigger_rules=False)
             rolled_back = Approval(tuple(gates), ROLL_BACK, tuple(spec.approvers))
             lift = LiftFenceOperator(task_id="rollback_lift_fence", rocketmq_conn_id=src.conn_id,
-                                     fence_task_id="fence_source", cluster=src.cluster)
+                                     fence_task_id="fence_source", record_key=fence_record_key(spec),
+                                     cluster=src.cluster)
             rollback_producers = _switches(spec, run, Stage.ROLLBACK_PRODUCERS, rolled_back)
             target_drained = BacklogZeroSensor(
                 task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers,
@@ -274,7 +276,8 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                     **gate_args)
                 retire = RetireSourceOperator(
                     task_id="retire_source", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
-                    conditions=run.retirement(), approval=approved_at("approve_retire_source"), cluster=src.cluster,
+                    conditions=run.retirement(), approval=approved_at("approve_retire_source"),
+                    fence_record_key=fence_record_key(spec), cluster=src.cluster,
                     brokers=run_brokers("source"), dry_run="{{ params.dry_run }}")
             watch >> gate_retire >> retire
 

@@ -10,10 +10,12 @@ from rocketmq_core.migration import SOURCE, TARGET, Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
+from rocketmq_provider.operators.migration import FenceSourceOperator, LiftFenceOperator
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWritesStoppedSensor
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
+FENCE_RECORD = "rmq_migration_fence__probe"
 
 
 def _dag(dag_id: str, **params) -> DAG:
@@ -84,3 +86,38 @@ with _dag("probe_metadata", scope={"topics": ["none"], "groups": ["none"]}, dry_
 with _dag("probe_metadata_drift", scope={"topics": ["none"], "groups": ["none"]}):
     MetadataDiffOperator(task_id="diff", source_conn_id="rocketmq_source", target_conn_id="rocketmq_target",
                          scope="{{ params.scope }}", fail_on_drift=True)
+
+with _dag("probe_fence_twice", topics=["none"], access_key="", secret_key=""):
+    # Two runs' fences, the second finding the first standing, then a roll back's lift; between
+    # them a send as a fleet account, as a client that ignores the route would make it.
+    first = FenceSourceOperator(task_id="fence_first", rocketmq_conn_id="rocketmq_source_acl",
+                                topics="{{ params.topics }}", record_key=FENCE_RECORD)
+    again = FenceSourceOperator(task_id="fence_again", rocketmq_conn_id="rocketmq_source_acl",
+                                topics="{{ params.topics }}", record_key=FENCE_RECORD)
+
+    @task
+    def send_fenced(params: dict | None = None) -> str:
+        import asyncio
+        import time
+
+        from rocketmq_core.admin import ClusterAdmin
+        from rocketmq_core.errors import AccessDenied
+        from rocketmq_core.remoting.client import Credentials
+        from rocketmq_core.replication import codec, remote
+
+        async def go() -> str:
+            namesrv = RocketMQHook("rocketmq_source_acl").namesrv()
+            async with ClusterAdmin(namesrv, Credentials(params["access_key"], params["secret_key"])) as admin:
+                [broker] = await admin.masters()
+                props = codec.encode_properties({"UNIQ_KEY": f"probe-{time.time_ns()}"})
+                try:
+                    await remote.send_v2(admin.client, broker.master, "PG_probe_fence", params["topics"][0], 0,
+                                         b"x", props, int(time.time() * 1000))
+                except AccessDenied as exc:
+                    return f"denied: {exc}"
+                return "stored"
+        return asyncio.run(go())
+
+    lift = LiftFenceOperator(task_id="lift", rocketmq_conn_id="rocketmq_source_acl", fence_task_id="fence_again",
+                             record_key=FENCE_RECORD)
+    first >> again >> send_fenced() >> lift

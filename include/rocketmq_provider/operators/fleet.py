@@ -250,11 +250,30 @@ class FleetSwitchOperator(BaseOperator):
                 failed.append(observation)
         return failed
 
+    def kept_where_it_stands(self, share: float) -> dict[str, Any] | None:
+        """A canary never moves a fleet back: when the brokers show every group already at least
+        ``share`` on the destination (an earlier run moved it further and failed), nothing is
+        switched and the record says so; None when the canary should move."""
+        where = EvidenceSwitcher.whereabouts(self.switch_request)
+        if not where.beyond(share):
+            return None
+        moved = where.moved_share()
+        self.log.warning("not switching: the brokers show %s of fleet %r already on %s (%s); a %.0f%% canary"
+                         " would move some back", self.role + "s", self.fleet, self.to_cluster,
+                         ", ".join(f"{g} {m:.0%}" for g, m in moved.items() if m is not None), share * 100)
+        return {**self.switch_request, "kept": True, "moved": moved, "whereabouts": where.to_dict(),
+                "at": datetime.now(timezone.utc).isoformat()}
+
     def execute(self, context: Any) -> Any:
         share = float(self.share)
         if not 0 < share <= 1:
             raise AirflowException(f"share must be in (0, 1], got {self.share!r}")
         answer = self.approval.answer(context["ti"]) if self.approval else None
+        if share < 1 and self.from_cluster:
+            kept = self.kept_where_it_stands(share)
+            if kept:
+                context["ti"].xcom_push(key="switch", value=kept)
+                return kept
         reason = override_reason(answer) if answer else str(self.override_reason).strip()
         failed = self.check_preconditions()
         if failed:

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowRuntimeError
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import take_census
 from rocketmq_core.errors import RocketMQError
-from rocketmq_core.fence import fence_topics, lift_fence
+from rocketmq_core.fence import allow_writes, carried_over, deny_writes, fence_topics, lift_fence
 from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.migration import SOURCE, Condition
 from rocketmq_core.retire import retire_topics
@@ -134,17 +134,29 @@ def migration_claim_key(spec: MigrationSpec) -> str:
     return f"rmq_migration_run__{spec.slug}"
 
 
+def fence_record_key(spec: MigrationSpec) -> str:
+    """The Variable that keeps the source topics' own permissions while a fence stands: a run
+    after a failed one finds the fence already up and must restore what was there before it."""
+    return f"rmq_migration_fence__{spec.slug}"
+
+
 class FenceSourceOperator(BaseOperator):
     """Make the migrated topics read-only on every source master once the producers have moved
-    (see rocketmq_core.fence); returns what each broker had, which ``LiftFenceOperator`` restores."""
+    (see rocketmq_core.fence); returns what each broker had, which ``LiftFenceOperator`` restores.
+
+    ``record_key`` names a Variable that outlives the run: an earlier run's fence, still up, is
+    carried over, so what is restored is the topics' own permission, not that fence's.
+    """
 
     template_fields = ("topics", "brokers", "dry_run")
 
-    def __init__(self, *, rocketmq_conn_id: str, topics: list[str] | str, cluster: str | None = None,
-                 brokers: list[str] | str | None = None, dry_run: bool | str = False, **kwargs: Any):
+    def __init__(self, *, rocketmq_conn_id: str, topics: list[str] | str, record_key: str,
+                 cluster: str | None = None, brokers: list[str] | str | None = None, dry_run: bool | str = False,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.rocketmq_conn_id = rocketmq_conn_id
         self.topics = topics
+        self.record_key = record_key
         self.cluster = cluster
         self.brokers = brokers
         self.dry_run = dry_run
@@ -153,19 +165,35 @@ class FenceSourceOperator(BaseOperator):
         if truthy(self.dry_run):
             self.log.info("dry run: would make %s read-only on %s", self.topics, self.rocketmq_conn_id)
             return {"dry_run": True, "before": {}}
-        before = RocketMQHook(self.rocketmq_conn_id).run(
-            lambda a: fence_topics(a, list(self.topics), self.cluster, list(self.brokers or [])))
-        self.log.info("fenced (read-only) on %s: %s", self.rocketmq_conn_id, before)
-        return {"dry_run": False, "before": before, "at": time.time()}
+        topics, brokers = list(self.topics), list(self.brokers or [])
+
+        async def fence(admin: ClusterAdmin) -> tuple[Any, ...]:
+            return (await fence_topics(admin, topics, self.cluster, brokers),
+                    *await deny_writes(admin, topics, self.cluster, brokers))
+        earlier = Variable.get(self.record_key, default=None, deserialize_json=True)
+        perms, acl, unstoppable = RocketMQHook(self.rocketmq_conn_id).run(fence)
+        record = carried_over(earlier, {"perms": perms, "acl": acl})
+        Variable.set(self.record_key, record, description="the migrated topics' permissions before the fence",
+                     serialize_json=True)
+        if earlier:
+            self.log.info("an earlier run's fence still stood; its record of the topics' permissions is kept")
+        self.log.info("fenced (read-only) on %s: %s; ACL denied to the accounts %s", self.rocketmq_conn_id,
+                      record["perms"], {b: sorted(a) for b, a in record["acl"].items()})
+        if unstoppable:
+            self.log.warning("admin accounts pass every ACL check, the fence cannot stop them: %s", unstoppable)
+        return {"dry_run": False, "before": record["perms"], "acl_before": record["acl"],
+                "acl_unstoppable": unstoppable, "carried_over": bool(earlier), "at": time.time()}
 
 
 class LiftFenceOperator(BaseOperator):
     """Before producers roll back to the source, give the fenced topics their permission back."""
 
-    def __init__(self, *, rocketmq_conn_id: str, fence_task_id: str, cluster: str | None = None, **kwargs: Any):
+    def __init__(self, *, rocketmq_conn_id: str, fence_task_id: str, record_key: str, cluster: str | None = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.rocketmq_conn_id = rocketmq_conn_id
         self.fence_task_id = fence_task_id
+        self.record_key = record_key
         self.cluster = cluster
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -173,9 +201,14 @@ class LiftFenceOperator(BaseOperator):
         if not fence.get("before"):
             self.log.info("%s fenced nothing in this run: nothing to lift", self.fence_task_id)
             return {"restored": {}}
-        restored = RocketMQHook(self.rocketmq_conn_id).run(lambda a: lift_fence(a, fence["before"], self.cluster))
-        self.log.info("fence lifted on %s: %s", self.rocketmq_conn_id, restored)
-        return {"restored": restored}
+
+        async def lift(admin: ClusterAdmin) -> tuple[Any, ...]:
+            return (await lift_fence(admin, fence["before"], self.cluster),
+                    await allow_writes(admin, fence.get("acl_before") or {}, self.cluster))
+        restored, accounts = RocketMQHook(self.rocketmq_conn_id).run(lift)
+        Variable.delete(self.record_key)
+        self.log.info("fence lifted on %s: %s; ACL entries restored for %s", self.rocketmq_conn_id, restored, accounts)
+        return {"restored": restored, "acl_restored": accounts}
 
 
 class SourceWatchOperator(BaseOperator):
@@ -232,13 +265,14 @@ class RetireSourceOperator(BaseOperator):
     template_fields = ("topics", "conditions", "brokers", "dry_run")
 
     def __init__(self, *, rocketmq_conn_id: str, topics: list[str] | str, conditions: list[Condition],
-                 approval: Approval, cluster: str | None = None, brokers: list[str] | str | None = None,
-                 dry_run: bool | str = False, **kwargs: Any):
+                 approval: Approval, fence_record_key: str, cluster: str | None = None,
+                 brokers: list[str] | str | None = None, dry_run: bool | str = False, **kwargs: Any):
         super().__init__(**kwargs)
         if {c.side for c in conditions} - {SOURCE}:
             raise ValueError("a retirement's conditions are all on the source")
         self.rocketmq_conn_id = rocketmq_conn_id
         self.topics = topics
+        self.fence_record_key = fence_record_key
         self.conditions = [c.to_dict() for c in conditions]
         self.approval = approval
         self.cluster = cluster
@@ -264,6 +298,7 @@ class RetireSourceOperator(BaseOperator):
             raise PreconditionRefused(f"not retiring {len(topics)} topic(s) on {self.rocketmq_conn_id}: {reasons}",
                                       failed)
         held = RocketMQHook(self.rocketmq_conn_id).run(lambda a: retire_topics(a, topics, self.cluster, brokers))
+        Variable.delete(self.fence_record_key)  # no topic left to restore a permission to
         self.log.info("retired on %s: %s; what each broker held: %s", self.rocketmq_conn_id, topics, held)
         return {"dry_run": False, "retired": topics, "held": held, "by": answer["responded_by"],
                 "at": pendulum.now("UTC").isoformat()}
@@ -339,7 +374,8 @@ class MigrationReportOperator(BaseOperator):
                 refusals.append({"task": task_id, "failed": refused})
         timeline = sorted([(_iso(a["at"]), f"{a['gate']}: {a['chosen']} by {a['by']}") for a in approvals]
                           + [(_iso(s["at"]), f"{s['task']}: {s['role']}s of {s['fleet']} -> {s['cluster']} "
-                                             f"({s['share']:.0%})") for s in switches]
+                                             f"({s['share']:.0%}" + (", already there: kept" if s.get("kept") else "")
+                                             + ")") for s in switches]
                           + ([(_iso(retired["at"]), f"{self.retire_task}: {len(retired['retired'])} topic(s)"
                                                     " deleted on the source")] if retired else []))
         phases = [{"from": a, "to": b, "seconds": round((pendulum.parse(tb) - pendulum.parse(ta)).total_seconds(), 1)}
