@@ -351,31 +351,34 @@ def test_connection_cluster_name_scopes_every_operation(airflow_env, rmq_cluster
         elsewhere.run(lambda a: measure_backlog(a, ["G_any"]))
 
 
-def test_a_fence_on_an_acl_source_is_refused_by_the_broker_and_a_second_fence_keeps_the_first_record(
-        bag, acl_clusters, names, monkeypatch):
-    """A run after a failed one finds the first fence standing: what it records to restore is the
-    topic's own permission and each account's own entry, not the fence's. On a source with plain
-    ACL on, a fleet account's send to the fenced topic is refused by the broker; the lift gives
-    the topic and the account back what they had and drops the record."""
-    from airflow.sdk import Variable
+def test_a_fence_on_an_acl_source_is_refused_by_the_broker_and_outlives_its_run(bag, acl_clusters, names,
+                                                                                monkeypatch):
+    """A second fence finds the first standing: what it records to restore is the topic's own
+    permission and each account's own entry, not the fence's. On a source with plain ACL on, a
+    fleet account's send to the fenced topic is refused by the broker. A later run that never
+    fenced lifts it from the record (a roll back before its own fence), and drops the record."""
+    from airflow.models import Variable  # the metadata database's, outside a task
     from rocketmq_core.acl import PlainAccount, plain_accounts, put_plain_account
 
     cluster = acl_clusters["source-acl"]
     broker, addr = next(iter(cluster.spec.master_addrs.items()))
-    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_SOURCE_ACL", json.dumps({
-        "conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.spec.namesrv_port,
-        "login": cluster.credentials.access_key, "password": cluster.credentials.secret_key}))
     topic = names.topic()
     account = PlainAccount(f"probe{names.topic()[-8:]}", "probe-secret-1", default_topic_perm="PUB|SUB",
                            default_group_perm="PUB|SUB", topic_perms=(f"{topic}=PUB|SUB",))
+    for conn_id, login, password in (("ROCKETMQ_SOURCE_ACL", cluster.credentials.access_key,
+                                      cluster.credentials.secret_key),
+                                     ("ROCKETMQ_PROBE_FLEET", account.access_key, account.secret_key)):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", json.dumps({
+            "conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.spec.namesrv_port,
+            "login": login, "password": password}))
+    Variable.delete("rmq_migration_fence__probe")
 
     async def prepare(admin):
         await admin.create_topic(addr, TopicConfig(topic, 1, 1))
         await put_plain_account(admin, addr, account)
     hook = RocketMQHook("rocketmq_source_acl")
     hook.run(prepare)
-    run, tis = run_dag(bag, "probe_fence_twice", topics=[topic],
-                       access_key=account.access_key, secret_key=account.secret_key)
+    run, tis = run_dag(bag, "probe_fence_twice", topics=[topic])
     assert run.state == "success"
     first, again = (tis[t].xcom_pull(task_ids=t) for t in ("fence_first", "fence_again"))
     assert not first["carried_over"] and again["carried_over"]
@@ -384,9 +387,13 @@ def test_a_fence_on_an_acl_source_is_refused_by_the_broker_and_a_second_fence_ke
     assert again["acl_unstoppable"] == {broker: [harness.ADMIN_ACCESS_KEY]}
     refused = tis["send_fenced"].xcom_pull(task_ids="send_fenced")
     assert refused.startswith("denied: ") and "AclException" in refused, refused
+    assert Variable.get("rmq_migration_fence__probe", deserialize_json=True)["perms"] == {broker: {topic: 6}}
+
+    run, tis = run_dag(bag, "probe_lift_on_record")
+    assert run.state == "success"
     lifted = tis["lift"].xcom_pull(task_ids="lift")
     assert lifted["restored"] == {broker: [topic]} and account.access_key in lifted["acl_restored"][broker]
     assert hook.run(lambda admin: admin.topic_configs(addr))[topic].perm == 6
     own = hook.run(lambda admin: plain_accounts(admin, addr))[account.access_key]
     assert own.topic_perms == (f"{topic}=PUB|SUB",)
-    assert Variable.get("rmq_migration_fence__probe", default=None) is None
+    assert Variable.get("rmq_migration_fence__probe", default_var=None) is None

@@ -12,7 +12,7 @@ from cluster_side import wait_for
 from rocketmq_core.acl import PlainAccount, plain_accounts, put_plain_account
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import AccessDenied
-from rocketmq_core.fence import allow_writes, deny_writes, fence_topics, lift_fence
+from rocketmq_core.fence import allow_writes, carried_over, deny_writes, fence_topics, lift_fence
 from rocketmq_core.model import PERM_READ, PERM_WRITE, TopicConfig
 from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.remoting.fastjson import loads
@@ -155,3 +155,11 @@ def test_with_plain_acl_on_the_broker_itself_refuses_a_fenced_send_while_reads_g
     assert entries(writer) == {topic: "PUB", other: "PUB"}
     assert entries(reader) == {topic: "PUB|SUB"}  # its default, spelled out: 4.9 cannot store an empty list
     assert send(reader, topic) == "stored" and send(writer, topic) == "stored"
+
+
+def test_a_record_carried_over_keeps_the_first_fences_values_only_where_a_fence_still_stands():
+    earlier = {"perms": {"b0": {"t": 6, "u": 6}}, "acl": {"b0": {"fleet": {"t": "", "u": "PUB"}}}}
+    now = {"perms": {"b0": {"t": 4, "u": 6, "v": 6}}, "acl": {"b0": {"fleet": {"t": "SUB", "u": "PUB|SUB"}}}}
+    assert carried_over(earlier, now) == {  # u was lifted by hand since: what it has now is its own
+        "perms": {"b0": {"t": 6, "u": 6, "v": 6}}, "acl": {"b0": {"fleet": {"t": "", "u": "PUB|SUB"}}}}
+    assert carried_over(None, now) == now

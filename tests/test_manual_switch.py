@@ -11,13 +11,16 @@ import time
 import uuid
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from rocketmq.client import PushConsumer
 
+from conftest import TEST_DAGS
 from cluster_side import Side, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.model import GroupConfig
 from rocketmq_provider.operators.fleet import ManualSwitcher
+from rocketmq_provider.triggers.rocketmq import FleetMoveTrigger
 
 SOURCE, TARGET = "rocketmq_source", "rocketmq_target"
 LOG = logging.getLogger("manual-switch")
@@ -40,9 +43,10 @@ def online(cluster, group: str) -> int:
 
 
 @pytest.fixture
-def fleet(rmq_clusters, airflow_env, names):
-    """A topic and a consumer group on both clusters, and the consumers started for the test."""
-    topic, group = names.topic(), names.group("c")
+def fleet(rmq_clusters, airflow_env, names, request):
+    """A topic and a consumer group on both clusters, and the consumers started for the test
+    (a group of the test's choosing when it parametrizes the fixture: a probe DAG's)."""
+    topic, group = names.topic(), getattr(request, "param", None) or names.group("c")
     for name in ("source", "target"):
         side = Side.of(rmq_clusters[name])
         side.create_topic(topic)
@@ -104,3 +108,27 @@ def test_a_manual_switch_nobody_carries_out_times_out_naming_the_clients(rmq_clu
     wait_for(lambda: online(source, group) == 1, f"the consumer of {group} on the source", 60)
     with pytest.raises(AirflowException, match=rf"of {group} are still on the old cluster"):
         ManualSwitcher(timeout_seconds=5, poll_seconds=1).switch(request(group, 1.0), LOG)
+
+
+@pytest.mark.parametrize("fleet", ["PROBE_MANUAL_SWITCH"], indirect=True)
+def test_a_switch_task_waits_for_the_person_on_the_triggerer_not_in_a_worker_slot(rmq_clusters, fleet):
+    """The switch task asks for the move and defers: the brokers are watched by a trigger, so an
+    hour's wait for a person holds no worker. Run by Airflow, it succeeds once they show the move."""
+    source, target = rmq_clusters["source"], rmq_clusters["target"]
+    topic, group, started = fleet
+    started.append(start_consumer(source, group, topic))
+    wait_for(lambda: online(source, group) == 1, f"the consumer of {group} on the source", 60)
+    dag = DagBag(dag_folder=str(TEST_DAGS)).get_dag("probe_manual_switch")
+    with pytest.raises(TaskDeferred) as deferred:
+        dag.get_task("switch").execute({})
+    assert isinstance(deferred.value.trigger, FleetMoveTrigger) and deferred.value.method_name == "move_complete"
+    assert len(deferred.value.trigger.before["leaving"][group]) == 1  # where the fleet stood when asked
+
+    mover = move_by_hand(started[0], target, group, topic, started)
+    run = dag.test()
+    mover.join(30)
+    assert run.state == "success"
+    [ti] = run.get_task_instances()
+    record = ti.xcom_pull(task_ids="switch", key="switch")
+    assert record["after"]["leaving"][group] == [] and len(record["after"]["joining"][group]) == 1, record
+    assert "Edit consumers.yaml." in record["instructions"]

@@ -21,7 +21,7 @@ from rocketmq_core.errors import BrokerUnavailable
 from rocketmq_core.fence import fence_topics, lift_fence
 from rocketmq_core.migration import SOURCE, TARGET, MigrationRun, Stage, verify
 from rocketmq_core.model import PERM_WRITE, GroupConfig, TopicConfig
-from rocketmq_core.retire import retire_topics
+from rocketmq_core.retire import retire_topics, topic_holdings
 
 SIDES = {SOURCE: "source-ha", TARGET: "target-ha"}
 END_TRANSACTION = 37  # request code a transactional producer commits or rolls back a half with
@@ -269,7 +269,8 @@ def test_the_source_topics_are_retired_only_once_nobody_reads_them_and_nothing_c
             admin_run(source, lambda admin: retire_topics(admin, [topic], None, [*brokers, "ghost-b9"]))
         assert all(topic in admin_run(source, lambda admin, a=addr: admin.topic_configs(a))
                    for addr in source.spec.master_addrs.values())  # refused before deleting anything
-        held = admin_run(source, lambda admin: retire_topics(admin, [topic], None, brokers))
+        held = admin_run(source, lambda admin: topic_holdings(admin, [topic], None, brokers))
+        admin_run(source, lambda admin: retire_topics(admin, [topic], None, brokers))
     assert sorted(held) == brokers and all(held[b][topic]["perm"] & PERM_WRITE == 0 for b in brokers), held
     assert all(topic not in admin_run(source, lambda admin, a=addr: admin.topic_configs(a))
                for addr in source.spec.master_addrs.values())

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from rocketmq_core.admin import BrokerInfo, ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, RocketMQError
-from rocketmq_core.model import PERM_WRITE
+from rocketmq_core.model import PERM_WRITE, RETRY_PREFIX
 
 @dataclass
 class CheckResult:
@@ -345,7 +345,13 @@ class TopicsUnread(TopicsCheck):
         if census.readers:
             report = await attribute_system_rows(admin, await measure_backlog(
                 admin, sorted(census.readers), self.cluster, expected_brokers=self._seen_brokers or ()))
-            waiting = {g: n for g, n in sorted(report.by_group.items()) if n}
+            # The topics' own rows, each reader's retry rows (which topic a retry came from is not
+            # kept), and pending delayed, half or timer messages bound for the readers' topics.
+            for row in report.rows:
+                owner = row.group or "(pending delayed, half or timer messages)"
+                if row.lag and (row.group is None or row.topic in self.topics or row.topic == RETRY_PREFIX + row.group):
+                    waiting[owner] = waiting.get(owner, 0) + row.lag
+            waiting = dict(sorted(waiting.items()))
         problems = ([f"{g} has {n} consumer(s) online" for g, n in online.items()]
                     + [f"{g} has {n} message(s) unread" for g, n in waiting.items()])
         return CheckResult(not problems, {"readers": sorted(census.readers), "online": online, "backlog": waiting},
@@ -370,9 +376,9 @@ class AutoCreateOff(Check):
 
     async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
         brokers = await self.live_brokers(admin, self.cluster)
-        configs = await admin.gather(admin.broker_config(b.master) for b in brokers if b.master)
-        creating = sorted(b.name for b, config in zip(brokers, configs)
-                          if config.get("autoCreateTopicEnable", "false").lower() == "true")
+        configs = await admin.gather(admin.broker_config(b.master) for b in brokers)  # type: ignore[arg-type]
+        creating = sorted(b.name for b, config in zip(brokers, configs)  # unset means on: the broker's default
+                          if config.get("autoCreateTopicEnable", "true").lower() == "true")
         summary = ("auto-create is off everywhere" if not creating else
                    f"autoCreateTopicEnable=true on {', '.join(creating)}: a straggler's send would re-create"
                    " a retired topic where nobody reads (turn it off first)")

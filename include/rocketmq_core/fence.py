@@ -28,12 +28,15 @@ from rocketmq_core.model import PERM_WRITE
 Perms = dict[str, dict[str, int]]
 #: broker name -> access key -> topic -> the account's own entry for it before the fence ("" for none)
 AclPerms = dict[str, dict[str, dict[str, str]]]
-_READS = {"SUB", "PUB|SUB", "ANY"}
+_READS = {"SUB", "PUB|SUB", "SUB|PUB", "ANY"}
+#: What the fence gives an account for a fenced topic.
+_FENCED_ENTRIES = {"SUB", "DENY"}
 
 
 async def fence_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
-                       expected_brokers: Iterable[str] = ()) -> Perms:
-    """Take the write permission of the topics away on every master that holds them."""
+                       expected_brokers: Iterable[str] = (), apply: bool = True) -> Perms:
+    """Take the write permission of the topics away on every master that holds them; what each
+    had. ``apply=False`` only reads it (to record it before anything changes)."""
     wanted = set(topics)
     before: Perms = {}
     for broker in await admin.masters(cluster, expected_brokers):
@@ -42,7 +45,7 @@ async def fence_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str 
         for name in sorted(wanted & set(configs)):
             config = configs[name]
             before.setdefault(broker.name, {})[name] = config.perm
-            if config.perm & PERM_WRITE:
+            if apply and config.perm & PERM_WRITE:
                 await admin.create_topic(broker.master, replace(config, perm=config.perm & ~PERM_WRITE))
     return before
 
@@ -61,17 +64,23 @@ async def lift_fence(admin: ClusterAdmin, before: Perms, cluster: str | None = N
     return restored
 
 
-
 def carried_over(earlier: Any, now: Any) -> Any:
     """What to restore, when an earlier run's fence may still stand (``Perms`` or ``AclPerms``):
-    at each leaf, what the first fence found; this one found that fence, not the topic's own."""
-    if not isinstance(earlier, dict) or not isinstance(now, dict):
-        return now if earlier is None else earlier
-    return {key: carried_over(earlier.get(key), now.get(key)) for key in sorted(set(earlier) | set(now))}
+    at each leaf, what the earlier record says where the value now is what a fence sets (no
+    write bit, SUB or DENY, or gone), else what is there now (the fence was lifted since)."""
+    if isinstance(earlier, dict) or isinstance(now, dict):
+        earlier, now = earlier or {}, now or {}
+        return {key: carried_over(earlier.get(key), now.get(key)) for key in sorted(set(earlier) | set(now))}
+    fenced = now is None or (isinstance(now, int) and not now & PERM_WRITE) or now in _FENCED_ENTRIES
+    return earlier if earlier is not None and fenced else now
 
 
 def _entries(account: PlainAccount) -> dict[str, str]:
     return dict(entry.partition("=")[::2] for entry in account.topic_perms)
+
+
+def _with_entries(account: PlainAccount, entries: dict[str, str]) -> PlainAccount:
+    return replace(account, topic_perms=tuple(sorted(f"{t}={p}" for t, p in entries.items())))
 
 
 async def _acl_masters(admin: ClusterAdmin, cluster: str | None, expected: Iterable[str]) -> list[tuple[str, str]]:
@@ -85,12 +94,15 @@ async def _acl_masters(admin: ClusterAdmin, cluster: str | None, expected: Itera
 
 
 async def deny_writes(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
-                      expected_brokers: Iterable[str] = ()) -> tuple[AclPerms, dict[str, list[str]]]:
+                      expected_brokers: Iterable[str] = (),
+                      apply: bool = True) -> tuple[AclPerms, dict[str, list[str]]]:
     """On every master with plain ACL on, give every non-admin account the topics as ``SUB`` or
-    ``DENY``; what each account had, and per broker the admin accounts the fence cannot stop."""
+    ``DENY``; what each account had, and per broker the admin accounts the fence cannot stop.
+    Every account is checked before the first is changed; ``apply=False`` only reads."""
     wanted = sorted(set(topics))
     before: AclPerms = {}
     unstoppable: dict[str, list[str]] = {}
+    updates: list[tuple[str, PlainAccount]] = []
     for name, addr in await _acl_masters(admin, cluster, expected_brokers):
         for key, account in sorted((await plain_accounts(admin, addr)).items()):
             if account.admin:
@@ -100,8 +112,12 @@ async def deny_writes(admin: ClusterAdmin, topics: Iterable[str], cluster: str |
             before.setdefault(name, {})[key] = {t: entries.get(t, "") for t in wanted}
             for topic in wanted:
                 entries[topic] = "SUB" if (entries.get(topic) or account.default_topic_perm) in _READS else "DENY"
-            await put_plain_account(admin, addr, replace(
-                account, topic_perms=tuple(sorted(f"{t}={p}" for t, p in entries.items()))))
+            fenced = _with_entries(account, entries)
+            fenced.validate()
+            updates.append((addr, fenced))
+    if apply:
+        for addr, account in updates:
+            await put_plain_account(admin, addr, account)
     return before, unstoppable
 
 
@@ -127,7 +143,6 @@ async def allow_writes(admin: ClusterAdmin, before: AclPerms, cluster: str | Non
                     entries.pop(topic, None)
             if not entries:
                 entries = dict.fromkeys(had, account.default_topic_perm or "DENY")
-            await put_plain_account(admin, addr, replace(
-                account, topic_perms=tuple(sorted(f"{t}={p}" for t, p in entries.items()))))
+            await put_plain_account(admin, addr, _with_entries(account, entries))
             restored.setdefault(name, []).append(key)
     return restored

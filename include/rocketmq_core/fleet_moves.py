@@ -11,6 +11,8 @@ group while producers may still write there). Client ids name the members that d
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from rocketmq_core.admin import ClusterAdmin
@@ -32,6 +34,10 @@ class Whereabouts:
     def to_dict(self) -> dict[str, dict[str, list[str]]]:
         return {"leaving": {g: sorted(c) for g, c in self.leaving.items()},
                 "joining": {g: sorted(c) for g, c in self.joining.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, list[str]]]) -> Whereabouts:
+        return cls(*({g: frozenset(c) for g, c in data[side].items()} for side in ("leaving", "joining")))
 
     def moved_share(self) -> dict[str, float | None]:
         """Per group, the share of its online clients on the joining cluster only (None: none online)."""
@@ -81,6 +87,31 @@ def judge_move(before: Whereabouts, now: Whereabouts, role: str, canary: bool) -
             waiting.append(f"{len(there)} {role}(s) of {group} on the new cluster, {len(was)} before the"
                            f" switch (not seen there: {sorted(was - there)})")
     return MoveVerdict(not waiting and not stripped, tuple(stripped), tuple(waiting))
+
+
+async def whereabouts(leaving: ClusterAdmin, joining: ClusterAdmin, role: str, groups: list[str]) -> Whereabouts:
+    """Where the groups' clients are now, on the cluster a fleet leaves and the one it joins."""
+    return Whereabouts(await clients_by_group(leaving, role, groups), await clients_by_group(joining, role, groups))
+
+
+def move_event(verdict: MoveVerdict, now: Whereabouts) -> dict[str, object]:
+    """A finished wait as data (a trigger's event): ``done``, ``stripped`` or ``timeout``."""
+    status = "stripped" if verdict.stripped else "done" if verdict.done else "timeout"
+    return {"status": status, "now": now.to_dict(), "stripped": list(verdict.stripped),
+            "waiting": list(verdict.waiting)}
+
+
+async def wait_for_move(leaving: ClusterAdmin, joining: ClusterAdmin, role: str, before: Whereabouts,
+                        canary: bool, deadline: float, poll_seconds: float) -> tuple[MoveVerdict, Whereabouts]:
+    """Poll the brokers until the move shows, a canary strips a consumer group, or ``deadline``
+    (epoch seconds) passes; the last verdict and what it saw."""
+    groups = sorted(before.leaving)
+    while True:
+        now = await whereabouts(leaving, joining, role, groups)
+        verdict = judge_move(before, now, role, canary)
+        if verdict.done or verdict.stripped or time.time() >= deadline:
+            return verdict, now
+        await asyncio.sleep(poll_seconds)
 
 
 def manual_instructions(fleet: str, role: str, groups: list[str], share: float, namesrv: str,

@@ -21,18 +21,30 @@ from rocketmq_core.errors import RocketMQError
 Held = dict[str, dict[str, dict[str, Any]]]
 
 
-async def retire_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
-                        expected_brokers: Iterable[str] = ()) -> Held:
-    """Delete the topics on every master of the run's broker set, then from every name server."""
+async def topic_holdings(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
+                         expected_brokers: Iterable[str] = ()) -> Held:
+    """What each master of the run's broker set holds of the topics, read before the deletion."""
     wanted = sorted(set(topics))
     masters = await admin.masters(cluster, expected_brokers)
     held: Held = {}
     for broker, configs in zip(masters, await admin.gather(admin.topic_configs(b.master) for b in masters)):
-        held[broker.name] = {name: asdict(configs[name]) for name in wanted if name in configs}
+        found = {name: asdict(configs[name]) for name in wanted if name in configs}
+        if found:
+            held[broker.name] = found
+    return held
+
+
+async def retire_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
+                        expected_brokers: Iterable[str] = ()) -> None:
+    """Delete the topics on every master of the run's broker set, then from every name server.
+
+    A broker of the set missing refuses before anything is deleted; a failure after that names
+    the topics done and the one that may now be gone from some brokers only."""
+    wanted = sorted(set(topics))
+    await admin.masters(cluster, expected_brokers)  # a broker of the set missing: nothing is touched
     for done, topic in enumerate(wanted):
         try:
             await admin.delete_topic(topic, cluster, expected_brokers)
         except RocketMQError as exc:
-            raise RocketMQError(f"retired {wanted[:done]}, stopped at {topic} (not retired: {wanted[done:]}):"
-                                f" {exc}") from exc
-    return {broker: topics for broker, topics in held.items() if topics}
+            raise RocketMQError(f"retired {wanted[:done]}; {topic} may be deleted on some brokers only; not"
+                                f" retired: {wanted[done + 1:]}: {exc}") from exc

@@ -8,7 +8,7 @@ from airflow.sdk import DAG, task
 from rocketmq_core.checks import ClientsOnline
 from rocketmq_core.migration import SOURCE, TARGET, Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
-from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
+from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher, ManualSwitcher
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import FenceSourceOperator, LiftFenceOperator
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWritesStoppedSensor
@@ -16,6 +16,7 @@ from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWrites
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
 FENCE_RECORD = "rmq_migration_fence__probe"
+MANUAL_GROUP = "PROBE_MANUAL_SWITCH"
 
 
 def _dag(dag_id: str, **params) -> DAG:
@@ -87,9 +88,9 @@ with _dag("probe_metadata_drift", scope={"topics": ["none"], "groups": ["none"]}
     MetadataDiffOperator(task_id="diff", source_conn_id="rocketmq_source", target_conn_id="rocketmq_target",
                          scope="{{ params.scope }}", fail_on_drift=True)
 
-with _dag("probe_fence_twice", topics=["none"], access_key="", secret_key=""):
-    # Two runs' fences, the second finding the first standing, then a roll back's lift; between
-    # them a send as a fleet account, as a client that ignores the route would make it.
+with _dag("probe_fence_twice", topics=["none"]):
+    # Two fences, the second finding the first standing; then a send to the fenced topic as the
+    # fleet account of the connection rocketmq_probe_fleet, made as a client that ignores the route.
     first = FenceSourceOperator(task_id="fence_first", rocketmq_conn_id="rocketmq_source_acl",
                                 topics="{{ params.topics }}", record_key=FENCE_RECORD)
     again = FenceSourceOperator(task_id="fence_again", rocketmq_conn_id="rocketmq_source_acl",
@@ -102,12 +103,10 @@ with _dag("probe_fence_twice", topics=["none"], access_key="", secret_key=""):
 
         from rocketmq_core.admin import ClusterAdmin
         from rocketmq_core.errors import AccessDenied
-        from rocketmq_core.remoting.client import Credentials
         from rocketmq_core.replication import codec, remote
 
         async def go() -> str:
-            namesrv = RocketMQHook("rocketmq_source_acl").namesrv()
-            async with ClusterAdmin(namesrv, Credentials(params["access_key"], params["secret_key"])) as admin:
+            async with RocketMQHook("rocketmq_probe_fleet").get_endpoint().admin() as admin:
                 [broker] = await admin.masters()
                 props = codec.encode_properties({"UNIQ_KEY": f"probe-{time.time_ns()}"})
                 try:
@@ -118,6 +117,14 @@ with _dag("probe_fence_twice", topics=["none"], access_key="", secret_key=""):
                 return "stored"
         return asyncio.run(go())
 
-    lift = LiftFenceOperator(task_id="lift", rocketmq_conn_id="rocketmq_source_acl", fence_task_id="fence_again",
-                             record_key=FENCE_RECORD)
-    first >> again >> send_fenced() >> lift
+    first >> again >> send_fenced()
+
+with _dag("probe_lift_on_record"):
+    # A roll back in a run that never fenced: the fence standing from an earlier run is lifted from its record.
+    LiftFenceOperator(task_id="lift", rocketmq_conn_id="rocketmq_source_acl", fence_task_id="fence_source",
+                      record_key=FENCE_RECORD)
+
+with _dag("probe_manual_switch"):
+    # The move is waited for on the triggerer (dag.test() runs the trigger in-process).
+    FleetSwitchOperator(task_id="switch", fleet="f", role="consumer", groups=[MANUAL_GROUP], to_cluster="rocketmq_target",
+                        from_cluster="rocketmq_source", switcher=ManualSwitcher("Edit consumers.yaml.", 150, 1))

@@ -7,19 +7,24 @@ out of order cannot skip them); it acts through a pluggable switcher.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from rocketmq_core.fleet_moves import Whereabouts, clients_by_group, judge_move, manual_instructions
+from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.fleet_moves import Whereabouts, manual_instructions, move_event, wait_for_move, whereabouts
 from rocketmq_core.migration import Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 from rocketmq_provider.operators.approval import Approval, override_reason
 from rocketmq_provider.templating import truthy
+from rocketmq_provider.triggers.rocketmq import FleetMoveTrigger
+
+T = TypeVar("T")
 
 
 class PreconditionRefused(AirflowException):
@@ -29,6 +34,25 @@ class PreconditionRefused(AirflowException):
     def __init__(self, message: str, observations: list[dict[str, Any]]):
         super().__init__(message)
         self.observations = observations
+
+
+def failed_conditions(conditions: list[dict[str, Any]], connections: dict[str, str],
+                      broker_sets: dict[str, list[str]] | None, log: Any) -> list[dict[str, Any]]:
+    """Evaluate serialised conditions now, logging each (named with its connection); the
+    observations of those that failed."""
+    failed = []
+    for observation in verify_conditions(conditions, connections, broker_sets):
+        observation["condition"] += f" ({observation.pop('conn_id')})"
+        log.info("condition %s: %s", observation["condition"], observation["summary"])
+        if not observation["satisfied"]:
+            failed.append(observation)
+    return failed
+
+
+def refuse(ti: Any, what: str, failed: list[dict[str, Any]]) -> None:
+    """Fail a guarded step that did not act, its failed figures in XCom ``refused`` (the report's)."""
+    ti.xcom_push(key="refused", value=failed)
+    raise PreconditionRefused(f"{what}: " + "; ".join(f"{f['condition']}: {f['summary']}" for f in failed), failed)
 
 
 class Switcher:
@@ -78,39 +102,70 @@ class HttpSwitcher(Switcher):
 
 class EvidenceSwitcher(Switcher):
     """A switcher whose change the clients act on later: it is done when the brokers show the
-    fleet moved (``rocketmq_core.fleet_moves``), and fails naming the clients that did not."""
+    fleet moved (``rocketmq_core.fleet_moves``), and fails naming the clients that did not.
+
+    In a FleetSwitchOperator the change is made in the task and the wait deferred to the
+    triggerer (``FleetMoveTrigger``): a move by hand can take an hour, and holds no worker slot.
+    ``switch`` does both in one process, for use outside a deferring task.
+    """
 
     def __init__(self, timeout_seconds: float = 600, poll_seconds: float = 5):
         self.timeout_seconds = timeout_seconds
         self.poll_seconds = poll_seconds
 
+    def begin(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        """Make the change (or ask for it); what was done, for the switch's record."""
+        raise NotImplementedError
+
+    def undo(self, request: dict[str, Any], log: Any) -> str:
+        """Put a canary that stripped a consumer group back, as far as this switcher can; says what it did."""
+        raise NotImplementedError
+
     @staticmethod
     def whereabouts(request: dict[str, Any]) -> Whereabouts:
-        role, groups = request["role"], list(request["groups"])
-        return Whereabouts(*(RocketMQHook(c).run(lambda a: clients_by_group(a, role, groups))
-                             for c in (request["from_cluster"], request["cluster"])))
+        return _on_both(request, lambda old, new: whereabouts(old, new, request["role"], list(request["groups"])))
 
-    def await_move(self, request: dict[str, Any], before: Whereabouts, log: Any,
-                   undo: Callable[[], str]) -> dict[str, Any]:
-        """Poll until the move shows; a canary that strips a consumer group calls ``undo`` (which
-        says what it did) and fails naming the group."""
-        role, canary, leaving = request["role"], float(request["share"]) < 1, request["from_cluster"]
-        deadline = time.monotonic() + self.timeout_seconds
-        while True:
-            now = self.whereabouts(request)
-            verdict = judge_move(before, now, role, canary)
-            if verdict.stripped:
-                raise AirflowException(
-                    f"the canary left consumer group(s) {list(verdict.stripped)} with no consumer on {leaving}"
-                    f" while producers may still write there; {undo()}")
-            if verdict.done:
-                log.info("the brokers show the move: %s", now.to_dict())
-                return {"before": before.to_dict(), "after": now.to_dict()}
-            if time.monotonic() > deadline:
-                raise AirflowException(f"after {self.timeout_seconds:.0f}s the brokers show the {role}s of"
-                                       f" {list(request['groups'])} not moved: " + "; ".join(verdict.waiting))
-            log.info("waiting for the brokers: %s", "; ".join(verdict.waiting))
-            time.sleep(self.poll_seconds)
+    def trigger(self, request: dict[str, Any], before: Whereabouts, started: dict[str, Any]) -> FleetMoveTrigger:
+        return FleetMoveTrigger(request["from_cluster"], request["cluster"], request["role"], before.to_dict(),
+                                float(request["share"]) < 1, time.time() + self.timeout_seconds, self.poll_seconds,
+                                started)
+
+    def conclude(self, request: dict[str, Any], event: dict[str, Any], log: Any) -> dict[str, Any]:
+        """The switch's result once the wait ended; a canary that stripped a consumer group is
+        undone and fails naming it, a move not seen by the timeout fails naming who did not move."""
+        if event["status"] == "stripped":
+            raise AirflowException(
+                f"the canary left consumer group(s) {event['stripped']} with no consumer on {request['from_cluster']}"
+                f" while producers may still write there; {self.undo(request, log)}")
+        if event["status"] != "done":
+            raise AirflowException(f"after {self.timeout_seconds:.0f}s the brokers show the {request['role']}s of"
+                                   f" {list(request['groups'])} not moved: " + "; ".join(event["waiting"]))
+        log.info("the brokers show the move: %s", event["now"])
+        return {**event["started"], "before": event["before"], "after": event["now"]}
+
+    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        before = self.whereabouts(request)
+        started = self.begin(request, log)
+        canary, deadline = float(request["share"]) < 1, time.time() + self.timeout_seconds
+        event = _on_both(request, lambda old, new: _waited(old, new, request["role"], before, canary, deadline,
+                                                            self.poll_seconds))
+        return self.conclude(request, {**event, "before": before.to_dict(), "started": started}, log)
+
+
+async def _waited(old: ClusterAdmin, new: ClusterAdmin, role: str, before: Whereabouts, canary: bool,
+                  deadline: float, poll_seconds: float) -> dict[str, Any]:
+    return move_event(*await wait_for_move(old, new, role, before, canary, deadline, poll_seconds))
+
+
+def _on_both(request: dict[str, Any], job: Callable[[ClusterAdmin, ClusterAdmin], Awaitable[T]]) -> T:
+    """Run ``job`` with an admin client of the cluster the fleet leaves and of the one it joins."""
+    leaving = RocketMQHook(request["from_cluster"]).get_endpoint()
+    joining = RocketMQHook(request["cluster"]).get_endpoint()
+
+    async def run() -> T:
+        async with leaving.admin() as old, joining.admin() as new:
+            return await job(old, new)
+    return asyncio.run(run())
 
 
 class AddressServiceSwitcher(EvidenceSwitcher):
@@ -132,19 +187,18 @@ class AddressServiceSwitcher(EvidenceSwitcher):
         self.subgroup = subgroup
         self.canary_subgroup = canary_subgroup
 
-    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
-        canary = float(request["share"]) < 1
-        subgroups = [self.canary_subgroup] if canary else [self.canary_subgroup, self.subgroup]
-        before = self.whereabouts(request)
-        log.info("before the switch: %s", before.to_dict())
-        answers = [self._set(subgroup, RocketMQHook(request["cluster"]).namesrv(), log) for subgroup in subgroups]
+    def _subgroups(self, request: dict[str, Any]) -> list[str]:
+        return [self.canary_subgroup] if float(request["share"]) < 1 else [self.canary_subgroup, self.subgroup]
 
-        def undo() -> str:
-            for subgroup in subgroups:
-                self._set(subgroup, RocketMQHook(request["from_cluster"]).namesrv(), log)
-            return (f"subgroup(s) {subgroups} answer {request['from_cluster']} again."
-                    " Put fewer members on the canary subgroup")
-        return {"subgroups": answers, **self.await_move(request, before, log, undo)}
+    def begin(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
+        namesrv = RocketMQHook(request["cluster"]).namesrv()
+        return {"subgroups": [self._set(subgroup, namesrv, log) for subgroup in self._subgroups(request)]}
+
+    def undo(self, request: dict[str, Any], log: Any) -> str:
+        subgroups = self._subgroups(request)
+        for subgroup in subgroups:
+            self._set(subgroup, RocketMQHook(request["from_cluster"]).namesrv(), log)
+        return f"subgroup(s) {subgroups} answer {request['from_cluster']} again. Put fewer members on the canary subgroup"
 
     def _set(self, subgroup: str, namesrv: str, log: Any) -> dict[str, Any]:
         from airflow.providers.http.hooks.http import HttpHook
@@ -171,15 +225,14 @@ class ManualSwitcher(EvidenceSwitcher):
         super().__init__(timeout_seconds, poll_seconds)
         self.how = how
 
-    def switch(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
-        before = self.whereabouts(request)
+    def begin(self, request: dict[str, Any], log: Any) -> dict[str, Any]:
         text = manual_instructions(request["fleet"], request["role"], list(request["groups"]),
                                    float(request["share"]), RocketMQHook(request["cluster"]).namesrv(), self.how)
         log.warning("BY HAND: %s Waiting up to %.0fs for the brokers to show it.", text, self.timeout_seconds)
+        return {"instructions": text}
 
-        def undo() -> str:
-            return f"put at least one consumer of each back on {request['from_cluster']} now"
-        return {"instructions": text, **self.await_move(request, before, log, undo)}
+    def undo(self, request: dict[str, Any], log: Any) -> str:
+        return f"put at least one consumer of each back on {request['from_cluster']} now"
 
 
 class FleetSwitchOperator(BaseOperator):
@@ -242,13 +295,7 @@ class FleetSwitchOperator(BaseOperator):
 
     def check_preconditions(self) -> list[dict[str, Any]]:
         """Evaluate every precondition now; return the observations of those that failed."""
-        failed = []
-        for observation in verify_conditions(self.preconditions, self.connections, self.broker_sets):
-            observation["condition"] += f" ({observation.pop('conn_id')})"
-            self.log.info("precondition %s: %s", observation["condition"], observation["summary"])
-            if not observation["satisfied"]:
-                failed.append(observation)
-        return failed
+        return failed_conditions(self.preconditions, self.connections, self.broker_sets, self.log)
 
     def kept_where_it_stands(self, share: float) -> dict[str, Any] | None:
         """A canary never moves a fleet back: when the brokers show every group already at least
@@ -261,8 +308,10 @@ class FleetSwitchOperator(BaseOperator):
         self.log.warning("not switching: the brokers show %s of fleet %r already on %s (%s); a %.0f%% canary"
                          " would move some back", self.role + "s", self.fleet, self.to_cluster,
                          ", ".join(f"{g} {m:.0%}" for g, m in moved.items() if m is not None), share * 100)
+        # Nothing moves, so nothing is refused; what the stage's invariant says now is on record.
+        unmet = self.check_preconditions()
         return {**self.switch_request, "kept": True, "moved": moved, "whereabouts": where.to_dict(),
-                "at": datetime.now(timezone.utc).isoformat()}
+                "unmet_now": unmet, "at": datetime.now(timezone.utc).isoformat()}
 
     def execute(self, context: Any) -> Any:
         share = float(self.share)
@@ -279,8 +328,7 @@ class FleetSwitchOperator(BaseOperator):
         if failed:
             reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
             if not reason:
-                context["ti"].xcom_push(key="refused", value=failed)
-                raise PreconditionRefused(f"not switching {self.role}s of fleet {self.fleet!r}: {reasons}", failed)
+                refuse(context["ti"], f"not switching {self.role}s of fleet {self.fleet!r}", failed)
             self.log.warning("OVERRIDE (%s) of failed preconditions: %s", reason, reasons)
             granted = ({"gate": answer["gate"], "by": answer["responded_by"], "at": answer["responded_at"]}
                        if answer else {})
@@ -288,7 +336,21 @@ class FleetSwitchOperator(BaseOperator):
         if truthy(self.dry_run):
             self.log.info("dry run: would switch %s", self.switch_request)
             return {"dry_run": True, **self.switch_request}
-        result = self.switcher.switch(self.switch_request, self.log)
+        request = self.switch_request
+        if isinstance(self.switcher, EvidenceSwitcher):
+            before = self.switcher.whereabouts(request)
+            self.log.info("before the switch: %s", before.to_dict())
+            started = self.switcher.begin(request, self.log)
+            self.defer(trigger=self.switcher.trigger(request, before, started), method_name="move_complete",
+                       timeout=timedelta(seconds=self.switcher.timeout_seconds + 300))
+        return self._recorded(context, self.switcher.switch(request, self.log))
+
+    def move_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        """Back from the triggerer: the brokers' verdict on the move."""
+        return self._recorded(context, self.switcher.conclude(  # type: ignore[attr-defined]
+            self.switch_request, event, self.log))
+
+    def _recorded(self, context: Any, result: dict[str, Any]) -> dict[str, Any]:
         at = datetime.now(timezone.utc).isoformat()
         context["ti"].xcom_push(key="switch", value={**self.switch_request, **result, "at": at})
         return result

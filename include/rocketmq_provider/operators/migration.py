@@ -17,11 +17,11 @@ from rocketmq_core.errors import RocketMQError
 from rocketmq_core.fence import allow_writes, carried_over, deny_writes, fence_topics, lift_fence
 from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.migration import SOURCE, Condition
-from rocketmq_core.retire import retire_topics
+from rocketmq_core.retire import retire_topics, topic_holdings
 from rocketmq_core.taskspec import MigrationSpec, load_specs
-from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
+from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.approval import ROLL_BACK, Approval
-from rocketmq_provider.operators.fleet import PreconditionRefused
+from rocketmq_provider.operators.fleet import failed_conditions, refuse
 from rocketmq_provider.templating import truthy
 from rocketmq_provider.triggers.rocketmq import RocketMQWatchTrigger
 
@@ -167,16 +167,19 @@ class FenceSourceOperator(BaseOperator):
             return {"dry_run": True, "before": {}}
         topics, brokers = list(self.topics), list(self.brokers or [])
 
-        async def fence(admin: ClusterAdmin) -> tuple[Any, ...]:
-            return (await fence_topics(admin, topics, self.cluster, brokers),
-                    *await deny_writes(admin, topics, self.cluster, brokers))
+        async def found(admin: ClusterAdmin, apply: bool) -> tuple[Any, ...]:
+            return (await fence_topics(admin, topics, self.cluster, brokers, apply=apply),
+                    *await deny_writes(admin, topics, self.cluster, brokers, apply=apply))
+        hook = RocketMQHook(self.rocketmq_conn_id)
         earlier = Variable.get(self.record_key, default=None, deserialize_json=True)
-        perms, acl, unstoppable = RocketMQHook(self.rocketmq_conn_id).run(fence)
+        perms, acl, unstoppable = hook.run(lambda a: found(a, apply=False))
+        # Recorded before anything changes: a fence that fails half-way is retried from the record.
         record = carried_over(earlier, {"perms": perms, "acl": acl})
         Variable.set(self.record_key, record, description="the migrated topics' permissions before the fence",
                      serialize_json=True)
+        hook.run(lambda a: found(a, apply=True))
         if earlier:
-            self.log.info("an earlier run's fence still stood; its record of the topics' permissions is kept")
+            self.log.info("an earlier fence's record was found; where the fence still stood, its values are kept")
         self.log.info("fenced (read-only) on %s: %s; ACL denied to the accounts %s", self.rocketmq_conn_id,
                       record["perms"], {b: sorted(a) for b, a in record["acl"].items()})
         if unstoppable:
@@ -198,13 +201,16 @@ class LiftFenceOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         fence = context["ti"].xcom_pull(task_ids=self.fence_task_id) or {}
-        if not fence.get("before"):
-            self.log.info("%s fenced nothing in this run: nothing to lift", self.fence_task_id)
+        record = {"perms": fence.get("before"), "acl": fence.get("acl_before")}
+        if not record["perms"]:  # this run did not fence: an earlier run's fence may still stand
+            record = Variable.get(self.record_key, default=None, deserialize_json=True) or {}
+        if not record.get("perms"):
+            self.log.info("no fence stands on record: nothing to lift")
             return {"restored": {}}
 
         async def lift(admin: ClusterAdmin) -> tuple[Any, ...]:
-            return (await lift_fence(admin, fence["before"], self.cluster),
-                    await allow_writes(admin, fence.get("acl_before") or {}, self.cluster))
+            return (await lift_fence(admin, record["perms"], self.cluster),
+                    await allow_writes(admin, record.get("acl") or {}, self.cluster))
         restored, accounts = RocketMQHook(self.rocketmq_conn_id).run(lift)
         Variable.delete(self.record_key)
         self.log.info("fence lifted on %s: %s; ACL entries restored for %s", self.rocketmq_conn_id, restored, accounts)
@@ -283,25 +289,30 @@ class RetireSourceOperator(BaseOperator):
         ti = context["ti"]
         answer = self.approval.answer(ti)
         brokers = list(self.brokers or [])
-        seen = verify_conditions(self.conditions, {SOURCE: self.rocketmq_conn_id}, {self.rocketmq_conn_id: brokers})
-        for observation in seen:
-            self.log.info("condition %s: %s", observation["condition"], observation["summary"])
-        failed = [o for o in seen if not o["satisfied"]]
+        failed = failed_conditions(self.conditions, {SOURCE: self.rocketmq_conn_id},
+                                   {self.rocketmq_conn_id: brokers}, self.log)
         topics = sorted(self.topics)
         if truthy(self.dry_run):
             self.log.info("dry run: would delete %s on %s%s", topics, self.rocketmq_conn_id,
                           " (refused now: conditions fail)" if failed else "")
             return {"dry_run": True, "topics": topics, "failed": failed}
         if failed:
-            ti.xcom_push(key="refused", value=failed)
-            reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
-            raise PreconditionRefused(f"not retiring {len(topics)} topic(s) on {self.rocketmq_conn_id}: {reasons}",
-                                      failed)
-        held = RocketMQHook(self.rocketmq_conn_id).run(lambda a: retire_topics(a, topics, self.cluster, brokers))
+            refuse(ti, f"not retiring {len(topics)} topic(s) on {self.rocketmq_conn_id}", failed)
+        hook = RocketMQHook(self.rocketmq_conn_id)
+        held = hook.run(lambda a: topic_holdings(a, topics, self.cluster, brokers))
+        ti.xcom_push(key="held", value=held)
+        self.log.info("retiring on %s: %s; what each broker holds: %s", self.rocketmq_conn_id, topics, held)
+        record = Variable.get(self.fence_record_key, default=None, deserialize_json=True) or {}
+
+        async def retire(admin: ClusterAdmin) -> dict[str, list[str]]:
+            await retire_topics(admin, topics, self.cluster, brokers)
+            # the accounts' SUB/DENY entries would deny the topics again if they were re-created
+            return await allow_writes(admin, record.get("acl") or {}, self.cluster)
+        accounts = hook.run(retire)
         Variable.delete(self.fence_record_key)  # no topic left to restore a permission to
-        self.log.info("retired on %s: %s; what each broker held: %s", self.rocketmq_conn_id, topics, held)
-        return {"dry_run": False, "retired": topics, "held": held, "by": answer["responded_by"],
-                "at": pendulum.now("UTC").isoformat()}
+        self.log.info("retired on %s: %s; ACL entries restored for %s", self.rocketmq_conn_id, topics, accounts)
+        return {"dry_run": False, "retired": topics, "held": held, "acl_restored": accounts,
+                "by": answer["responded_by"], "at": pendulum.now("UTC").isoformat()}
 
 
 class ConsumeOffsetsOperator(BaseOperator):
@@ -380,7 +391,7 @@ class MigrationReportOperator(BaseOperator):
                                                     " deleted on the source")] if retired else []))
         phases = [{"from": a, "to": b, "seconds": round((pendulum.parse(tb) - pendulum.parse(ta)).total_seconds(), 1)}
                   for (ta, a), (tb, b) in zip(timeline, timeline[1:])]
-        standing = {f"{s['role']}s of {s['fleet']}": f"{s['cluster']} ({s['share']:.0%})" for s in switches}
+        standing = {f"{s['role']}s of {s['fleet']}": f"{s['cluster']} ({_share_there(s):.0%})" for s in switches}
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[self.verdict_task], run_ids=[ti.run_id])
         verdict = str(states.get(ti.run_id, {}).get(self.verdict_task))
         stopped = any(a["chosen"] == [ROLL_BACK] for a in approvals)
@@ -397,6 +408,12 @@ class MigrationReportOperator(BaseOperator):
         why = ("was ended before it reached a verdict (marked failed by hand?)" if report["ended_by_hand"]
                else f"failed ({self.verdict_task}: {verdict})")
         raise AirflowException(f"the run {why}; where each fleet stands: {where}")
+
+
+def _share_there(switch: dict[str, Any]) -> float:
+    """A switch's share, or for a kept one the least share of a group the brokers showed there."""
+    moved = [m for m in (switch.get("moved") or {}).values() if m is not None] if switch.get("kept") else []
+    return min(moved) if moved else float(switch["share"])
 
 
 def _iso(value: Any) -> str:

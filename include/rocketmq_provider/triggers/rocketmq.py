@@ -1,5 +1,5 @@
-"""Triggers that wait on the triggerer: until a rocketmq_core check holds on a live cluster, or
-while conditions keep holding (a watch)."""
+"""Triggers that wait on the triggerer: until a rocketmq_core check holds on a live cluster,
+while conditions keep holding (a watch), or until the brokers show a fleet moved."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from rocketmq_core.checks import Streak, build_check, observe
+from rocketmq_core.fleet_moves import Whereabouts, move_event, wait_for_move
 from rocketmq_core.migration import observe_on, rebuild
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 
@@ -108,3 +109,37 @@ class RocketMQWatchTrigger(BaseTrigger):
                                         "observations": failed or seen})
                     return
                 await asyncio.sleep(self.poll_interval)
+
+
+class FleetMoveTrigger(BaseTrigger):
+    """Waits until the brokers of both clusters show a switched fleet where it was sent (see
+    ``rocketmq_core.fleet_moves``): status ``done``, ``stripped`` (a canary left a consumer group
+    with no consumer on the old cluster) or ``timeout``, with what each cluster showed last.
+    ``before`` and ``started`` (what the switch did) come back in the event: the task that
+    resumes has nothing else of the one that deferred."""
+
+    def __init__(self, from_conn_id: str, to_conn_id: str, role: str, before: dict[str, Any], canary: bool,
+                 deadline: float, poll_interval: float = 5.0, started: dict[str, Any] | None = None):
+        super().__init__()
+        self.started = dict(started or {})
+        self.from_conn_id = from_conn_id
+        self.to_conn_id = to_conn_id
+        self.role = role
+        self.before = before
+        self.canary = canary
+        self.deadline = deadline
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {
+            "from_conn_id": self.from_conn_id, "to_conn_id": self.to_conn_id, "role": self.role,
+            "before": self.before, "canary": self.canary, "deadline": self.deadline,
+            "poll_interval": self.poll_interval, "started": self.started})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        leaving = await RocketMQHook(self.from_conn_id).aget_endpoint()
+        joining = await RocketMQHook(self.to_conn_id).aget_endpoint()
+        async with leaving.admin() as old, joining.admin() as new:
+            verdict, now = await wait_for_move(old, new, self.role, Whereabouts.from_dict(self.before), self.canary,
+                                               self.deadline, self.poll_interval)
+        yield TriggerEvent({**move_event(verdict, now), "before": self.before, "started": self.started})
