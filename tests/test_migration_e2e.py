@@ -21,6 +21,7 @@ import yaml
 
 from conftest import E2E_SPECS
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_demo.config_service import FleetConfig, serve
 from rocketmq_demo.fleet import DemoFleet, FleetLayout
@@ -93,13 +94,14 @@ def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = 
 
 
 def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOURCE, TARGET), mixed: bool = False,
-           extra: dict[str, Any] | None = None):
+           extra: dict[str, Any] | None = None, consumers_per_group: int = 2):
     """A world on two clusters; ``conns`` name them in Airflow (and in the fleet's config).
     ``mixed``: the first producer and the first consumer of each group run on the Java client;
     ``extra``: more fields of the spec."""
     u = uuid.uuid4().hex[:8]
     layout = FleetLayout(topic=f"orders_{u}", producer_group=f"PID_orders_{u}",
-                         consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15)
+                         consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15,
+                         consumers_per_group=consumers_per_group)
     if mixed:
         layout.java_members = {"producer-0", *(f"{group}-0" for group in layout.consumer_groups)}
     _create_metadata(source, layout)
@@ -125,6 +127,12 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
 @pytest.fixture
 def world(rmq_clusters, airflow_api, tmp_path):
     yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"])
+
+
+@pytest.fixture
+def lone_world(rmq_clusters, airflow_api, tmp_path):
+    """A world whose consumer groups have one consumer each: too small for a canary."""
+    yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"], consumers_per_group=1)
 
 
 @pytest.fixture
@@ -171,8 +179,8 @@ def _run_approving(world: World, airflow_api, gates: list[str],
                    conf: dict[str, Any] | None = None) -> tuple[str, dict[str, str]]:
     """Once the fleet's consumers are online on the source, trigger the migration and approve
     ``gates`` in order; the run id and the body each gate showed."""
-    _wait(lambda: all(_online(world.source, g) == 2 for g in world.layout.consumer_groups), 90,
-          "consumers online on the source")
+    _wait(lambda: all(_online(world.source, g) == world.layout.consumers_per_group
+                      for g in world.layout.consumer_groups), 90, "consumers online on the source")
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
     run_id = airflow_api.trigger(world.dag_id, conf)
     return run_id, _approve(world, airflow_api, run_id, gates)
@@ -559,6 +567,39 @@ def test_a_run_after_a_failed_one_resumes_where_the_fleets_stand(world, airflow_
     world.fleet.stop(("producer",))
     result = world.fleet.wait_until_received(timeout=120)
     assert result["sent"] > 100 and result["lost"] == 0, result
+
+
+def test_a_canary_that_would_take_a_groups_only_consumer_off_the_source_is_refused(lone_world, airflow_api):
+    """Each group has one consumer, so a 50% canary moves all of it. The gate shows the refusal
+    and the switch moves nobody. The negative control, by hand: the same move leaves the source
+    with no consumer while every producer still writes there, and the backlog only grows."""
+    world, layout = lone_world, lone_world.layout
+    run_id, _ = _run_approving(world, airflow_api, GATES[:1])
+    body = airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_consumers", timeout=300)["body"]
+    assert "| **refuses** | a canary of 0.5 leaves a consumer of each of 2 group(s)" in body, body
+    assert "too small for a canary" in body
+    airflow_api.answer(world.dag_id, run_id, "approve_canary_consumers", "Approve")
+    assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "failed"
+    switch = f"canary_consumers.{layout.consumer_fleet}"
+    assert airflow_api.task_states(world.dag_id, run_id)[switch] == "failed"
+    [refused] = airflow_api.xcom(world.dag_id, run_id, switch, key="refused")
+    assert refused["figures"]["left"] == dict.fromkeys(layout.consumer_groups, 0), refused
+    assert set(world.clusters_of("consumer").values()) == {SOURCE}  # nobody moved
+
+    world.put(layout.consumer_fleet, layout.consumer_groups, 0.5, TARGET)  # the same canary, by hand
+    _wait(lambda: all(_online(world.source, g) == 0 for g in layout.consumer_groups), 120,
+          "the only consumers gone from the source")
+    first = _backlog(world.source, layout.consumer_groups)
+    time.sleep(10)
+    later = _backlog(world.source, layout.consumer_groups)
+    assert later > first, (first, later)  # producers write where nobody reads any more
+
+
+def _backlog(cluster, groups: list[str]) -> int:
+    async def run():
+        async with ClusterAdmin(cluster.namesrv) as admin:
+            return (await measure_backlog(admin, groups)).total
+    return asyncio.run(run())
 
 
 def test_the_source_topics_are_retired_at_the_last_gate_once_nothing_can_bring_them_back(retiring_world, airflow_api):
