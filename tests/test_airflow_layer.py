@@ -254,6 +254,33 @@ def test_switch_refuses_when_a_broker_of_the_run_is_gone(bag, ha_clusters, switc
         harness.start(spec, timeout=180)
 
 
+def test_a_broker_seen_after_the_preflight_joins_the_runs_broker_set(bag, ha_clusters, monkeypatch):
+    """The preflight saw one master; a later step's check saw a second one (added since). When
+    that broker then drops out, the next step's check misses it and refuses as unknown, instead of
+    counting the broker that is left. The negative control binds the second check to the
+    preflight's set: it passes over the one broker left, blind to what the other held."""
+    spec = ha_clusters["source-ha"].spec
+    monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_SOURCE_HA", json.dumps(
+        {"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port}))
+    b0, b1 = sorted(spec.master_addrs)
+    preflight = {"rocketmq_source_ha": [b0]}
+    try:
+        for grow, expected in ((True, "failed"), (False, "success")):
+            harness.start(spec, timeout=180)
+            run, tis = run_dag(bag, "probe_broker_joins", broker_sets=preflight, grow=grow)
+            seen = tis["first_check"].xcom_pull(task_ids="first_check", key="brokers_seen")
+            assert seen == {"rocketmq_source_ha": [b0, b1]}, seen
+            assert tis["stop_b1"].state == "success"
+            assert (run.state, tis["second_check"].state) == (expected, expected), (grow, run.state)
+            last = tis["second_check"].xcom_pull(task_ids="second_check", key="observations")[-1]
+            if grow:
+                assert f"{b1} expected" in last["summary"] and not last["satisfied"], last
+            else:
+                assert last["satisfied"] and last["brokers_seen"] == [b0], last
+    finally:
+        harness.start(spec, timeout=180)
+
+
 def test_secrets_never_reach_logs_or_xcom(bag, acl_clusters, monkeypatch, capfd):
     cluster = acl_clusters["source-acl"]
     secret = cluster.credentials.secret_key

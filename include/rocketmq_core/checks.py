@@ -59,10 +59,14 @@ class Check:
     def kwargs(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def brokers_seen(self) -> list[str]:
+        """The run's broker set and every broker this check has seen since."""
+        return sorted(set(self.brokers) | (self._seen_brokers or set()))
+
     def handover(self) -> dict[str, Any]:
         """The kwargs of a check that carries on from this one elsewhere (a sensor's trigger):
         the brokers it has seen join the broker set, so one gone since is still missed."""
-        return {**self.kwargs(), "brokers": sorted(set(self.brokers) | (self._seen_brokers or set()))}
+        return {**self.kwargs(), "brokers": self.brokers_seen()}
 
     async def evaluate(self, admin: ClusterAdmin) -> CheckResult:
         raise NotImplementedError
@@ -418,12 +422,14 @@ class MetadataPresent(Check):
 
 
 async def observe(check: Check, admin: ClusterAdmin) -> dict[str, Any]:
-    """Evaluate once; a measurement failure becomes an unsatisfied observation naming the error."""
+    """Evaluate once; a measurement failure becomes an unsatisfied observation naming the error.
+    Each names the brokers the check has seen (``brokers_seen``): a later step must see them too."""
     try:
-        return (await check.evaluate(admin)).to_dict()
+        observation = (await check.evaluate(admin)).to_dict()
     except RocketMQError as exc:
-        return {"satisfied": False, "figures": {}, "summary": f"could not measure: {exc}",
-                "error": type(exc).__name__, "at": time.time()}
+        observation = {"satisfied": False, "figures": {}, "summary": f"could not measure: {exc}",
+                       "error": type(exc).__name__, "at": time.time()}
+    return {**observation, "brokers_seen": check.brokers_seen()}
 
 
 @dataclass

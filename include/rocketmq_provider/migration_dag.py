@@ -23,6 +23,7 @@ from rocketmq_provider.operators.approval import (
     ManualStepEvidence, MigrationGate, WritersEvidence, XComEvidence, assignees, rollback_requested,
 )
 from rocketmq_provider.notifications import notifiers
+from rocketmq_provider.templating import run_broker_sets
 from rocketmq_provider.operators.fleet import (
     AddressServiceSwitcher, FleetSwitchOperator, HttpSwitcher, ManualSwitcher, Switcher,
 )
@@ -41,9 +42,14 @@ def resolved(key: str) -> str:
     return f"{{{{ ti.xcom_pull(task_ids='preflight')['{key}'] }}}}"
 
 
-def run_brokers(side: str) -> str:
-    """A template for the broker set the preflight saw on one side (``source`` or ``target``)."""
-    return f"{{{{ ti.xcom_pull(task_ids='preflight')['{side}']['brokers'] }}}}"
+#: A template for the run's broker sets (connection id -> broker names): what the preflight saw,
+#: grown by what every later step saw (see ``templating.run_broker_sets``).
+BROKER_SETS = "{{ run_broker_sets(ti, ti.xcom_pull(task_ids='preflight')['broker_sets']) }}"
+
+
+def run_brokers(conn_id: str) -> str:
+    """A template for the run's broker set on the cluster of one connection."""
+    return f"{{{{ run_broker_sets(ti, ti.xcom_pull(task_ids='preflight')['broker_sets'])['{conn_id}'] }}}}"
 
 
 def migration_dag_id(spec: MigrationSpec) -> str:
@@ -83,7 +89,7 @@ def _switches(spec: MigrationSpec, run: MigrationRun, stage: Stage, approval: Ap
                 task_id=fleet.name, fleet=fleet.name, role=stage.role, groups=fleet.groups, to_cluster=to,
                 from_cluster=away, switcher=_switcher(fleet), preconditions=run.conditions(stage, fleet.groups, share),
                 connections=_connections(spec), share=share, approval=approval, dry_run="{{ params.dry_run }}",
-                broker_sets=resolved("broker_sets"),
+                broker_sets=BROKER_SETS,
             )
     return group
 
@@ -156,6 +162,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
              catchup=False, max_active_runs=2, render_template_as_native_obj=True,
              description=spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}",
              on_failure_callback=notifiers(spec.notifications, "run_failed"),
+             user_defined_macros={"run_broker_sets": run_broker_sets},
              tags=["rocketmq", "migration"]) as dag:
         with _phase("metadata"):
             preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
@@ -172,14 +179,14 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                         scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
                                         dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
 
-        strays = WritersEvidence(src.conn_id, producers, spec.leave_behind, src.cluster, run_brokers("source"))
+        strays = WritersEvidence(src.conn_id, producers, spec.leave_behind, src.cluster, run_brokers(src.conn_id))
 
         def gate(gate_id: str, next_id: str, stage: Stage, subject: str, evidence: list[Any]) -> MigrationGate:
             return MigrationGate(
                 task_id=gate_id, subject=f"{spec.name}: {subject}", approve_task_id=next_id,
                 evidence=[*_manual_steps(spec, stage), *evidence,
                           InvariantEvidence(_stage_conditions(spec, run, stage), _connections(spec),
-                                            resolved("broker_sets"))], **gate_args)
+                                            BROKER_SETS)], **gate_args)
 
         with _phase("canary"):
             gate_canary_consumers = gate(
@@ -189,7 +196,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             canary_consumers = _switches(spec, run, Stage.CANARY_CONSUMERS, approved_at("approve_canary_consumers"))
             consumers_online = ClientsOnlineSensor(
                 task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
-                cluster=tgt.cluster, brokers=run_brokers("target"), poke_interval=stability.poll_interval_seconds,
+                cluster=tgt.cluster, brokers=run_brokers(tgt.conn_id), poke_interval=stability.poll_interval_seconds,
                 timeout=stability.clients_timeout_seconds)
             gate_canary_producers = gate(
                 "approve_canary_producers", "canary_producers", Stage.CANARY_PRODUCERS,
@@ -209,15 +216,15 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             # the quiet window and the drain are measured after the fence.
             fence = FenceSourceOperator(task_id="fence_source", rocketmq_conn_id=src.conn_id,
                                         topics=resolved("topics"), record_key=fence_record_key(spec),
-                                        cluster=src.cluster, brokers=run_brokers("source"),
+                                        cluster=src.cluster, brokers=run_brokers(src.conn_id),
                                         dry_run="{{ params.dry_run }}")
             writes_stopped = SourceWritesStoppedSensor(
                 task_id="source_writes_stopped", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
-                cluster=src.cluster, brokers=run_brokers("source"), window_seconds=stability.writes_quiet_seconds,
+                cluster=src.cluster, brokers=run_brokers(src.conn_id), window_seconds=stability.writes_quiet_seconds,
                 poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
             drained = BacklogZeroSensor(
                 task_id="source_drained", rocketmq_conn_id=src.conn_id, groups=resolved("groups"),
-                cluster=src.cluster, brokers=run_brokers("source"), stable_checks="{{ params.backlog_checks }}",
+                cluster=src.cluster, brokers=run_brokers(src.conn_id), stable_checks="{{ params.backlog_checks }}",
                 poke_interval=stability.poll_interval_seconds, timeout=stability.drain_timeout_seconds)
         with _phase("cutover"):
             gate_cutover = gate(
@@ -231,12 +238,12 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             remaining_consumers = _switches(spec, run, Stage.CUTOVER, approved_at("approve_cutover"))
             no_consumers_left = ClientsOnlineSensor(
                 task_id="cutover_verified_consumers", rocketmq_conn_id=src.conn_id, groups=consumers, min_clients=0,
-                max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
+                max_clients=0, cluster=src.cluster, brokers=run_brokers(src.conn_id),
                 poke_interval=stability.poll_interval_seconds,
                 timeout=stability.clients_timeout_seconds)
             no_producers_left = ClientsOnlineSensor(
                 task_id="cutover_verified_producers", rocketmq_conn_id=src.conn_id, groups=producers,
-                role="producer", min_clients=0, max_clients=0, cluster=src.cluster, brokers=run_brokers("source"),
+                role="producer", min_clients=0, max_clients=0, cluster=src.cluster, brokers=run_brokers(src.conn_id),
                 poke_interval=stability.poll_interval_seconds,
                 timeout=stability.clients_timeout_seconds)
             # The cutover is done; the source stays watched: a straggler's write (the fence does not
@@ -244,7 +251,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             watch = SourceWatchOperator(
                 task_id="watch_source", rocketmq_conn_id=src.conn_id, conditions=run.watch(),
                 watch_seconds="{{ params.watch_seconds }}", poll_interval=stability.poll_interval_seconds,
-                brokers=run_brokers("source"), dry_run="{{ params.dry_run }}",
+                brokers=run_brokers(src.conn_id), dry_run="{{ params.dry_run }}",
                 on_failure_callback=notifiers(spec.notifications, "source_touched"))
         gates = {g.task_id: g for g in (gate_canary_consumers, gate_canary_producers, gate_remaining_producers,
                                         gate_cutover)}
@@ -260,7 +267,7 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
             rollback_producers = _switches(spec, run, Stage.ROLLBACK_PRODUCERS, rolled_back)
             target_drained = BacklogZeroSensor(
                 task_id="rollback_target_drained", rocketmq_conn_id=tgt.conn_id, groups=consumers,
-                cluster=tgt.cluster, brokers=run_brokers("target"),
+                cluster=tgt.cluster, brokers=run_brokers(tgt.conn_id),
                 stable_checks="{{ params.backlog_checks }}", poke_interval=stability.poll_interval_seconds,
                 timeout=stability.drain_timeout_seconds)
             rollback_consumers = _switches(spec, run, Stage.ROLLBACK_CONSUMERS, rolled_back)
@@ -272,13 +279,13 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                     task_id="approve_retire_source", subject=f"{spec.name}: delete the migrated topics on the source?",
                     body="This deletes the topics and every message left in them on the source; it cannot be"
                          " undone. Reject keeps them: the run still succeeds.",
-                    evidence=[InvariantEvidence(run.retirement(), _connections(spec), resolved("broker_sets"))],
+                    evidence=[InvariantEvidence(run.retirement(), _connections(spec), BROKER_SETS)],
                     **gate_args)
                 retire = RetireSourceOperator(
                     task_id="retire_source", rocketmq_conn_id=src.conn_id, topics=resolved("topics"),
                     conditions=run.retirement(), approval=approved_at("approve_retire_source"),
                     fence_record_key=fence_record_key(spec), cluster=src.cluster,
-                    brokers=run_brokers("source"), dry_run="{{ params.dry_run }}")
+                    brokers=run_brokers(src.conn_id), dry_run="{{ params.dry_run }}")
             watch >> gate_retire >> retire
 
         switch_ids = [t.task_id for g in (canary_consumers, canary_producers, remaining_producers,

@@ -12,6 +12,7 @@ from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher,
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import FenceSourceOperator, LiftFenceOperator
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor, SourceWritesStoppedSensor
+from rocketmq_provider.templating import run_broker_sets
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
@@ -128,3 +129,32 @@ with _dag("probe_manual_switch"):
     # The move is waited for on the triggerer (dag.test() runs the trigger in-process).
     FleetSwitchOperator(task_id="switch", fleet="f", role="consumer", groups=[MANUAL_GROUP], to_cluster="rocketmq_target",
                         from_cluster="rocketmq_source", switcher=ManualSwitcher("Edit consumers.yaml.", 150, 1))
+
+with DAG("probe_broker_joins", schedule=None, start_date=START, catchup=False, render_template_as_native_obj=True,
+         params={"broker_sets": {}, "grow": True}, user_defined_macros={"run_broker_sets": run_broker_sets},
+         tags=["test-probe"]):
+    # The run's set (params.broker_sets) lacks b1; the first check sees it; b1 then stops; the
+    # second check, bound to the run's set as it grew (grow) or as the preflight left it, decides.
+    RUN_SET = ("{{ run_broker_sets(ti, params.broker_sets)['rocketmq_source_ha'] if params.grow"
+               " else params.broker_sets['rocketmq_source_ha'] }}")
+
+    def clients(task_id: str) -> ClientsOnlineSensor:
+        return ClientsOnlineSensor(task_id=task_id, rocketmq_conn_id="rocketmq_source_ha", groups=["PROBE_JOINS"],
+                                   min_clients=0, brokers=RUN_SET, poke_interval=1, timeout=6)
+
+    @task
+    def stop_b1() -> str:
+        import time
+
+        from rocketmq_harness import clusters as harness
+
+        spec = harness.CLUSTERS["source-ha"]
+        name = sorted(spec.master_addrs)[-1]  # the master without a slave
+        harness.stop(spec, roles=(next(b for b in spec.brokers if b.name == name).role,))
+        deadline = time.monotonic() + 60
+        while name in {b.name for b in RocketMQHook("rocketmq_source_ha").run(lambda a: a.brokers())}:
+            assert time.monotonic() < deadline, f"{name} still registered"
+            time.sleep(0.5)
+        return name
+
+    clients("first_check") >> stop_b1() >> clients("second_check")

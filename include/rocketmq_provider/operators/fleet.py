@@ -21,7 +21,7 @@ from rocketmq_core.fleet_moves import Whereabouts, manual_instructions, move_eve
 from rocketmq_core.migration import Condition
 from rocketmq_provider.hooks.rocketmq import RocketMQHook, verify_conditions
 from rocketmq_provider.operators.approval import Approval, override_reason
-from rocketmq_provider.templating import truthy
+from rocketmq_provider.templating import record_brokers_seen, truthy
 from rocketmq_provider.triggers.rocketmq import FleetMoveTrigger
 
 T = TypeVar("T")
@@ -37,11 +37,13 @@ class PreconditionRefused(AirflowException):
 
 
 def failed_conditions(conditions: list[dict[str, Any]], connections: dict[str, str],
-                      broker_sets: dict[str, list[str]] | None, log: Any) -> list[dict[str, Any]]:
-    """Evaluate serialised conditions now, logging each (named with its connection); the
-    observations of those that failed."""
+                      broker_sets: dict[str, list[str]] | None, log: Any, ti: Any) -> list[dict[str, Any]]:
+    """Evaluate serialised conditions now, logging each (named with its connection) and recording
+    the brokers they saw for the run's later steps; the observations of those that failed."""
     failed = []
-    for observation in verify_conditions(conditions, connections, broker_sets):
+    seen = verify_conditions(conditions, connections, broker_sets)
+    record_brokers_seen(ti, seen)
+    for observation in seen:
         observation["condition"] += f" ({observation.pop('conn_id')})"
         log.info("condition %s: %s", observation["condition"], observation["summary"])
         if not observation["satisfied"]:
@@ -293,11 +295,11 @@ class FleetSwitchOperator(BaseOperator):
         """The destination's name servers, ``host:port;host:port``, for a switch body to hand to clients."""
         return RocketMQHook(self.to_cluster).namesrv()
 
-    def check_preconditions(self) -> list[dict[str, Any]]:
+    def check_preconditions(self, ti: Any) -> list[dict[str, Any]]:
         """Evaluate every precondition now; return the observations of those that failed."""
-        return failed_conditions(self.preconditions, self.connections, self.broker_sets, self.log)
+        return failed_conditions(self.preconditions, self.connections, self.broker_sets, self.log, ti)
 
-    def kept_where_it_stands(self, share: float) -> dict[str, Any] | None:
+    def kept_where_it_stands(self, share: float, ti: Any) -> dict[str, Any] | None:
         """A canary never moves a fleet back: when the brokers show every group already at least
         ``share`` on the destination (an earlier run moved it further and failed), nothing is
         switched and the record says so; None when the canary should move."""
@@ -309,7 +311,7 @@ class FleetSwitchOperator(BaseOperator):
                          " would move some back", self.role + "s", self.fleet, self.to_cluster,
                          ", ".join(f"{g} {m:.0%}" for g, m in moved.items() if m is not None), share * 100)
         # Nothing moves, so nothing is refused; what the stage's invariant says now is on record.
-        unmet = self.check_preconditions()
+        unmet = self.check_preconditions(ti)
         return {**self.switch_request, "kept": True, "moved": moved, "whereabouts": where.to_dict(),
                 "unmet_now": unmet, "at": datetime.now(timezone.utc).isoformat()}
 
@@ -319,12 +321,12 @@ class FleetSwitchOperator(BaseOperator):
             raise AirflowException(f"share must be in (0, 1], got {self.share!r}")
         answer = self.approval.answer(context["ti"]) if self.approval else None
         if share < 1 and self.from_cluster:
-            kept = self.kept_where_it_stands(share)
+            kept = self.kept_where_it_stands(share, context["ti"])
             if kept:
                 context["ti"].xcom_push(key="switch", value=kept)
                 return kept
         reason = override_reason(answer) if answer else str(self.override_reason).strip()
-        failed = self.check_preconditions()
+        failed = self.check_preconditions(context["ti"])
         if failed:
             reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
             if not reason:

@@ -290,7 +290,7 @@ class RetireSourceOperator(BaseOperator):
         answer = self.approval.answer(ti)
         brokers = list(self.brokers or [])
         failed = failed_conditions(self.conditions, {SOURCE: self.rocketmq_conn_id},
-                                   {self.rocketmq_conn_id: brokers}, self.log)
+                                   {self.rocketmq_conn_id: brokers}, self.log, ti)
         topics = sorted(self.topics)
         if truthy(self.dry_run):
             self.log.info("dry run: would delete %s on %s%s", topics, self.rocketmq_conn_id,

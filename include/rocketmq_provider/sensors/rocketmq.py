@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from rocketmq_core.checks import BacklogZero, Check, ClientsOnline, Streak, WritesStopped, observe
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.templating import record_brokers_seen
 from rocketmq_provider.triggers.rocketmq import RocketMQCheckTrigger
 
 
@@ -45,14 +46,19 @@ class RocketMQCheckSensor(BaseSensorOperator):
     def build_check(self) -> Check:
         raise NotImplementedError
 
+    def _record(self, ti: Any, observations: list[dict[str, Any]]) -> None:
+        """What the sensor saw, and the brokers its check saw (for the run's later steps)."""
+        ti.xcom_push(key="observations", value=observations)
+        record_brokers_seen(ti, [{**o, "conn_id": self.rocketmq_conn_id} for o in observations[-1:]])
+
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             try:
                 return super().execute(context)
             finally:
-                context["ti"].xcom_push(key="observations", value=self._observations)
+                self._record(context["ti"], self._observations)
         if self.poke(context):  # it already holds: no round trip through the triggerer
-            context["ti"].xcom_push(key="observations", value=self._observations)
+            self._record(context["ti"], self._observations)
             return self._observations[-1]
         check, streak = self._check, self._streak  # built by poke()
         self.defer(
@@ -66,7 +72,7 @@ class RocketMQCheckSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         observations = event.get("observations", [])
-        context["ti"].xcom_push(key="observations", value=observations)
+        self._record(context["ti"], observations)
         last = observations[-1]["summary"] if observations else "no observation"
         if event.get("status") != "success":
             raise AirflowException(f"{event.get('check')}: not satisfied before the timeout; last: {last}")
