@@ -30,5 +30,5 @@ def record_brokers_seen(ti: Any, observations: Iterable[dict[str, Any]]) -> None
     seen: dict[str, set[str]] = {}
     for observation in observations:
         seen.setdefault(observation["conn_id"], set()).update(observation.get("brokers_seen") or [])
-    if seen:
+    if seen and ti is not None:  # None: the step runs outside a task (a test calling execute)
         ti.xcom_push(key=BROKERS_SEEN, value={conn_id: sorted(b) for conn_id, b in seen.items()})

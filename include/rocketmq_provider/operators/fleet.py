@@ -321,12 +321,12 @@ class FleetSwitchOperator(BaseOperator):
             raise AirflowException(f"share must be in (0, 1], got {self.share!r}")
         answer = self.approval.answer(context["ti"]) if self.approval else None
         if share < 1 and self.from_cluster:
-            kept = self.kept_where_it_stands(share, context["ti"])
+            kept = self.kept_where_it_stands(share, context.get("ti"))
             if kept:
                 context["ti"].xcom_push(key="switch", value=kept)
                 return kept
         reason = override_reason(answer) if answer else str(self.override_reason).strip()
-        failed = self.check_preconditions(context["ti"])
+        failed = self.check_preconditions(context.get("ti"))
         if failed:
             reasons = "; ".join(f"{f['condition']}: {f['summary']}" for f in failed)
             if not reason:
