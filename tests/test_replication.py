@@ -774,6 +774,28 @@ def test_pause_and_resume_continue_exactly_where_it_stopped(sides, names, spawn,
     assert resumed.terminate() == 0
 
 
+def test_a_commit_the_broker_lost_is_sent_again(sides, names, spawn, loads_):
+    """A broker can drop a commit (concurrent first commits of a topic and group replace each
+    other's offset maps). The worker sends an unchanged offset again, as the Java client does,
+    so a queue left behind by a lost commit catches up with no new message to move it."""
+    source, target = sides
+    topic = topic_on_both((source, target), names, "recommit")
+    config = task_config(names.group("recommit"), source, target, [topic], tuning={"recommit_interval": 2.0})
+    group = ReplicationConfig.from_dict(config).consumer_group
+    worker = spawn(config, "w1")
+    worker.wait_active(4)
+    load = loads_(source.namesrv, names.group("pg"))
+    load.burst(topic, "once", 40)
+    wait_for(lambda: source.committed(group, topic) == source.max_offsets(topic), "all 40 committed", 60)
+    queue, high = max(source.max_offsets(topic).items(), key=lambda item: item[1])
+    assert high > 0
+    source.run(lambda a: a.update_consumer_offset(source.broker, group, topic, queue, 0))  # the lost commit
+    assert source.committed(group, topic)[queue] == 0
+    wait_for(lambda: source.committed(group, topic)[queue] == high, f"queue {queue} back at {high}", 20)
+    assert sum(target.keys(topic).values()) == 40  # healed by a commit, not by replicating again
+    assert worker.terminate() == 0
+
+
 def test_reset_by_timestamp_replays_exactly_from_that_time(sides, names, spawn, loads_):
     source, target = sides
     topic = topic_on_both((source, target), names, "reset")

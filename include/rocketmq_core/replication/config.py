@@ -111,6 +111,7 @@ class Tuning:
     route_interval: float = 30.0
     lag_interval: float = 2.0
     commit_interval: float = 0.5
+    recommit_interval: float = 5.0   # an unchanged offset is sent again this often (a lost commit heals)
     handoff_delay: float | None = None  # default: 2 rebalance intervals + 1 s
     drain_timeout: float = 30.0      # how long a released queue waits for its sends
     send_timeout: float = 5.0

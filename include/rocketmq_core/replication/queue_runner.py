@@ -345,12 +345,20 @@ class QueueRunner:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _commit(self, force: bool = False, final: bool = False) -> None:
+        """Commit the offset below which every message was sent and acknowledged. An unchanged
+        offset is sent again every ``recommit_interval``, as the Java client persists all
+        its offsets every 5 s: a broker can drop a commit (concurrent first commits of a topic and
+        group replace each other's offset maps), and one sent only on change leaves the queue
+        behind for ever."""
         tracker = self.tracker
         if tracker is None:
             return
-        offset = tracker.committable
-        now = time.monotonic()
-        if offset == self.committed or (not force and now - self._last_commit < self.worker.tuning.commit_interval):
+        offset, tuning = tracker.committable, self.worker.tuning
+        since = time.monotonic() - self._last_commit
+        if offset == self.committed:
+            if not final and since < tuning.recommit_interval:
+                return
+        elif not (force or final) and since < tuning.commit_interval:
             return
         addr = self.worker.routes.source_addr(self.mq.broker)
         if addr is None:
@@ -365,12 +373,14 @@ class QueueRunner:
                     log.info("queue %s: not committing %d below the %d its new owner committed",
                              queue_name(self.mq), offset, current)
                     return
+                if current == offset:
+                    return
             await source.update_consumer_offset(addr, group, self.mq.topic, self.mq.queue_id, offset)
         except TRANSIENT as exc:
             log.warning("queue %s: commit of offset %d failed (retried later): %s", queue_name(self.mq), offset, exc)
             return
         self.committed = offset
-        self._last_commit = now
+        self._last_commit = time.monotonic()
 
     async def _finish(self) -> None:
         self.active = False
