@@ -321,12 +321,17 @@ async def get_policies(admin: ClusterAdmin, addr: str, subject: str) -> list[Acl
     return AclPolicy.from_acl_info(loads(resp.body)) if resp.body else []
 
 
+def plain_acl_on(config: dict[str, str]) -> bool:
+    """Whether a broker's configuration turns plain ACL (1.0) on; off unless set."""
+    return config.get("aclEnable", "false").lower() == "true"
+
+
 async def read_acl(admin: ClusterAdmin, addr: str, major_version: int) -> AclState:
     """Everything the broker's ACL holds that can be read; each kind that cannot is None with a note."""
     config = await admin.broker_config(addr)
     notes: list[str] = []
     accounts = users = policies = None
-    if config.get("aclEnable", "false").lower() == "true":
+    if plain_acl_on(config):
         accounts = await _try(notes, f"{addr}: plain ACL", plain_accounts(admin, addr))
     else:
         why = "a 4.9 broker does not even answer code 54 then" if major_version < 5 else "ACL 1.0"

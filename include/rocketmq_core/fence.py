@@ -17,12 +17,12 @@ An admin account passes every ACL check; the fence names those it cannot stop.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from rocketmq_core.acl import PlainAccount, plain_accounts, put_plain_account
+from rocketmq_core.acl import PlainAccount, plain_acl_on, plain_accounts, put_plain_account
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.model import PERM_WRITE
+from rocketmq_core.model import PERM_WRITE, TopicConfig
 
 #: broker name -> topic -> the permission it had before the fence
 Perms = dict[str, dict[str, int]]
@@ -33,21 +33,55 @@ _READS = {"SUB", "PUB|SUB", "SUB|PUB", "ANY"}
 _FENCED_ENTRIES = {"SUB", "DENY"}
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A fence read before anything changes: what every broker and account had (the record that
+    lifting it restores), and the writes that put it up, so the record and the writes agree."""
+
+    perms: Perms
+    acl: AclPerms
+    unstoppable: dict[str, list[str]]  # broker -> admin accounts that pass every ACL check
+    topic_writes: tuple[tuple[str, TopicConfig], ...]
+    account_writes: tuple[tuple[str, PlainAccount], ...]
+
+
+async def plan_fence(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
+                     expected_brokers: Iterable[str] = ()) -> Fence:
+    """Read the fence of the topics on every master, changing nothing; ``put_fence`` puts it up."""
+    perms, topic_writes = await _read_perms(admin, set(topics), cluster, expected_brokers)
+    acl, unstoppable, account_writes = await _read_accounts(admin, sorted(set(topics)), cluster, expected_brokers)
+    return Fence(perms, acl, unstoppable, tuple(topic_writes), tuple(account_writes))
+
+
+async def put_fence(admin: ClusterAdmin, fence: Fence) -> None:
+    for addr, config in fence.topic_writes:
+        await admin.create_topic(addr, config)
+    for addr, account in fence.account_writes:
+        await put_plain_account(admin, addr, account)
+
+
 async def fence_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
-                       expected_brokers: Iterable[str] = (), apply: bool = True) -> Perms:
-    """Take the write permission of the topics away on every master that holds them; what each
-    had. ``apply=False`` only reads it (to record it before anything changes)."""
-    wanted = set(topics)
+                       expected_brokers: Iterable[str] = ()) -> Perms:
+    """Take the write permission of the topics away on every master that holds them; what each had."""
+    perms, writes = await _read_perms(admin, set(topics), cluster, expected_brokers)
+    for addr, config in writes:
+        await admin.create_topic(addr, config)
+    return perms
+
+
+async def _read_perms(admin: ClusterAdmin, wanted: set[str], cluster: str | None,
+                      expected: Iterable[str]) -> tuple[Perms, list[tuple[str, TopicConfig]]]:
     before: Perms = {}
-    for broker in await admin.masters(cluster, expected_brokers):
+    writes = []
+    for broker in await admin.masters(cluster, expected):
         assert broker.master is not None
         configs = await admin.topic_configs(broker.master)
         for name in sorted(wanted & set(configs)):
             config = configs[name]
             before.setdefault(broker.name, {})[name] = config.perm
-            if apply and config.perm & PERM_WRITE:
-                await admin.create_topic(broker.master, replace(config, perm=config.perm & ~PERM_WRITE))
-    return before
+            if config.perm & PERM_WRITE:
+                writes.append((broker.master, replace(config, perm=config.perm & ~PERM_WRITE)))
+    return before, writes
 
 
 async def lift_fence(admin: ClusterAdmin, before: Perms, cluster: str | None = None) -> dict[str, list[str]]:
@@ -88,22 +122,28 @@ async def _acl_masters(admin: ClusterAdmin, cluster: str | None, expected: Itera
     found = []
     for broker in await admin.masters(cluster, expected):
         assert broker.master is not None
-        if (await admin.broker_config(broker.master)).get("aclEnable", "false").lower() == "true":
+        if plain_acl_on(await admin.broker_config(broker.master)):
             found.append((broker.name, broker.master))
     return found
 
 
 async def deny_writes(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
-                      expected_brokers: Iterable[str] = (),
-                      apply: bool = True) -> tuple[AclPerms, dict[str, list[str]]]:
+                      expected_brokers: Iterable[str] = ()) -> tuple[AclPerms, dict[str, list[str]]]:
     """On every master with plain ACL on, give every non-admin account the topics as ``SUB`` or
     ``DENY``; what each account had, and per broker the admin accounts the fence cannot stop.
-    Every account is checked before the first is changed; ``apply=False`` only reads."""
-    wanted = sorted(set(topics))
+    Every account is checked before the first is changed."""
+    before, unstoppable, writes = await _read_accounts(admin, sorted(set(topics)), cluster, expected_brokers)
+    for addr, account in writes:
+        await put_plain_account(admin, addr, account)
+    return before, unstoppable
+
+
+async def _read_accounts(admin: ClusterAdmin, wanted: list[str], cluster: str | None, expected: Iterable[str],
+                         ) -> tuple[AclPerms, dict[str, list[str]], list[tuple[str, PlainAccount]]]:
     before: AclPerms = {}
     unstoppable: dict[str, list[str]] = {}
-    updates: list[tuple[str, PlainAccount]] = []
-    for name, addr in await _acl_masters(admin, cluster, expected_brokers):
+    writes: list[tuple[str, PlainAccount]] = []
+    for name, addr in await _acl_masters(admin, cluster, expected):
         for key, account in sorted((await plain_accounts(admin, addr)).items()):
             if account.admin:
                 unstoppable.setdefault(name, []).append(key)
@@ -114,11 +154,8 @@ async def deny_writes(admin: ClusterAdmin, topics: Iterable[str], cluster: str |
                 entries[topic] = "SUB" if (entries.get(topic) or account.default_topic_perm) in _READS else "DENY"
             fenced = _with_entries(account, entries)
             fenced.validate()
-            updates.append((addr, fenced))
-    if apply:
-        for addr, account in updates:
-            await put_plain_account(admin, addr, account)
-    return before, unstoppable
+            writes.append((addr, fenced))
+    return before, unstoppable, writes
 
 
 async def allow_writes(admin: ClusterAdmin, before: AclPerms, cluster: str | None = None) -> dict[str, list[str]]:
