@@ -8,5 +8,5 @@ from rocketmq_core.taskspec import load_specs
 from rocketmq_provider.migration_dag import build_dags
 
 _specs, _errors = load_specs()
-for _dag in build_dags(list(_specs.values()), _errors):
+for _dag in build_dags(_specs, _errors):
     globals()[_dag.dag_id] = _dag

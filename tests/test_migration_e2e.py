@@ -537,6 +537,33 @@ def test_a_second_run_is_refused_while_the_first_is_unfinished(world, airflow_ap
     assert set(world.clusters_of("consumer").values()) == {SOURCE}
 
 
+def test_a_spec_removed_while_its_run_is_active_keeps_its_dag_until_the_run_ends(world, airflow_api):
+    """Removing a spec file takes its DAG away at the next parse, and the active run's tasks then
+    fail on "Dag not found". The run holds a copy from its preflight: the DAG stays, marked, its
+    next steps still run, and it goes once the run's report has released the copy."""
+    held = E2E_SPECS / ".held" / f"{world.name}.yaml"
+    airflow_api.wait_for_dag(world.dag_id, timeout=180)
+    run_id = airflow_api.trigger(world.dag_id)
+    try:
+        airflow_api.wait_for_gate(world.dag_id, run_id, "approve_metadata_sync", timeout=300)
+        assert held.exists()
+        (E2E_SPECS / f"{world.name}.yaml").unlink()
+        _wait(lambda: "spec-removed" in {t["name"] for t in airflow_api.call("GET", f"/api/v2/dags/{world.dag_id}")
+                                         ["tags"]}, 120, "the DAG parsed again from the held copy")
+        airflow_api.answer(world.dag_id, run_id, "approve_metadata_sync", "Approve")
+        airflow_api.wait_for_gate(world.dag_id, run_id, "approve_canary_consumers", timeout=300)
+        assert airflow_api.task_states(world.dag_id, run_id)["metadata_sync"] == "success"
+        airflow_api.answer(world.dag_id, run_id, "approve_canary_consumers", "Roll back")
+        assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "success", \
+            airflow_api.task_states(world.dag_id, run_id)
+        assert not held.exists()
+        _wait(lambda: airflow_api.call("GET", f"/api/v2/dags/{world.dag_id}")["is_stale"], 120,
+              "the DAG gone with its run")
+        assert set(world.clusters_of("consumer").values()) == {SOURCE}
+    finally:
+        held.unlink(missing_ok=True)
+
+
 def test_a_run_after_a_failed_one_resumes_where_the_fleets_stand(world, airflow_api):
     """The first run moves every producer, fences the source and is ended by hand while it drains.
     The next run's canaries find each fleet already further along on the target and keep it there

@@ -11,7 +11,7 @@ import yaml
 from airflow.dag_processing.dagbag import DagBag
 
 from rocketmq_core.errors import InvalidSpec
-from rocketmq_core.taskspec import load_specs, parse_spec
+from rocketmq_core.taskspec import hold_spec, is_held, load_specs, parse_spec, release_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = yaml.safe_load((ROOT / "specs" / "orders-migration.yaml").read_text())
@@ -93,6 +93,34 @@ def test_factory_keeps_valid_dags_and_reports_invalid_specs_as_an_import_error(t
     assert {"rmq_migration__orders-migration", "rmq_metadata_diff__orders-migration"} <= set(bag.dag_ids)
     (error,) = bag.import_errors.values()
     assert "bad.yaml: fleets.0.canary_share" in error and "garbage.yaml: not valid YAML" in error
+
+
+def test_a_spec_removed_during_its_run_keeps_its_dag_until_the_run_releases_it(tmp_path, monkeypatch):
+    """Removing a spec file under an active run would take the DAG away (its tasks then fail on
+    "Dag not found"): the run's held copy keeps the migration DAG, marked, and refuses to start
+    another run; a spec added since that overlaps it is the one refused; the release ends it."""
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    write(tmp_path, "orders.yml", EXAMPLE)
+    spec = parse_spec(EXAMPLE, "orders.yml")
+    held = hold_spec(spec, "manual__run1")
+    assert list(load_specs(tmp_path)[0]) == [tmp_path / "orders.yml"]  # the file itself while it is there
+    (tmp_path / "orders.yml").unlink()
+    write(tmp_path, "orders-again.yaml", variant(name="orders-again"))  # the same topics, while the run is on
+    specs, errors = load_specs(tmp_path)
+    assert list(specs) == [held] and is_held(held) and specs[held].name == "orders-migration"
+    assert "overlaps" in errors[tmp_path / "orders-again.yaml"]
+    assert "orders-migration.yaml, removed but held by its active run" in errors[tmp_path / "orders-again.yaml"]
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    dag = bag.dags["rmq_migration__orders-migration"]
+    assert "spec-removed" in dag.tags and dag.description.startswith("SPEC FILE REMOVED")
+    assert "rmq_metadata_diff__orders-migration" not in bag.dag_ids  # the schedule stopped with the file
+    assert hold_spec(spec, "manual__run1") == held  # that run's preflight retried: still held
+    with pytest.raises(InvalidSpec, match="spec file was removed"):
+        hold_spec(spec, "manual__run2")
+    assert not release_spec(spec, "manual__run2") and held.exists()  # only the holder releases
+    assert release_spec(spec, "manual__run1") and not held.exists()
+    (tmp_path / "orders-again.yaml").unlink()
+    assert load_specs(tmp_path) == ({}, {})
 
 
 REPLICATION = yaml.safe_load((ROOT / "specs" / "orders-replication.yaml").read_text())

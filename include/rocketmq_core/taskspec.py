@@ -350,20 +350,89 @@ def specs_dir() -> Path:
 def load_specs(folder: Path | None = None) -> tuple[dict[Path, Any], dict[Path, str]]:
     """Every spec in a folder: the valid ones, and an error text per invalid file.
 
-    Reads files only (no network), so it is safe at DAG parse time.
+    A spec held by an active run (``hold_spec``) whose file is gone is read from its held copy,
+    so its DAG outlives the file until the run ends. Reads files only (no network), so it is
+    safe at DAG parse time.
     """
     folder = folder or specs_dir()
     specs: dict[Path, Any] = {}
     errors: dict[Path, str] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        try:
-            specs[path] = parse_spec(yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER), path.name)
-        except yaml.YAMLError as exc:
-            errors[path] = f"{path.name}: not valid YAML: {exc}"
-        except InvalidSpec as exc:
-            errors[path] = str(exc)
+        _load_one(path, specs, errors)
+    live = {spec.slug for spec in specs.values()}  # a file broken meanwhile does not end the run: its copy stands
+    for path in sorted((folder / HELD_DIR).glob("*.yaml")):
+        if path.stem not in live:
+            _load_one(path, specs, errors)
     _reject_duplicates_and_overlaps(specs, errors)
     return specs, errors
+
+
+def _load_one(path: Path, specs: dict[Path, Any], errors: dict[Path, str]) -> None:
+    try:
+        specs[path] = parse_spec(yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER), path.name)
+    except FileNotFoundError:  # removed (or released) while the folder was read
+        pass
+    except yaml.YAMLError as exc:
+        errors[path] = f"{path.name}: not valid YAML: {exc}"
+    except InvalidSpec as exc:
+        errors[path] = str(exc)
+
+
+#: Where the specs of active runs are held, inside the specs folder.
+HELD_DIR = ".held"
+_HELD_BY = "# held by run: "
+
+
+def is_held(path: Path) -> bool:
+    """Whether a path ``load_specs`` returned is a held copy (its spec file was removed)."""
+    return path.parent.name == HELD_DIR
+
+
+def hold_spec(spec: Any, run_id: str, folder: Path | None = None) -> Path:
+    """Keep a copy of the spec's file while a run of it is active.
+
+    Removing a spec file takes its DAG away at the next parse, under the running run, whose tasks
+    then fail on "Dag not found". The copy keeps the DAG until ``release_spec`` at the run's end.
+    The spec's own file must exist: a run may start only from a spec that is there."""
+    folder = folder or specs_dir()
+    held = folder / HELD_DIR / f"{spec.slug}.yaml"
+    source = spec_file(spec, folder)
+    if source is None and _holder(held) == run_id:  # this run's step again, after the file went
+        return held
+    if source is None:
+        raise InvalidSpec(f"{spec.name}: its spec file was removed from {folder}; a held copy only"
+                          " finishes the run that was active, it starts none")
+    held.parent.mkdir(exist_ok=True)
+    partial = held.with_suffix(".partial")
+    partial.write_text(f"{_HELD_BY}{run_id} (a copy of {source.name})\n" + source.read_text(encoding="utf-8"),
+                       encoding="utf-8")
+    partial.replace(held)  # never half a spec: a parse in between would reject it
+    return held
+
+
+def release_spec(spec: Any, run_id: str, folder: Path | None = None) -> bool:
+    """Drop the held copy when this run holds it; whether it did."""
+    held = (folder or specs_dir()) / HELD_DIR / f"{spec.slug}.yaml"
+    if _holder(held) != run_id:
+        return False
+    held.unlink(missing_ok=True)
+    return True
+
+
+def _holder(held: Path) -> str | None:
+    """The run a held copy names, None when there is none."""
+    try:
+        first = held.read_text(encoding="utf-8").split("\n", 1)[0]
+    except FileNotFoundError:
+        return None
+    return first[len(_HELD_BY):].split(" (a copy of ", 1)[0] if first.startswith(_HELD_BY) else None
+
+
+def spec_file(spec: Any, folder: Path | None = None) -> Path | None:
+    """The file in the specs folder that holds the spec now (by name), if any."""
+    folder = folder or specs_dir()
+    specs, _ = load_specs(folder)
+    return next((path for path, other in specs.items() if other.name == spec.name and not is_held(path)), None)
 
 
 def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, str]) -> None:
@@ -379,11 +448,17 @@ def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, s
             elif a.kind == b.kind and not sources_a.isdisjoint(sources_b):
                 reason = _scope_overlap(a, b)
             if reason:
-                clashes.setdefault(path_a, []).append(f"{reason} (with {path_b.name})")
-                clashes.setdefault(path_b, []).append(f"{reason} (with {path_a.name})")
+                clashes.setdefault(path_a, []).append(f"{reason} (with {_label(path_b)})")
+                clashes.setdefault(path_b, []).append(f"{reason} (with {_label(path_a)})")
     for path, reasons in clashes.items():
+        if is_held(path):  # its run is under way: the spec that came since is the one refused
+            continue
         errors[path] = f"{path.name}: scope: " + "; ".join(reasons)
         del specs[path]
+
+
+def _label(path: Path) -> str:
+    return f"{path.name}, removed but held by its active run" if is_held(path) else path.name
 
 
 def _sources(spec: Any) -> frozenset[tuple[str, str | None]]:

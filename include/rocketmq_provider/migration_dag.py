@@ -9,6 +9,7 @@ happened to the tasks before it. This module only maps stages to tasks and adds 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -17,7 +18,8 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
-from rocketmq_core.taskspec import AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec
+from rocketmq_core.taskspec import (AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec,
+                                    is_held)
 from rocketmq_provider.operators.approval import (
     ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, EvidenceApprovalOperator, InvariantEvidence,
     ManualStepEvidence, MigrationGate, WritersEvidence, XComEvidence, assignees, rollback_requested,
@@ -35,6 +37,7 @@ from rocketmq_provider.operators.migration import (
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
+HELD_NOTE = "SPEC FILE REMOVED: this DAG stays only until its active run ends. "
 
 
 def resolved(key: str) -> str:
@@ -143,7 +146,8 @@ def _switcher(fleet: FleetSpec) -> Switcher:
                         content_type=switch.content_type)
 
 
-def build_migration_dag(spec: MigrationSpec) -> DAG:
+def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
+    """``held``: the spec file is gone and an active run holds a copy; the DAG stays to finish it."""
     src, tgt = spec.source, spec.target
     consumers, producers = spec.groups_of("consumer"), spec.groups_of("producer")
     users = assignees(spec.approvers)
@@ -160,10 +164,11 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
              # Room for a second run only so that its preflight refuses it at once, naming the
              # first (a queued run would start a migration whenever the first one ends).
              catchup=False, max_active_runs=2, render_template_as_native_obj=True,
-             description=spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}",
+             description=(HELD_NOTE if held else "")
+             + (spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}"),
              on_failure_callback=notifiers(spec.notifications, "run_failed"),
              user_defined_macros={"run_broker_sets": run_broker_sets},
-             tags=["rocketmq", "migration"]) as dag:
+             tags=["rocketmq", "migration", *(["spec-removed"] if held else [])]) as dag:
         with _phase("metadata"):
             preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
             plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
@@ -292,8 +297,9 @@ def build_migration_dag(spec: MigrationSpec) -> DAG:
                                           remaining_consumers, rollback_producers, rollback_consumers)
                       for t in g.children.values()]
         # A teardown runs whatever happened, a run ended by hand included; it carries the verdict.
-        report = MigrationReportOperator(task_id="report", gates=["approve_metadata_sync", *gates,
-                                                                   *(["approve_retire_source"] if retire else [])],
+        report = MigrationReportOperator(task_id="report", spec=spec,
+                                         gates=["approve_metadata_sync", *gates,
+                                                *(["approve_retire_source"] if retire else [])],
                                          switches=switch_ids, offsets_task="cutover_offsets", verdict_task="outcome",
                                          retire_task=retire.task_id if retire else None,
                                          ).as_teardown(on_failure_fail_dagrun=True)
@@ -335,13 +341,19 @@ class SpecErrorsDag(DAG):
         raise ValueError("invalid task spec(s): " + " | ".join(self.description.split("\n")))
 
 
-def build_dags(specs: list[MigrationSpec | ReplicationSpec], errors: dict[Any, str]) -> list[DAG]:
+def build_dags(specs: dict[Path, MigrationSpec | ReplicationSpec], errors: dict[Any, str]) -> list[DAG]:
+    """The DAGs of ``load_specs``' answer. A held spec (its file removed during a run) keeps only
+    its migration DAG, until the run ends; its scheduled diff stops with the file."""
     from rocketmq_provider.replication_dag import build_replication_dags
 
     dags = []
-    for spec in specs:
-        dags += (build_replication_dags(spec) if isinstance(spec, ReplicationSpec)
-                 else [build_migration_dag(spec), build_diff_dag(spec)])
+    for path, spec in specs.items():
+        if isinstance(spec, ReplicationSpec):
+            dags += build_replication_dags(spec)
+        elif is_held(path):
+            dags.append(build_migration_dag(spec, held=True))
+        else:
+            dags += [build_migration_dag(spec), build_diff_dag(spec)]
     if errors:
         dags.append(SpecErrorsDag("rmq_invalid_task_specs", schedule=None, start_date=START,
                                   description="\n".join(errors.values())))

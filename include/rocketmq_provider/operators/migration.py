@@ -13,12 +13,12 @@ from airflow.sdk.exceptions import AirflowException, AirflowRuntimeError
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.census import take_census
-from rocketmq_core.errors import RocketMQError
-from rocketmq_core.fence import allow_writes, carried_over, deny_writes, fence_topics, lift_fence
+from rocketmq_core.errors import InvalidSpec, RocketMQError
+from rocketmq_core.fence import allow_writes, carried_over, lift_fence, plan_fence, put_fence
 from rocketmq_core.metadata.snapshot import ClusterSnapshot, take_snapshot
 from rocketmq_core.migration import SOURCE, Condition
 from rocketmq_core.retire import retire_topics, topic_holdings
-from rocketmq_core.taskspec import MigrationSpec, load_specs
+from rocketmq_core.taskspec import MigrationSpec, hold_spec, load_specs, release_spec
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.approval import ROLL_BACK, Approval
 from rocketmq_provider.operators.fleet import failed_conditions, refuse
@@ -55,6 +55,10 @@ class MigrationPreflightOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         spec = self.spec
         self._claim_the_migration(context)
+        try:  # the DAG now outlives its spec file until the report releases it
+            hold_spec(spec, context["run_id"])
+        except InvalidSpec as exc:
+            raise AirflowException(f"preflight: {exc}") from None
         try:
             source = RocketMQHook(spec.source.conn_id).run(lambda a: _describe_cluster(a, spec.source.cluster))
             target = RocketMQHook(spec.target.conn_id).run(lambda a: _describe_cluster(a, spec.target.cluster))
@@ -166,26 +170,23 @@ class FenceSourceOperator(BaseOperator):
             self.log.info("dry run: would make %s read-only on %s", self.topics, self.rocketmq_conn_id)
             return {"dry_run": True, "before": {}}
         topics, brokers = list(self.topics), list(self.brokers or [])
-
-        async def found(admin: ClusterAdmin, apply: bool) -> tuple[Any, ...]:
-            return (await fence_topics(admin, topics, self.cluster, brokers, apply=apply),
-                    *await deny_writes(admin, topics, self.cluster, brokers, apply=apply))
         hook = RocketMQHook(self.rocketmq_conn_id)
         earlier = Variable.get(self.record_key, default=None, deserialize_json=True)
-        perms, acl, unstoppable = hook.run(lambda a: found(a, apply=False))
+        fence = hook.run(lambda a: plan_fence(a, topics, self.cluster, brokers))
         # Recorded before anything changes: a fence that fails half-way is retried from the record.
-        record = carried_over(earlier, {"perms": perms, "acl": acl})
+        record = carried_over(earlier, {"perms": fence.perms, "acl": fence.acl})
         Variable.set(self.record_key, record, description="the migrated topics' permissions before the fence",
                      serialize_json=True)
-        hook.run(lambda a: found(a, apply=True))
+        hook.run(lambda a: put_fence(a, fence))
         if earlier:
             self.log.info("an earlier fence's record was found; where the fence still stood, its values are kept")
         self.log.info("fenced (read-only) on %s: %s; ACL denied to the accounts %s", self.rocketmq_conn_id,
                       record["perms"], {b: sorted(a) for b, a in record["acl"].items()})
-        if unstoppable:
-            self.log.warning("admin accounts pass every ACL check, the fence cannot stop them: %s", unstoppable)
+        if fence.unstoppable:
+            self.log.warning("admin accounts pass every ACL check, the fence cannot stop them: %s",
+                             fence.unstoppable)
         return {"dry_run": False, "before": record["perms"], "acl_before": record["acl"],
-                "acl_unstoppable": unstoppable, "carried_over": bool(earlier), "at": time.time()}
+                "acl_unstoppable": fence.unstoppable, "carried_over": bool(earlier), "at": time.time()}
 
 
 class LiftFenceOperator(BaseOperator):
@@ -353,9 +354,10 @@ class MigrationReportOperator(BaseOperator):
     not a failure. The failure names where each fleet stands.
     """
 
-    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str, verdict_task: str,
-                 retire_task: str | None = None, **kwargs: Any):
+    def __init__(self, *, spec: MigrationSpec, gates: list[str], switches: list[str], offsets_task: str,
+                 verdict_task: str, retire_task: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        self.spec = spec
         self.gates = gates
         self.switches = switches
         self.offsets_task = offsets_task
@@ -363,7 +365,13 @@ class MigrationReportOperator(BaseOperator):
         self.retire_task = retire_task
 
     def execute(self, context: Any) -> dict[str, Any]:
-        ti = context["ti"]
+        try:
+            return self._report(context["ti"])
+        finally:  # the run has ended: the spec's DAG may go with its file
+            if release_spec(self.spec, context["run_id"]):
+                self.log.info("released the copy of the spec this run held")
+
+    def _report(self, ti: Any) -> dict[str, Any]:
         approvals = []
         for gate in self.gates:
             answer = ti.xcom_pull(task_ids=gate, key="answer")
