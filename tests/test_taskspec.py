@@ -47,6 +47,14 @@ def test_invalid_specs_name_the_file_and_field(changes, field):
     assert f"{field}:" in str(exc.value)
 
 
+def test_a_migration_between_two_clusters_of_one_connection_asks_for_a_connection_each():
+    """Broker sets, evidence and fleet moves are kept per connection: one shared by both sides
+    would count the two clusters as one."""
+    with pytest.raises(InvalidSpec, match="both use connection 'rocketmq_source': give each cluster"):
+        parse_spec(variant(source={"conn_id": "rocketmq_source", "cluster": "old"},
+                           target={"conn_id": "rocketmq_source", "cluster": "new"}), "shared.yaml")
+
+
 def test_fleet_errors_point_into_the_fleet():
     fleets = copy.deepcopy(EXAMPLE["fleets"])
     fleets[1]["canary_share"] = 1.5
@@ -104,6 +112,11 @@ def test_a_spec_removed_during_its_run_keeps_its_dag_until_the_run_releases_it(t
     spec = parse_spec(EXAMPLE, "orders.yml")
     held = hold_spec(spec, "manual__run1")
     assert list(load_specs(tmp_path)[0]) == [tmp_path / "orders.yml"]  # the file itself while it is there
+    write(tmp_path, "orders-too.yaml", variant(name="orders-too"))  # overlaps, while the file is there
+    specs, errors = load_specs(tmp_path)
+    assert list(specs) == [tmp_path / "orders.yml"], errors  # the running spec stands, by its file
+    assert "orders.yml, held by its active run" in errors[tmp_path / "orders-too.yaml"]
+    (tmp_path / "orders-too.yaml").unlink()
     (tmp_path / "orders.yml").unlink()
     write(tmp_path, "orders-again.yaml", variant(name="orders-again"))  # the same topics, while the run is on
     specs, errors = load_specs(tmp_path)
@@ -124,6 +137,29 @@ def test_a_spec_removed_during_its_run_keeps_its_dag_until_the_run_releases_it(t
 
 
 REPLICATION = yaml.safe_load((ROOT / "specs" / "orders-replication.yaml").read_text())
+
+
+def test_a_specs_folder_that_cannot_hold_a_copy_names_the_setting_that_moves_it(tmp_path, monkeypatch):
+    """A specs folder synced read-only (git-sync) cannot take the held copy: the preflight's
+    hold fails naming the folder and RMQ_HELD_SPECS_DIR; set, the copy lives there and keeps the
+    DAG once the file is gone. (Root writes through a read-only mode: a file where the folder
+    should be makes the same OSError.)"""
+    specs, elsewhere = tmp_path / "specs", tmp_path / "held"
+    specs.mkdir()
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(specs))
+    write(specs, "orders.yml", EXAMPLE)
+    (specs / ".held").write_text("not a folder")
+    spec = parse_spec(EXAMPLE, "orders.yml")
+    with pytest.raises(InvalidSpec, match=r"cannot hold a copy of the spec .* set RMQ_HELD_SPECS_DIR"):
+        hold_spec(spec, "manual__run1")
+    monkeypatch.setenv("RMQ_HELD_SPECS_DIR", str(elsewhere))
+    elsewhere.mkdir()
+    held = hold_spec(spec, "manual__run1")
+    assert held.parent == elsewhere
+    (specs / "orders.yml").unlink()
+    loaded, errors = load_specs(specs)
+    assert list(loaded) == [held] and is_held(held) and not errors
+    assert release_spec(spec, "manual__run1") and not held.exists()
 
 
 def test_replication_sides_must_stamp_different_origins():

@@ -256,6 +256,15 @@ class MigrationSpec(_TaskSpec):
         return [_as_value_error(validate_group_name, g) for g in groups]
 
     @model_validator(mode="after")
+    def _a_connection_per_side(self) -> "MigrationSpec":
+        """A run keeps its broker sets, evidence and fleet moves per connection: two clusters
+        behind one connection would be counted as one."""
+        if self.source.conn_id == self.target.conn_id:
+            raise ValueError(f"source and target both use connection {self.source.conn_id!r}: give each cluster"
+                             " a connection of its own (the same name servers, with its cluster_name in the extra)")
+        return self
+
+    @model_validator(mode="after")
     def _fleets_consistent(self) -> "MigrationSpec":
         names = [f.name for f in self.fleets]
         if len(set(names)) != len(names):
@@ -360,10 +369,13 @@ def load_specs(folder: Path | None = None) -> tuple[dict[Path, Any], dict[Path, 
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         _load_one(path, specs, errors)
     live = {spec.slug for spec in specs.values()}  # a file broken meanwhile does not end the run: its copy stands
-    for path in sorted((folder / HELD_DIR).glob("*.yaml")):
+    held = sorted(held_dir(folder).glob("*.yaml"))
+    for path in held:
         if path.stem not in live:
             _load_one(path, specs, errors)
-    _reject_duplicates_and_overlaps(specs, errors)
+    copied = (_held_line(path) for path in held)
+    running = {*held, *(folder / line[1] for line in copied if line)}  # the copies and the files they copied
+    _reject_duplicates_and_overlaps(specs, errors, running)
     return specs, errors
 
 
@@ -378,14 +390,23 @@ def _load_one(path: Path, specs: dict[Path, Any], errors: dict[Path, str]) -> No
         errors[path] = str(exc)
 
 
-#: Where the specs of active runs are held, inside the specs folder.
+#: Where the specs of active runs are held by default, inside the specs folder.
 HELD_DIR = ".held"
+#: A writable folder for the held copies, for a specs folder mounted read-only (synced from git).
+HELD_DIR_ENV = "RMQ_HELD_SPECS_DIR"
 _HELD_BY = "# held by run: "
+
+
+def held_dir(folder: Path | None = None) -> Path:
+    """Where active runs hold copies of their specs: ``$RMQ_HELD_SPECS_DIR``, else ``.held`` in the
+    specs folder. The DAG processor reads it and the workers write it, so all of them must see it."""
+    configured = os.environ.get(HELD_DIR_ENV)
+    return Path(configured) if configured else (folder or specs_dir()) / HELD_DIR
 
 
 def is_held(path: Path) -> bool:
     """Whether a path ``load_specs`` returned is a held copy (its spec file was removed)."""
-    return path.parent.name == HELD_DIR
+    return path.parent.name == HELD_DIR or path.parent == held_dir()
 
 
 def hold_spec(spec: Any, run_id: str, folder: Path | None = None) -> Path:
@@ -395,37 +416,50 @@ def hold_spec(spec: Any, run_id: str, folder: Path | None = None) -> Path:
     then fail on "Dag not found". The copy keeps the DAG until ``release_spec`` at the run's end.
     The spec's own file must exist: a run may start only from a spec that is there."""
     folder = folder or specs_dir()
-    held = folder / HELD_DIR / f"{spec.slug}.yaml"
+    held = held_dir(folder) / f"{spec.slug}.yaml"
     source = spec_file(spec, folder)
     if source is None and _holder(held) == run_id:  # this run's step again, after the file went
         return held
     if source is None:
         raise InvalidSpec(f"{spec.name}: its spec file was removed from {folder}; a held copy only"
                           " finishes the run that was active, it starts none")
-    held.parent.mkdir(exist_ok=True)
     partial = held.with_suffix(".partial")
-    partial.write_text(f"{_HELD_BY}{run_id} (a copy of {source.name})\n" + source.read_text(encoding="utf-8"),
-                       encoding="utf-8")
-    partial.replace(held)  # never half a spec: a parse in between would reject it
+    try:
+        held.parent.mkdir(exist_ok=True)
+        partial.write_text(f"{_HELD_BY}{run_id} (a copy of {source.name})\n" + source.read_text(encoding="utf-8"),
+                           encoding="utf-8")
+        partial.replace(held)  # never half a spec: a parse in between would reject it
+    except OSError as exc:
+        raise InvalidSpec(f"{spec.name}: cannot hold a copy of the spec for this run in {held.parent} ({exc});"
+                          f" set {HELD_DIR_ENV} to a folder that every Airflow component can write and read")
     return held
 
 
 def release_spec(spec: Any, run_id: str, folder: Path | None = None) -> bool:
     """Drop the held copy when this run holds it; whether it did."""
-    held = (folder or specs_dir()) / HELD_DIR / f"{spec.slug}.yaml"
+    held = held_dir(folder) / f"{spec.slug}.yaml"
     if _holder(held) != run_id:
         return False
     held.unlink(missing_ok=True)
     return True
 
 
-def _holder(held: Path) -> str | None:
-    """The run a held copy names, None when there is none."""
+def _held_line(held: Path) -> tuple[str, str] | None:
+    """The run a held copy names and the file it copied, None when there is no copy."""
     try:
         first = held.read_text(encoding="utf-8").split("\n", 1)[0]
     except FileNotFoundError:
         return None
-    return first[len(_HELD_BY):].split(" (a copy of ", 1)[0] if first.startswith(_HELD_BY) else None
+    if not first.startswith(_HELD_BY):
+        return None
+    run_id, _, rest = first[len(_HELD_BY):].partition(" (a copy of ")
+    return run_id, rest.removesuffix(")")
+
+
+def _holder(held: Path) -> str | None:
+    """The run a held copy names, None when there is none."""
+    line = _held_line(held)
+    return line[0] if line else None
 
 
 def spec_file(spec: Any, folder: Path | None = None) -> Path | None:
@@ -435,7 +469,9 @@ def spec_file(spec: Any, folder: Path | None = None) -> Path | None:
     return next((path for path, other in specs.items() if other.name == spec.name and not is_held(path)), None)
 
 
-def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, str]) -> None:
+def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, str], running: set[Path]) -> None:
+    """Refuse specs that clash, except one whose run is under way (its file or held copy in
+    ``running``): the spec that came since is the one refused, and the run keeps its DAG."""
     # Every pair is compared (200 specs are 19,900 pairs at each DAG parse): what a spec covers is
     # read off it once, into plain values, rather than through its models at every pair.
     items = [(path, spec, spec.slug, _sources(spec)) for path, spec in specs.items()]
@@ -448,17 +484,19 @@ def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, s
             elif a.kind == b.kind and not sources_a.isdisjoint(sources_b):
                 reason = _scope_overlap(a, b)
             if reason:
-                clashes.setdefault(path_a, []).append(f"{reason} (with {_label(path_b)})")
-                clashes.setdefault(path_b, []).append(f"{reason} (with {_label(path_a)})")
+                clashes.setdefault(path_a, []).append(f"{reason} (with {_label(path_b, running)})")
+                clashes.setdefault(path_b, []).append(f"{reason} (with {_label(path_a, running)})")
     for path, reasons in clashes.items():
-        if is_held(path):  # its run is under way: the spec that came since is the one refused
+        if path in running:
             continue
         errors[path] = f"{path.name}: scope: " + "; ".join(reasons)
         del specs[path]
 
 
-def _label(path: Path) -> str:
-    return f"{path.name}, removed but held by its active run" if is_held(path) else path.name
+def _label(path: Path, running: set[Path]) -> str:
+    if is_held(path):
+        return f"{path.name}, removed but held by its active run"
+    return f"{path.name}, held by its active run" if path in running else path.name
 
 
 def _sources(spec: Any) -> frozenset[tuple[str, str | None]]:
