@@ -8,6 +8,7 @@ import time
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.models.variable import Variable
 from rocketmq.client import Message, Producer, PushConsumer
 
 from conftest import TEST_DAGS
@@ -15,6 +16,7 @@ from http_recorder import RecordingServer
 from rocketmq_core.model import TopicConfig
 from rocketmq_harness import clusters as harness
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
+from rocketmq_provider.templating import broker_record_key
 from cluster_side import send_routed, shutdown_within
 
 SWITCH_GUARD_GROUP = "PROBE_SWITCH_GUARD"
@@ -257,8 +259,9 @@ def test_switch_refuses_when_a_broker_of_the_run_is_gone(bag, ha_clusters, switc
 def test_a_broker_seen_after_the_preflight_joins_the_runs_broker_set(bag, ha_clusters, monkeypatch):
     """The preflight saw one master; a later step's check saw a second one (added since). When
     that broker then drops out, the next step's check misses it and refuses as unknown, instead of
-    counting the broker that is left. The negative control binds the second check to the
-    preflight's set: it passes over the one broker left, blind to what the other held."""
+    counting the broker that is left, even once the first check's XCom is gone (clearing that
+    task takes it: the run's record keeps the set grown). The negative control binds the second
+    check to the preflight's set: it passes over the one broker left, blind to what the other held."""
     spec = ha_clusters["source-ha"].spec
     monkeypatch.setenv("AIRFLOW_CONN_ROCKETMQ_SOURCE_HA", json.dumps(
         {"conn_type": "rocketmq", "host": "127.0.0.1", "port": spec.namesrv_port}))
@@ -267,9 +270,11 @@ def test_a_broker_seen_after_the_preflight_joins_the_runs_broker_set(bag, ha_clu
     try:
         for grow, expected in ((True, "failed"), (False, "success")):
             harness.start(spec, timeout=180)
-            run, tis = run_dag(bag, "probe_broker_joins", broker_sets=preflight, grow=grow)
+            run, tis = run_dag(bag, "probe_broker_joins", broker_sets=preflight, grow=grow, forget=grow)
             seen = tis["first_check"].xcom_pull(task_ids="first_check", key="brokers_seen")
-            assert seen == {"rocketmq_source_ha": [b0, b1]}, seen
+            assert seen == (None if grow else {"rocketmq_source_ha": [b0, b1]}), seen
+            record = json.loads(Variable.get(broker_record_key("probe_broker_joins")))
+            assert record == {"run_id": run.run_id, "sets": {"rocketmq_source_ha": [b0, b1]}}, record
             assert tis["stop_b1"].state == "success"
             assert (run.state, tis["second_check"].state) == (expected, expected), (grow, run.state)
             last = tis["second_check"].xcom_pull(task_ids="second_check", key="observations")[-1]

@@ -131,10 +131,11 @@ with _dag("probe_manual_switch"):
                         from_cluster="rocketmq_source", switcher=ManualSwitcher("Edit consumers.yaml.", 150, 1))
 
 with DAG("probe_broker_joins", schedule=None, start_date=START, catchup=False, render_template_as_native_obj=True,
-         params={"broker_sets": {}, "grow": True}, user_defined_macros={"run_broker_sets": run_broker_sets},
-         tags=["test-probe"]):
-    # The run's set (params.broker_sets) lacks b1; the first check sees it; b1 then stops; the
-    # second check, bound to the run's set as it grew (grow) or as the preflight left it, decides.
+         params={"broker_sets": {}, "grow": True, "forget": False},
+         user_defined_macros={"run_broker_sets": run_broker_sets}, tags=["test-probe"]):
+    # The run's set (params.broker_sets) lacks b1; the first check sees it; b1 then stops (and,
+    # with forget, the first check's XCom goes, as clearing that task would take it); the second
+    # check, bound to the run's set as it grew (grow) or as the preflight left it, decides.
     RUN_SET = ("{{ run_broker_sets(ti, params.broker_sets)['rocketmq_source_ha'] if params.grow"
                " else params.broker_sets['rocketmq_source_ha'] }}")
 
@@ -143,10 +144,17 @@ with DAG("probe_broker_joins", schedule=None, start_date=START, catchup=False, r
                                    min_clients=0, brokers=RUN_SET, poke_interval=1, timeout=6)
 
     @task
-    def stop_b1() -> str:
+    def stop_b1(params=None, ti=None) -> str:
         import time
 
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
         from rocketmq_harness import clusters as harness
+
+        if params["forget"]:
+            with create_session() as session:
+                session.query(XComModel).filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id="first_check").delete()
 
         spec = harness.CLUSTERS["source-ha"]
         name = sorted(spec.master_addrs)[-1]  # the master without a slave

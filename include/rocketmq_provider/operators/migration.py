@@ -22,7 +22,7 @@ from rocketmq_core.taskspec import MigrationSpec, hold_spec, load_specs, release
 from rocketmq_provider.hooks.rocketmq import RocketMQHook
 from rocketmq_provider.operators.approval import ROLL_BACK, Approval
 from rocketmq_provider.operators.fleet import failed_conditions, refuse
-from rocketmq_provider.templating import truthy
+from rocketmq_provider.templating import record_brokers_seen, truthy
 from rocketmq_provider.triggers.rocketmq import RocketMQWatchTrigger
 
 
@@ -253,6 +253,8 @@ class SourceWatchOperator(BaseOperator):
         return None
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        record_brokers_seen(context["ti"], [{"conn_id": self.rocketmq_conn_id,
+                                             "brokers_seen": event.get("brokers_seen", [])}])
         seen = "; ".join(f"{o['condition']}: {o['summary']}" for o in event["observations"])
         if event["status"] != "quiet":
             raise AirflowException(f"the source was touched after the cutover ({self.rocketmq_conn_id}): {seen}")

@@ -106,7 +106,8 @@ class RocketMQWatchTrigger(BaseTrigger):
                 failed = [o for o in seen if not o["satisfied"]]
                 if failed or time.time() >= self.deadline:
                     yield TriggerEvent({"status": "touched" if failed else "quiet", "rounds": rounds,
-                                        "observations": failed or seen})
+                                        "observations": failed or seen,
+                                        "brokers_seen": sorted({b for o in seen for b in o["brokers_seen"]})})
                     return
                 await asyncio.sleep(self.poll_interval)
 
