@@ -18,8 +18,8 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
-from rocketmq_core.taskspec import (AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec, ReplicationSpec,
-                                    is_held)
+from rocketmq_core.taskspec import (AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec,
+                                    ReplicationSpec, is_held)
 from rocketmq_provider.operators.approval import (
     ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, EvidenceApprovalOperator, InvariantEvidence,
     ManualStepEvidence, MigrationGate, WritersEvidence, XComEvidence, assignees, rollback_requested,
@@ -184,6 +184,7 @@ def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
                                         scope=spec.scope.to_scope().to_dict(), allow_delete=spec.allow_delete,
                                         dry_run="{{ params.dry_run }}", approval=approved_at("approve_metadata_sync"))
 
+        both = [(src.conn_id, src.cluster), (tgt.conn_id, tgt.cluster)]
         strays = WritersEvidence(src.conn_id, producers, spec.leave_behind, src.cluster, run_brokers(src.conn_id))
 
         def gate(gate_id: str, next_id: str, stage: Stage, subject: str, evidence: list[Any]) -> MigrationGate:
@@ -197,7 +198,7 @@ def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
             gate_canary_consumers = gate(
                 "approve_canary_consumers", "canary_consumers", Stage.CANARY_CONSUMERS,
                 "Move the canary share of consumers to the target?",
-                [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+                [ClientsEvidence(both, consumers)])
             canary_consumers = _switches(spec, run, Stage.CANARY_CONSUMERS, approved_at("approve_canary_consumers"))
             consumers_online = ClientsOnlineSensor(
                 task_id="canary_consumers_online", rocketmq_conn_id=tgt.conn_id, groups=consumers, min_clients=1,
@@ -206,14 +207,14 @@ def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
             gate_canary_producers = gate(
                 "approve_canary_producers", "canary_producers", Stage.CANARY_PRODUCERS,
                 "Consumers on the target are online. Are they idempotent? Move the canary share of producers?",
-                [ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+                [ClientsEvidence(both, consumers)])
             canary_producers = _switches(spec, run, Stage.CANARY_PRODUCERS, approved_at("approve_canary_producers"))
         with _phase("producers"):
             gate_remaining_producers = gate(
                 "approve_remaining_producers", "remaining_producers", Stage.REMAINING_PRODUCERS,
                 "Move all remaining producers to the target?",
-                [ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
-                 ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+                [ClientsEvidence(both, producers, "producer"), strays,
+                 ClientsEvidence(both, consumers)])
             remaining_producers = _switches(spec, run, Stage.REMAINING_PRODUCERS,
                                             approved_at("approve_remaining_producers"))
         with _phase("drain"):
@@ -236,8 +237,8 @@ def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
                 "approve_cutover", "cutover_offsets", Stage.CUTOVER,
                 "The source is drained. Move the remaining consumers to the target (cutover)?",
                 [BacklogEvidence(src.conn_id, consumers, src.cluster),
-                 ClientsEvidence([src.conn_id, tgt.conn_id], producers, "producer"), strays,
-                 ClientsEvidence([src.conn_id, tgt.conn_id], consumers)])
+                 ClientsEvidence(both, producers, "producer"), strays,
+                 ClientsEvidence(both, consumers)])
             offsets = ConsumeOffsetsOperator(task_id="cutover_offsets", rocketmq_conn_id=src.conn_id,
                                              groups=consumers, cluster=src.cluster)
             remaining_consumers = _switches(spec, run, Stage.CUTOVER, approved_at("approve_cutover"))

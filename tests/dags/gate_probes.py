@@ -33,7 +33,7 @@ with DAG("probe_gate_approval", schedule=None, start_date=START, catchup=False, 
     gate = EvidenceApprovalOperator(
         task_id="gate", subject="Switch the probe fleet?",
         body="Consumers must be online on the target before producers move.",
-        evidence=[ClientsEvidence(["rocketmq_source", "rocketmq_target"], groups="{{ params.groups }}")],
+        evidence=[ClientsEvidence([("rocketmq_source", None), ("rocketmq_target", None)], groups="{{ params.groups }}")],
         assigned_users=[{"id": "admin", "name": "admin"}],
     )
     watch = ClientsOnlineSensor(task_id="watch", rocketmq_conn_id="rocketmq_target", groups="{{ params.groups }}",

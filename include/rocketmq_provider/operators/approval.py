@@ -125,25 +125,27 @@ class BacklogEvidence(Evidence):
 
 
 class ClientsEvidence(Evidence):
-    """Online clients per group on each cluster, side by side."""
+    """Online clients per group on each cluster, side by side; ``clusters`` are (connection id,
+    the spec's cluster name or None) pairs, so a count covers that cluster's brokers only."""
 
     template_fields = ("groups",)
 
-    def __init__(self, rocketmq_conn_ids: list[str], groups: list[str], role: str = "consumer"):
-        self.rocketmq_conn_ids = rocketmq_conn_ids
+    def __init__(self, clusters: list[tuple[str, str | None]], groups: list[str], role: str = "consumer"):
+        self.clusters = clusters
         self.groups = groups
         self.role = role
         self.title = f"Online {role}s per cluster"
 
     def render(self, context: Any) -> str:
+        columns = [conn_id for conn_id, _ in self.clusters]
         counts: dict[str, dict[str, int]] = {}
-        for conn_id in self.rocketmq_conn_ids:
-            check = ClientsOnline(list(self.groups), self.role, min_clients=0)  # one per cluster: it tracks brokers
-            result = RocketMQHook(conn_id).run(check.evaluate)
-            counts[conn_id] = result.figures["clients"]
-        header = "| group | " + " | ".join(f"`{c}`" for c in self.rocketmq_conn_ids) + " |"
-        rule = "|---|" + "---:|" * len(self.rocketmq_conn_ids)
-        rows = [f"| {g} | " + " | ".join(str(counts[c][g]) for c in self.rocketmq_conn_ids) + " |"
+        for column, (conn_id, cluster) in zip(columns, self.clusters):
+            # one check per cluster: a check tracks the brokers it has seen
+            check = ClientsOnline(list(self.groups), self.role, min_clients=0, cluster=cluster)
+            counts[column] = RocketMQHook(conn_id).run(check.evaluate).figures["clients"]
+        header = "| group | " + " | ".join(f"`{c}`" for c in columns) + " |"
+        rule = "|---|" + "---:|" * len(columns)
+        rows = [f"| {g} | " + " | ".join(str(counts[c][g]) for c in columns) + " |"
                 for g in sorted(self.groups)]
         return "\n".join([header, rule, *rows])
 

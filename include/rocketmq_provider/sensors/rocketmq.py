@@ -25,8 +25,8 @@ class RocketMQCheckSensor(BaseSensorOperator):
 
     template_fields = ("rocketmq_conn_id", "stable_checks", "brokers")
 
-    def __init__(self, *, rocketmq_conn_id: str, stable_checks: int | str = 1, deferrable: bool = True,
-                 brokers: list[str] | str | None = None, **kwargs: Any):
+    def __init__(self, *, rocketmq_conn_id: str, cluster: str | None = None, stable_checks: int | str = 1,
+                 deferrable: bool = True, brokers: list[str] | str | None = None, **kwargs: Any):
         """``brokers`` is the run's broker set (templated): a check that misses one of them is unknown."""
         super().__init__(**kwargs)
         if isinstance(stable_checks, int) and stable_checks < 1:
@@ -36,6 +36,7 @@ class RocketMQCheckSensor(BaseSensorOperator):
             # offsets would start from nothing at every poke, and a streak could never pass.
             raise ValueError(f"{type(self).__name__} keeps its streak between checks; use deferrable or poke mode")
         self.rocketmq_conn_id = rocketmq_conn_id
+        self.cluster = cluster
         self.brokers = brokers
         self.stable_checks = stable_checks
         self.deferrable = deferrable
@@ -96,11 +97,9 @@ class BacklogZeroSensor(RocketMQCheckSensor):
 
     template_fields = (*RocketMQCheckSensor.template_fields, "groups")
 
-    def __init__(self, *, groups: list[str] | str, cluster: str | None = None, stable_checks: int | str = 3,
-                 **kwargs: Any):
+    def __init__(self, *, groups: list[str] | str, stable_checks: int | str = 3, **kwargs: Any):
         super().__init__(stable_checks=stable_checks, **kwargs)
         self.groups = groups
-        self.cluster = cluster
 
     def build_check(self) -> Check:
         return BacklogZero(list(self.groups), self.cluster, list(self.brokers or []))
@@ -112,13 +111,12 @@ class ClientsOnlineSensor(RocketMQCheckSensor):
     template_fields = (*RocketMQCheckSensor.template_fields, "groups")
 
     def __init__(self, *, groups: list[str], role: str = "consumer", min_clients: int = 1,
-                 max_clients: int | None = None, cluster: str | None = None, **kwargs: Any):
+                 max_clients: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.groups = groups
         self.role = role
         self.min_clients = min_clients
         self.max_clients = max_clients
-        self.cluster = cluster
         ClientsOnline(list(groups) or ["-"], role, min_clients, max_clients)  # reject bad bounds at parse time
 
     def build_check(self) -> Check:
@@ -131,12 +129,10 @@ class SourceWritesStoppedSensor(RocketMQCheckSensor):
 
     template_fields = (*RocketMQCheckSensor.template_fields, "topics")
 
-    def __init__(self, *, topics: list[str], window_seconds: float = 60, cluster: str | None = None,
-                 **kwargs: Any):
+    def __init__(self, *, topics: list[str], window_seconds: float = 60, **kwargs: Any):
         super().__init__(**kwargs)
         self.topics = topics
         self.window_seconds = window_seconds
-        self.cluster = cluster
 
     def build_check(self) -> Check:
         return WritesStopped(list(self.topics), self.window_seconds, self.cluster, list(self.brokers or []))
