@@ -777,7 +777,9 @@ def test_pause_and_resume_continue_exactly_where_it_stopped(sides, names, spawn,
 def test_a_commit_the_broker_lost_is_sent_again(sides, names, spawn, loads_):
     """A broker can drop a commit (concurrent first commits of a topic and group replace each
     other's offset maps). The worker sends an unchanged offset again, as the Java client does,
-    so a queue left behind by a lost commit catches up with no new message to move it."""
+    so a queue left behind by a lost commit catches up with no new message to move it. It never
+    sends it over a higher one: a new owner of the queue (the worker lost it without knowing,
+    when listing the group's consumers failed) may have committed further."""
     source, target = sides
     topic = topic_on_both((source, target), names, "recommit")
     config = task_config(names.group("recommit"), source, target, [topic], tuning={"recommit_interval": 2.0})
@@ -793,6 +795,9 @@ def test_a_commit_the_broker_lost_is_sent_again(sides, names, spawn, loads_):
     assert source.committed(group, topic)[queue] == 0
     wait_for(lambda: source.committed(group, topic)[queue] == high, f"queue {queue} back at {high}", 20)
     assert sum(target.keys(topic).values()) == 40  # healed by a commit, not by replicating again
+    source.run(lambda a: a.update_consumer_offset(source.broker, group, topic, queue, high + 5))  # a new owner's
+    time.sleep(3 * 2.0)  # three recommit intervals
+    assert source.committed(group, topic)[queue] == high + 5
     assert worker.terminate() == 0
 
 

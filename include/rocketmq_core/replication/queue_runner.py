@@ -346,10 +346,10 @@ class QueueRunner:
 
     async def _commit(self, force: bool = False, final: bool = False) -> None:
         """Commit the offset below which every message was sent and acknowledged. An unchanged
-        offset is sent again every ``recommit_interval``, as the Java client persists all
-        its offsets every 5 s: a broker can drop a commit (concurrent first commits of a topic and
-        group replace each other's offset maps), and one sent only on change leaves the queue
-        behind for ever."""
+        offset is checked every ``recommit_interval`` and sent again where the broker holds less,
+        as the Java client persists all its offsets every 5 s: a broker can drop a commit
+        (concurrent first commits of a topic and group replace each other's offset maps), and one
+        sent only on change leaves the queue behind for ever."""
         tracker = self.tracker
         if tracker is None:
             return
@@ -365,15 +365,17 @@ class QueueRunner:
             return
         source, group = self.worker.source, self.worker.group
         try:
-            if final:
-                # A released queue drains for up to the drain timeout, while its new owner may
-                # have started and committed further: never move the group's offset back.
+            if final or offset == self.committed:
+                # Sent again only where the broker holds less (the commit was lost). A released
+                # queue drains for up to the drain timeout, and a worker that lost a queue without
+                # knowing (listing consumers failed) keeps it: a new owner may have committed
+                # further meanwhile, so never move the group's offset back.
                 current = await source.query_consumer_offset(addr, group, self.mq.topic, self.mq.queue_id)
-                if current is not None and current > offset:
-                    log.info("queue %s: not committing %d below the %d its new owner committed",
-                             queue_name(self.mq), offset, current)
-                    return
-                if current == offset:
+                if current is not None and current >= offset:
+                    if current > offset:
+                        log.info("queue %s: not committing %d below the %d a new owner committed",
+                                 queue_name(self.mq), offset, current)
+                    self._last_commit = time.monotonic()
                     return
             await source.update_consumer_offset(addr, group, self.mq.topic, self.mq.queue_id, offset)
         except TRANSIENT as exc:
