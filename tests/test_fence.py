@@ -8,11 +8,15 @@ import asyncio
 import time
 import uuid
 
+import pytest
+
 from cluster_side import wait_for
 from rocketmq_core.acl import PlainAccount, plain_accounts, put_plain_account
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.checks import FenceHolds
 from rocketmq_core.errors import AccessDenied
-from rocketmq_core.fence import allow_writes, carried_over, deny_writes, fence_topics, lift_fence
+from rocketmq_core.fence import (FenceRaced, allow_writes, carried_over, deny_writes, fence_topics, lift_fence,
+                                  plan_fence, put_fence)
 from rocketmq_core.model import PERM_READ, PERM_WRITE, TopicConfig
 from rocketmq_core.remoting.client import Credentials
 from rocketmq_core.remoting.fastjson import loads
@@ -101,7 +105,8 @@ def test_with_plain_acl_on_the_broker_itself_refuses_a_fenced_send_while_reads_g
     every non-admin account the topics as SUB (it read them) or DENY (it did not): the broker
     refuses that same send with NO_PERMISSION, the account still pulls, other topics are
     untouched, the admin account is named as one the fence cannot stop, and lifting restores
-    each account's own entries."""
+    each account's own entries. The watch's FenceHolds sees an account given its PUB back by
+    hand while the topic's perm still says read-only."""
     cluster = acl_clusters["source-acl"]
     broker, addr = next(iter(cluster.spec.master_addrs.items()))
     topic, other = names.topic(), names.topic("other")
@@ -150,11 +155,42 @@ def test_with_plain_acl_on_the_broker_itself_refuses_a_fenced_send_while_reads_g
     pulled = as_account(reader, lambda a: remote.pull(a.client, addr, "GID_fence_acl", topic, 0, 0))
     assert pulled.status is codec.PullStatus.FOUND and len(pulled.messages) == 2, pulled
 
+    perms = admin_run(cluster, lambda a: fence_topics(a, [topic], expected_brokers=[broker]))
+    holds = FenceHolds([topic], brokers=[broker])
+    assert admin_run(cluster, holds.evaluate).satisfied
+    lifted_by_hand = PlainAccount(writer.access_key, writer.secret_key, default_topic_perm="DENY",
+                                  default_group_perm="PUB|SUB", topic_perms=(f"{other}=PUB", f"{topic}=PUB"))
+    admin_run(cluster, lambda a: put_plain_account(a, addr, lifted_by_hand))
+    assert mqadmin_route_perms(cluster, topic) == {broker: PERM_READ}  # the perm alone still says fenced
+    seen = admin_run(cluster, holds.evaluate)
+    assert not seen.satisfied and seen.figures["acl_publishers"] == {broker: {writer.access_key: [topic]}}, seen
+    assert f"account {writer.access_key} may send to {topic}" in seen.summary
+    assert send(writer, topic) == "stored"  # what the watch saw: the broker takes the send again
+    admin_run(cluster, lambda a: lift_fence(a, perms))
+
     restored = admin_run(cluster, lambda a: allow_writes(a, before))
     assert {reader.access_key, writer.access_key} <= set(restored[broker])  # and other tests' accounts
     assert entries(writer) == {topic: "PUB", other: "PUB"}
     assert entries(reader) == {topic: "PUB|SUB"}  # its default, spelled out: 4.9 cannot store an empty list
     assert send(reader, topic) == "stored" and send(writer, topic) == "stored"
+
+
+def test_a_topic_changed_between_the_fences_read_and_write_is_not_reverted(rmq_clusters, names):
+    """The fence writes whole topic configs: one changed since it read them (queues added) would
+    be set back. It reads again first and writes nothing when anything changed, naming it."""
+    cluster = rmq_clusters["source"]
+    topic = names.topic()
+    admin_run(cluster, lambda a: a.create_topic(cluster.broker, TopicConfig(topic, 4, 4)))
+    fence = admin_run(cluster, lambda a: plan_fence(a, [topic]))
+    admin_run(cluster, lambda a: a.create_topic(cluster.broker, TopicConfig(topic, 8, 8)))  # meanwhile
+    with pytest.raises(FenceRaced, match=f"topic {topic} on {cluster.broker}"):
+        admin_run(cluster, lambda a: put_fence(a, fence))
+    now = admin_run(cluster, lambda a: a.topic_configs(cluster.broker))[topic]
+    assert (now.read_queues, now.write_queues, now.perm) == (8, 8, RW)
+    fence = admin_run(cluster, lambda a: plan_fence(a, [topic]))  # read again: it goes up
+    admin_run(cluster, lambda a: put_fence(a, fence))
+    now = admin_run(cluster, lambda a: a.topic_configs(cluster.broker))[topic]
+    assert (now.read_queues, now.write_queues, now.perm) == (8, 8, PERM_READ)
 
 
 def test_a_record_carried_over_keeps_the_first_fences_values_only_where_a_fence_still_stands():

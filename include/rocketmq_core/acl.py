@@ -54,6 +54,7 @@ KIND_POLICY = "acl_policy"     # 5.x ACL 2.0 policy set of one subject
 #: 4.9 refuses access and secret keys of 6 characters or fewer (AclConstants.*_MIN_LENGTH = 6).
 PLAIN_KEY_MIN_LENGTH = 7
 _PLAIN_PERMS = {"DENY", "PUB", "SUB", "PUB|SUB", "SUB|PUB"}
+_PUBLISHING = {"PUB", "PUB|SUB", "SUB|PUB", "ANY"}
 _USER_TYPES = {"super": "Super", "normal": "Normal"}
 _USER_STATUSES = {"enable", "disable"}
 _DECISIONS = {"allow": "Allow", "deny": "Deny"}
@@ -81,6 +82,16 @@ class PlainAccount:
     @property
     def name(self) -> str:
         return self.access_key
+
+    def topic_perm(self, topic: str) -> str:
+        """What the account may do with a topic: its own entry, else its default ("" for none)."""
+        own = next((perm for entry in self.topic_perms for name, _, perm in [entry.partition("=")] if name == topic),
+                   "")
+        return own or self.default_topic_perm
+
+    def may_publish(self, topic: str) -> bool:
+        """Whether the broker lets this account send to the topic (an admin passes every check)."""
+        return self.admin or self.topic_perm(topic) in _PUBLISHING
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> PlainAccount:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from rocketmq_core.admin import BrokerInfo, ClusterAdmin
 from rocketmq_core.errors import InvalidSpec, RocketMQError
+from rocketmq_core.fence import accounts_that_publish
 from rocketmq_core.model import PERM_WRITE, RETRY_PREFIX
 
 @dataclass
@@ -309,7 +310,8 @@ class WritesUnchanged(Check):
 
 
 class FenceHolds(TopicsCheck):
-    """The topics are still read-only on every master that holds them (nobody lifted the fence)."""
+    """The topics are still read-only on every master that holds them, and where a master has
+    plain ACL on, no non-admin account may send to them (nobody lifted either part of the fence)."""
 
     kind = "fence_holds"
 
@@ -322,9 +324,12 @@ class FenceHolds(TopicsCheck):
         writable = {b.name: sorted(t for t in self.topics if t in table and table[t].perm & PERM_WRITE)
                     for b, table in zip(brokers, tables)}
         writable = {broker: topics for broker, topics in writable.items() if topics}
-        summary = ("read-only everywhere" if not writable else
-                   "writable again: " + "; ".join(f"{b}: {', '.join(t)}" for b, t in sorted(writable.items())))
-        return CheckResult(not writable, {"writable": writable}, summary)
+        publishers = await accounts_that_publish(admin, self.topics, self.cluster, self.brokers_seen())
+        lifted = [f"{b}: {', '.join(t)}" for b, t in sorted(writable.items())]
+        lifted += [f"{b}: account {key} may send to {', '.join(t)}"
+                   for b, accounts in sorted(publishers.items()) for key, t in accounts.items()]
+        summary = "read-only everywhere" if not lifted else "writable again: " + "; ".join(lifted)
+        return CheckResult(not lifted, {"writable": writable, "acl_publishers": publishers}, summary)
 
 
 class TopicsUnread(TopicsCheck):

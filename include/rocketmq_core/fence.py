@@ -22,6 +22,7 @@ from typing import Any
 
 from rocketmq_core.acl import PlainAccount, plain_acl_on, plain_accounts, put_plain_account
 from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.errors import RocketMQError
 from rocketmq_core.model import PERM_WRITE, TopicConfig
 
 #: broker name -> topic -> the permission it had before the fence
@@ -33,6 +34,17 @@ _READS = {"SUB", "PUB|SUB", "SUB|PUB", "ANY"}
 _FENCED_ENTRIES = {"SUB", "DENY"}
 
 
+#: (master address, the config as read, the config the fence writes)
+TopicWrite = tuple[str, TopicConfig, TopicConfig]
+#: (master address, the account as read, the account the fence writes)
+AccountWrite = tuple[str, PlainAccount, PlainAccount]
+
+
+class FenceRaced(RocketMQError):
+    """A topic or account changed between the fence's read and its write: writing what was read
+    would revert that change (a queue expansion, an ACL edit), so nothing is written."""
+
+
 @dataclass(frozen=True)
 class Fence:
     """A fence read before anything changes: what every broker and account had (the record that
@@ -41,8 +53,8 @@ class Fence:
     perms: Perms
     acl: AclPerms
     unstoppable: dict[str, list[str]]  # broker -> admin accounts that pass every ACL check
-    topic_writes: tuple[tuple[str, TopicConfig], ...]
-    account_writes: tuple[tuple[str, PlainAccount], ...]
+    topic_writes: tuple[TopicWrite, ...]
+    account_writes: tuple[AccountWrite, ...]
 
 
 async def plan_fence(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
@@ -54,9 +66,27 @@ async def plan_fence(admin: ClusterAdmin, topics: Iterable[str], cluster: str | 
 
 
 async def put_fence(admin: ClusterAdmin, fence: Fence) -> None:
-    for addr, config in fence.topic_writes:
+    await _write(admin, fence.topic_writes, fence.account_writes)
+
+
+async def _write(admin: ClusterAdmin, topic_writes: Iterable[TopicWrite],
+                 account_writes: Iterable[AccountWrite]) -> None:
+    """Write the fence, once every topic and account is read again and found as first read."""
+    topic_writes, account_writes = list(topic_writes), list(account_writes)
+    changed = []
+    for addr in sorted({addr for addr, _, _ in topic_writes}):
+        now = await admin.topic_configs(addr)
+        changed += [f"topic {read.name} on {addr}" for a, read, _ in topic_writes
+                    if a == addr and now.get(read.name) != read]
+    for addr in sorted({addr for addr, _, _ in account_writes}):
+        now = await plain_accounts(admin, addr)
+        changed += [f"account {read.access_key} on {addr}" for a, read, _ in account_writes
+                    if a == addr and now.get(read.access_key) != read]
+    if changed:
+        raise FenceRaced(f"changed since the fence read them, nothing written: {', '.join(changed)}; run it again")
+    for addr, _, config in topic_writes:
         await admin.create_topic(addr, config)
-    for addr, account in fence.account_writes:
+    for addr, _, account in account_writes:
         await put_plain_account(admin, addr, account)
 
 
@@ -64,13 +94,12 @@ async def fence_topics(admin: ClusterAdmin, topics: Iterable[str], cluster: str 
                        expected_brokers: Iterable[str] = ()) -> Perms:
     """Take the write permission of the topics away on every master that holds them; what each had."""
     perms, writes = await _read_perms(admin, set(topics), cluster, expected_brokers)
-    for addr, config in writes:
-        await admin.create_topic(addr, config)
+    await _write(admin, writes, ())
     return perms
 
 
 async def _read_perms(admin: ClusterAdmin, wanted: set[str], cluster: str | None,
-                      expected: Iterable[str]) -> tuple[Perms, list[tuple[str, TopicConfig]]]:
+                      expected: Iterable[str]) -> tuple[Perms, list[TopicWrite]]:
     before: Perms = {}
     writes = []
     for broker in await admin.masters(cluster, expected):
@@ -80,7 +109,7 @@ async def _read_perms(admin: ClusterAdmin, wanted: set[str], cluster: str | None
             config = configs[name]
             before.setdefault(broker.name, {})[name] = config.perm
             if config.perm & PERM_WRITE:
-                writes.append((broker.master, replace(config, perm=config.perm & ~PERM_WRITE)))
+                writes.append((broker.master, config, replace(config, perm=config.perm & ~PERM_WRITE)))
     return before, writes
 
 
@@ -127,22 +156,36 @@ async def _acl_masters(admin: ClusterAdmin, cluster: str | None, expected: Itera
     return found
 
 
+async def accounts_that_publish(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
+                                expected_brokers: Iterable[str] = ()) -> dict[str, dict[str, list[str]]]:
+    """Per master with plain ACL on, the non-admin accounts that may send to any of the topics
+    (broker -> account -> topics): empty while the fence's ACL part stands. Admins pass every
+    check whatever their entries; the fence names them when it goes up."""
+    wanted = sorted(set(topics))
+    found: dict[str, dict[str, list[str]]] = {}
+    for name, addr in await _acl_masters(admin, cluster, expected_brokers):
+        for key, account in sorted((await plain_accounts(admin, addr)).items()):
+            publishing = [t for t in wanted if not account.admin and account.may_publish(t)]
+            if publishing:
+                found.setdefault(name, {})[key] = publishing
+    return found
+
+
 async def deny_writes(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
                       expected_brokers: Iterable[str] = ()) -> tuple[AclPerms, dict[str, list[str]]]:
     """On every master with plain ACL on, give every non-admin account the topics as ``SUB`` or
     ``DENY``; what each account had, and per broker the admin accounts the fence cannot stop.
     Every account is checked before the first is changed."""
     before, unstoppable, writes = await _read_accounts(admin, sorted(set(topics)), cluster, expected_brokers)
-    for addr, account in writes:
-        await put_plain_account(admin, addr, account)
+    await _write(admin, (), writes)
     return before, unstoppable
 
 
 async def _read_accounts(admin: ClusterAdmin, wanted: list[str], cluster: str | None, expected: Iterable[str],
-                         ) -> tuple[AclPerms, dict[str, list[str]], list[tuple[str, PlainAccount]]]:
+                         ) -> tuple[AclPerms, dict[str, list[str]], list[AccountWrite]]:
     before: AclPerms = {}
     unstoppable: dict[str, list[str]] = {}
-    writes: list[tuple[str, PlainAccount]] = []
+    writes: list[AccountWrite] = []
     for name, addr in await _acl_masters(admin, cluster, expected):
         for key, account in sorted((await plain_accounts(admin, addr)).items()):
             if account.admin:
@@ -151,10 +194,10 @@ async def _read_accounts(admin: ClusterAdmin, wanted: list[str], cluster: str | 
             entries = _entries(account)
             before.setdefault(name, {})[key] = {t: entries.get(t, "") for t in wanted}
             for topic in wanted:
-                entries[topic] = "SUB" if (entries.get(topic) or account.default_topic_perm) in _READS else "DENY"
+                entries[topic] = "SUB" if account.topic_perm(topic) in _READS else "DENY"
             fenced = _with_entries(account, entries)
             fenced.validate()
-            writes.append((addr, fenced))
+            writes.append((addr, account, fenced))
     return before, unstoppable, writes
 
 
