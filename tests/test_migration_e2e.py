@@ -540,7 +540,8 @@ def test_a_second_run_is_refused_while_the_first_is_unfinished(world, airflow_ap
 def test_a_spec_removed_while_its_run_is_active_keeps_its_dag_until_the_run_ends(world, airflow_api):
     """Removing a spec file takes its DAG away at the next parse, and the active run's tasks then
     fail on "Dag not found". The run holds a copy from its preflight: the DAG stays, marked, its
-    next steps still run, and it goes once the run's report has released the copy."""
+    next steps still run, and it goes once the run's end callback has released the copy (after
+    the run's other callbacks: the DAG processor parses the DAG again to run them)."""
     held = E2E_SPECS / ".held" / f"{world.name}.yaml"
     airflow_api.wait_for_dag(world.dag_id, timeout=180)
     run_id = airflow_api.trigger(world.dag_id)
@@ -556,7 +557,7 @@ def test_a_spec_removed_while_its_run_is_active_keeps_its_dag_until_the_run_ends
         airflow_api.answer(world.dag_id, run_id, "approve_canary_consumers", "Roll back")
         assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=300) == "success", \
             airflow_api.task_states(world.dag_id, run_id)
-        assert not held.exists()
+        _wait(lambda: not held.exists(), 120, "the run's end callback released the copy")
         _wait(lambda: airflow_api.call("GET", f"/api/v2/dags/{world.dag_id}")["is_stale"], 120,
               "the DAG gone with its run")
         assert set(world.clusters_of("consumer").values()) == {SOURCE}

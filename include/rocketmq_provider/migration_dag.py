@@ -32,7 +32,7 @@ from rocketmq_provider.operators.fleet import (
 from rocketmq_provider.operators.metadata import MetadataDiffOperator, MetadataSyncOperator
 from rocketmq_provider.operators.migration import (
     ConsumeOffsetsOperator, FenceSourceOperator, LiftFenceOperator, MigrationPreflightOperator,
-    MigrationReportOperator, RetireSourceOperator, SourceWatchOperator, fence_record_key,
+    MigrationReportOperator, ReleaseHeldSpec, RetireSourceOperator, SourceWatchOperator, fence_record_key,
 )
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
@@ -166,7 +166,8 @@ def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
              catchup=False, max_active_runs=2, render_template_as_native_obj=True,
              description=(HELD_NOTE if held else "")
              + (spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}"),
-             on_failure_callback=notifiers(spec.notifications, "run_failed"),
+             on_success_callback=[ReleaseHeldSpec(spec)],
+             on_failure_callback=[*notifiers(spec.notifications, "run_failed"), ReleaseHeldSpec(spec)],
              user_defined_macros={"run_broker_sets": run_broker_sets},
              tags=["rocketmq", "migration", *(["spec-removed"] if held else [])]) as dag:
         with _phase("metadata"):

@@ -133,6 +133,18 @@ class MigrationPreflightOperator(BaseOperator):
         return problems
 
 
+class ReleaseHeldSpec:
+    """A DAG callback, last of the run's end callbacks: drop the copy of the spec the run held, so
+    the DAG goes with its file. Not sooner: the DAG processor parses the DAG again to run the
+    run's callbacks (its failure notice among them), and the run must close on the DAG it ran."""
+
+    def __init__(self, spec: MigrationSpec):
+        self.spec = spec
+
+    def __call__(self, context: Any) -> None:
+        release_spec(self.spec, context["run_id"])
+
+
 def migration_claim_key(spec: MigrationSpec) -> str:
     """The Variable that names the run a migration belongs to now."""
     return f"rmq_migration_run__{spec.slug}"
@@ -367,11 +379,7 @@ class MigrationReportOperator(BaseOperator):
         self.retire_task = retire_task
 
     def execute(self, context: Any) -> dict[str, Any]:
-        try:
-            return self._report(context["ti"])
-        finally:  # the run has ended: the spec's DAG may go with its file
-            if release_spec(self.spec, context["run_id"]):
-                self.log.info("released the copy of the spec this run held")
+        return self._report(context["ti"])
 
     def _report(self, ti: Any) -> dict[str, Any]:
         approvals = []
