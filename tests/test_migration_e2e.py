@@ -68,20 +68,27 @@ def _create_metadata(cluster, layout: FleetLayout) -> None:
     asyncio.run(run())
 
 
+#: How a person is told to switch a fleet, in the manual world's spec.
+BY_HAND = "Edit the fleet's entry in the config service and save."
+
+
 def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = TARGET,
-                extra: dict[str, Any] | None = None) -> Path:
+                extra: dict[str, Any] | None = None, manual: bool = False) -> Path:
     layout = world.layout
-    switch = {"http_conn_id": conn_id, "method": "PUT"}
+
+    def switch(fleet: str) -> dict[str, Any]:
+        if manual:
+            return {"type": "manual", "how": BY_HAND, "timeout_seconds": 300, "poll_seconds": 2}
+        return {"http_conn_id": conn_id, "method": "PUT", "endpoint": f"/fleets/{fleet}"}
+
     spec = {
         "kind": "migration", "name": world.name, "source": {"conn_id": source}, "target": {"conn_id": target},
         "scope": {"topics": {"include": [layout.topic]}, "groups": {"include": layout.consumer_groups}},
         "fleets": [
             {"name": layout.consumer_fleet, "role": "consumer", "groups": layout.consumer_groups,
-             "topics": [layout.topic], "canary_share": 0.5,
-             "switch": {**switch, "endpoint": f"/fleets/{layout.consumer_fleet}"}},
+             "topics": [layout.topic], "canary_share": 0.5, "switch": switch(layout.consumer_fleet)},
             {"name": layout.producer_fleet, "role": "producer", "groups": [layout.producer_group],
-             "topics": [layout.topic], "canary_share": 0.5,
-             "switch": {**switch, "endpoint": f"/fleets/{layout.producer_fleet}"}},
+             "topics": [layout.topic], "canary_share": 0.5, "switch": switch(layout.producer_fleet)},
         ],
         "approvers": ["admin"], "diff_schedule": None,
         "stability": {"backlog_checks": 3, "poll_interval_seconds": 2, "writes_quiet_seconds": 6,
@@ -94,10 +101,10 @@ def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = 
 
 
 def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOURCE, TARGET), mixed: bool = False,
-           extra: dict[str, Any] | None = None, consumers_per_group: int = 2):
+           extra: dict[str, Any] | None = None, consumers_per_group: int = 2, manual: bool = False):
     """A world on two clusters; ``conns`` name them in Airflow (and in the fleet's config).
     ``mixed``: the first producer and the first consumer of each group run on the Java client;
-    ``extra``: more fields of the spec."""
+    ``extra``: more fields of the spec; ``manual``: a person switches the fleets."""
     u = uuid.uuid4().hex[:8]
     layout = FleetLayout(topic=f"orders_{u}", producer_group=f"PID_orders_{u}",
                          consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15,
@@ -114,7 +121,7 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
     conn_id = f"fleet_config_{u}"
     airflow_api.set_connection(conn_id, conn_type="http", host="127.0.0.1", port=server.server_address[1],
                                schema="http")
-    spec_path = _write_spec(w, conn_id, *conns, extra=extra)
+    spec_path = _write_spec(w, conn_id, *conns, extra=extra, manual=manual)
     fleet.start()
     try:
         yield w
@@ -133,6 +140,12 @@ def world(rmq_clusters, airflow_api, tmp_path):
 def lone_world(rmq_clusters, airflow_api, tmp_path):
     """A world whose consumer groups have one consumer each: too small for a canary."""
     yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"], consumers_per_group=1)
+
+
+@pytest.fixture
+def manual_world(rmq_clusters, airflow_api, tmp_path):
+    """A world whose spec switches both fleets by hand (``type: manual``)."""
+    yield from _world(airflow_api, tmp_path, rmq_clusters["source"], rmq_clusters["target"], manual=True)
 
 
 @pytest.fixture
@@ -256,6 +269,43 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, ai
     assert {a["by"] for a in report["approvals"]} == {"admin"}
     assert report["offsets_at_cutover"]["offsets"].keys() == set(layout.consumer_groups)
     assert report["phases"] and all(p["seconds"] >= 0 for p in report["phases"])
+
+
+def test_a_migration_switched_by_hand_is_approved_through_rest_and_loses_nothing(manual_world, airflow_api,
+                                                                                rmq_clusters):
+    """A person moves the fleets. Each gate says what to change (fleet, groups, share, the
+    target's name server, the spec's own words); after the answer, sent through the REST API,
+    the switch calls nothing and waits on the triggerer until the brokers show the clients moved.
+    The person (this test) then edits the fleet's config; the run ends with nothing lost."""
+    world, layout = manual_world, manual_world.layout
+    consumers, producers = (layout.consumer_fleet, layout.consumer_groups), (layout.producer_fleet,
+                                                                             [layout.producer_group])
+    by_hand = {"approve_canary_consumers": ("canary_consumers", *consumers, 0.5),
+               "approve_canary_producers": ("canary_producers", *producers, 0.5),
+               "approve_remaining_producers": ("remaining_producers", *producers, 1.0),
+               "approve_cutover": ("remaining_consumers", *consumers, 1.0)}
+    run_id, _ = _run_approving(world, airflow_api, GATES[:1])
+    for gate, (stage, fleet, groups, share) in by_hand.items():
+        body = airflow_api.wait_for_gate(world.dag_id, run_id, gate, timeout=600)["body"]
+        assert f"By hand after you approve: fleet {fleet}" in body and BY_HAND in body, body
+        assert rmq_clusters["target"].namesrv in body and ", ".join(groups) in body, body
+        airflow_api.answer(world.dag_id, run_id, gate, "Approve")
+        switch = f"{stage}.{fleet}"
+        _wait(lambda: airflow_api.task_states(world.dag_id, run_id).get(switch) == "deferred", 120,
+              f"{switch} waiting for the person")
+        world.put(fleet, groups, share, TARGET)
+        _wait(lambda: airflow_api.task_states(world.dag_id, run_id).get(switch) == "success", 300,
+              f"{switch} seeing the fleet moved")
+    assert airflow_api.wait_for_run(world.dag_id, run_id, timeout=600) == "success", \
+        airflow_api.task_states(world.dag_id, run_id)
+    assert set(world.clusters_of("producer").values()) == set(world.clusters_of("consumer").values()) == {TARGET}
+    world.fleet.stop(("producer",))
+    result = world.fleet.wait_until_received(timeout=120)
+    print("manual e2e accounting:", json.dumps({k: v for k, v in result.items() if k != "groups"}))
+    assert result["sent_by_cluster"].get(SOURCE, 0) > 0 and result["sent_by_cluster"].get(TARGET, 0) > 0
+    assert result["lost"] == 0, result
+    report = airflow_api.xcom(world.dag_id, run_id, "report")
+    assert [a["gate"] for a in report["approvals"]] == GATES
 
 
 def test_by_hand_moving_the_last_consumers_before_the_drain_loses_messages(world, rmq_clusters):
