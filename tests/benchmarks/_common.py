@@ -26,8 +26,9 @@ from rocketmq_core.errors import RocketMQError
 from rocketmq_core.metadata.fields import V5_GROUP_KEYS
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_harness.clusters import (
-    PROJECT_ROOT, SOURCE_VERSION, TARGET_VERSION, ClusterSpec, RunningCluster, is_up, mqadmin, start, stop,
+    PROJECT_ROOT, SOURCE_VERSION, TARGET_VERSION, ClusterSpec, RunningCluster, classpath, is_up, mqadmin, start, stop,
 )
+from rocketmq_harness.clusters import _HEAPS, _java_opts  # the JVM flags harness.mqadmin uses
 
 RESULTS = PROJECT_ROOT / "bench-results"
 #: Ports of the benchmark clusters; brokers also bind listenPort-2 and listenPort+1.
@@ -135,6 +136,12 @@ def run_mqadmin(spec: ClusterSpec, args: list[str], timeout: float = 600) -> tup
     return timer, result.stdout
 
 
+def mqadmin_cmd(spec: ClusterSpec, args: list[str]) -> list[str]:
+    """The command line harness.mqadmin runs (same JVM flags), for starting several at once."""
+    return ["java", *_HEAPS["mqadmin"], *_java_opts(spec, "mqadmin"), "-cp", classpath(spec.version),
+            "org.apache.rocketmq.tools.command.MQAdminStartup", *args, "-n", spec.namesrv]
+
+
 def run_parallel(commands: list[list[str]], timeout: float = 600) -> Timer:
     """Start the commands together, wait for all; wall seconds and their CPU seconds."""
     with Timer() as timer:
@@ -166,4 +173,15 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 
 
 def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+    return "met" if ok else "not met"
+
+
+def headline(what: str, ours_s: float, reference: str, reference_s: float, target: float) -> dict[str, Any]:
+    """Print one headline figure beside its reference, their ratio and whether the target is met;
+    return the same for the JSON. Both sides must be measured in the same run: the machine is shared."""
+    ratio = reference_s / ours_s
+    load = load_average()
+    print(f"  {what}: ours {ours_s:.2f}s, reference ({reference}) {reference_s:.2f}s: {ratio:.1f}x"
+          f" (target >= {target:g}x): {verdict(ratio >= target)}; load average {load}", flush=True)
+    return {"what": what, "ours_s": round(ours_s, 3), "reference": reference, "reference_s": round(reference_s, 3),
+            "ratio": round(ratio, 1), "target_ratio": target, "met": ratio >= target, "load_average": load}

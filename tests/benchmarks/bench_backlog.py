@@ -9,12 +9,12 @@ Per broker version (4.9 and 5.x, one private cluster each, one after the other):
   retry ones) sent over the wire;
 * ours: ``measure_backlog`` of all 10,000 groups, three runs, each with a fresh connection;
   every group's number is checked against the seeded arithmetic;
-* mqadmin: ``consumerProgress -g`` for a sample of groups, timed call by call and extrapolated to
-  10,000 calls (one JVM each, as a shell loop would); its rows and Diff Total are checked against
-  ours for every sampled group. For reference also one ``consumerProgress`` without ``-g`` (all
-  groups in one JVM, totals only), whose per-group Diff Total is checked for every group.
+* reference: ONE ``mqadmin consumerProgress`` without ``-g`` (all groups in one JVM, as a user
+  who knows the tool would run it), timed in the same run; its Diff Total is checked for every group;
+* correctness check: ``consumerProgress -g`` on a sample of groups, rows and Diff Total compared
+  with ours. Its per-call time is printed for information only, never extrapolated.
 
-Targets: identical numbers, at least 20x faster than mqadmin, under 3 s.
+Targets: identical numbers, at least 20x faster than the one all-groups call, under 3 s.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ import asyncio
 import statistics
 import sys
 import time
+from typing import Any
 
-from _common import BENCH_SOURCE, BENCH_TARGET, Timer, config_writer, fresh_cluster, load_average, run_mqadmin, \
-    stats, verdict, write_result
+from _common import BENCH_SOURCE, BENCH_TARGET, Timer, config_writer, fresh_cluster, headline, run_mqadmin, stats, \
+    verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import BacklogReport, measure_backlog
+from rocketmq_core.errors import SystemBusy
 from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.protocol import RequestCode
-from rocketmq_harness.clusters import parse_consumer_progress
+from rocketmq_harness.clusters import ClusterSpec, parse_consumer_progress
 
 N_GROUPS = 10_000
 N_TOPICS = 10
@@ -43,6 +45,7 @@ RETRY_MESSAGES = 2
 RUNS = 3
 TARGET_RATIO = 20
 TARGET_SECONDS = 3.0
+BUSY_RETRIES = 20
 
 GROUPS = [f"BENCH_G_{i:05d}" for i in range(N_GROUPS)]
 TOPICS = [f"BENCH_T_{i}" for i in range(N_TOPICS)]
@@ -66,11 +69,20 @@ def expected_lag(index: int) -> int:
 
 
 async def _send(admin: ClusterAdmin, broker: str, topic: str, queue_id: int, n: int) -> None:
-    for i in range(n):
-        await admin.client.invoke(broker, RequestCode.SEND_MESSAGE_V2, {
-            "a": "PG_bench", "b": topic, "c": "TBW102", "d": QUEUES, "e": queue_id, "f": 0,
-            "g": int(time.time() * 1000), "h": 0, "i": "WAIT\x01true\x02", "j": 0, "k": "false", "m": "false"},
-            body=b"x" * 64)
+    """n messages, one after the other. On a loaded machine the broker's flow control rejects
+    sends that waited too long in its queue (SYSTEM_BUSY, not stored): sent again, as producers do."""
+    for _ in range(n):
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                await admin.client.invoke(broker, RequestCode.SEND_MESSAGE_V2, {
+                    "a": "PG_bench", "b": topic, "c": "TBW102", "d": QUEUES, "e": queue_id, "f": 0,
+                    "g": int(time.time() * 1000), "h": 0, "i": "WAIT\x01true\x02", "j": 0, "k": "false",
+                    "m": "false"}, body=b"x" * 64)
+                break
+            except SystemBusy:
+                if attempt == BUSY_RETRIES:
+                    raise
+                await asyncio.sleep(0.2)
 
 
 async def seed_over_wire(namesrv: str, broker: str) -> None:
@@ -119,7 +131,46 @@ def parse_all_groups(out: str) -> dict[str, int]:
     return totals
 
 
-def bench_one(spec, sample_size: int, all_groups: bool) -> dict:
+def check_sample(spec: ClusterSpec, report: BacklogReport, by_group: dict[str, int], size: int) -> dict[str, Any]:
+    """consumerProgress -g on a sample of groups: its rows and Diff Total must equal ours.
+    A correctness check; its time per call is information, not a reference."""
+    sample = [GROUPS[(k * 997) % N_GROUPS] for k in range(size)]
+    ours_rows: dict[str, dict[tuple[str, int], tuple[int, int, int]]] = {}
+    for row in report.rows:
+        if row.group in sample:
+            ours_rows.setdefault(row.group, {})[(row.topic, row.queue_id)] = (
+                row.broker_offset, row.consumer_offset, row.lag)
+    samples, mismatches = [], []
+    for group in sample:
+        timer, out = run_mqadmin(spec, ["consumerProgress", "-g", group])
+        samples.append(timer.seconds)
+        rows, total = parse_progress(out)
+        mine = ours_rows[group]
+        lagging = {k for k, v in mine.items() if v[2]}
+        if any(mine.get(k) != v for k, v in rows.items()) or not lagging <= set(rows) or total != by_group[group]:
+            mismatches.append({"group": group, "mqadmin": {f"{t}:{q}": v for (t, q), v in rows.items()},
+                               "mqadmin_total": total, "ours_total": by_group[group]})
+    print(f"  check: mqadmin consumerProgress -g on {size} sampled groups, rows and Diff Total identical to ours:"
+          f" {not mismatches}; {statistics.fmean(samples):.2f}s per call (information only, one JVM per call,"
+          f" not extrapolated)", flush=True)
+    return {"what": "mqadmin consumerProgress -g GROUP on a sample: rows and Diff Total compared with ours",
+            "groups": sample, "seconds_per_call": stats(samples), "mismatches": mismatches}
+
+
+def reference(spec: ClusterSpec, by_group: dict[str, int]) -> dict[str, Any]:
+    """The headline reference: one consumerProgress without -g, all groups in one JVM; Diff Totals checked."""
+    timer, out = run_mqadmin(spec, ["consumerProgress"], timeout=1800)
+    totals = parse_all_groups(out)
+    differ = {g: (t, by_group[g]) for g, t in totals.items() if t != by_group[g]}
+    print(f"  reference: mqadmin consumerProgress (no -g, all groups in one JVM): {timer.seconds:.2f}s"
+          f" ({timer.child_cpu:.2f} JVM CPU-s) for {len(totals)} groups, {len(differ)} Diff Totals differ from ours",
+          flush=True)
+    return {"what": "mqadmin consumerProgress without -g: all groups in one JVM, one call",
+            "seconds": round(timer.seconds, 3), "cpu_seconds": round(timer.child_cpu, 2), "groups_listed": len(totals),
+            "groups_differing": len(differ), "differing_sample": dict(list(differ.items())[:5])}
+
+
+def bench_one(spec: ClusterSpec, sample_size: int) -> dict[str, Any]:
     print(f"\n== {spec.name}: RocketMQ {spec.version}, {N_GROUPS} groups on one broker", flush=True)
     topics = [TopicConfig(t, QUEUES, QUEUES) for t in TOPICS] + [TopicConfig(retry(g), 1, 1) for g in GROUPS]
     with Timer() as seed_files:
@@ -136,58 +187,26 @@ def bench_one(spec, sample_size: int, all_groups: bool) -> dict:
             timer, report = ours(cluster.namesrv)
             runs.append(timer)
         assert report is not None
-        wrong = {g: (n, expected_lag(i)) for i, g in enumerate(GROUPS)
-                 if (n := report.by_group[g]) != expected_lag(i)}
+        by_group = report.by_group
+        wrong = {g: (by_group[g], expected_lag(i)) for i, g in enumerate(GROUPS) if by_group[g] != expected_lag(i)}
         if wrong:
             raise AssertionError(f"{len(wrong)} groups differ from the seeded arithmetic, e.g. {list(wrong.items())[:5]}")
         ours_s = statistics.median(r.seconds for r in runs)
         ours_cpu = statistics.median(r.cpu for r in runs)
         print(f"  ours: measure_backlog of {N_GROUPS} groups ({report.method}): runs "
-              + ", ".join(f"{r.seconds:.2f}s ({r.cpu:.2f} CPU-s)" for r in runs) + f", median {ours_s:.2f}s; total {report.total}"
-              f" (consumer lag {report.consumer_lag}, pending system {report.pending_system}); every group's"
-              " number equals the seeded arithmetic", flush=True)
+              + ", ".join(f"{r.seconds:.2f}s ({r.cpu:.2f} CPU-s)" for r in runs) + f", median {ours_s:.2f}s; total"
+              f" {report.total} (consumer lag {report.consumer_lag}, pending system {report.pending_system}); every"
+              " group's number equals the seeded arithmetic", flush=True)
 
-        sample = [GROUPS[(k * 997) % N_GROUPS] for k in range(sample_size)]
-        samples, cpu_samples, mismatches = [], [], []
-        ours_rows = {}
-        for row in report.rows:
-            if row.group in sample:
-                ours_rows.setdefault(row.group, {})[(row.topic, row.queue_id)] = (
-                    row.broker_offset, row.consumer_offset, row.lag)
-        for group in sample:
-            timer, out = run_mqadmin(spec, ["consumerProgress", "-g", group])
-            samples.append(timer.seconds)
-            cpu_samples.append(timer.child_cpu)
-            rows, total = parse_progress(out)
-            mine = ours_rows[group]
-            lagging = {k for k, v in mine.items() if v[2]}
-            if any(mine.get(k) != v for k, v in rows.items()) or not lagging <= set(rows) \
-                    or total != report.by_group[group]:
-                mismatches.append({"group": group, "mqadmin": {f"{t}:{q}": v for (t, q), v in rows.items()},
-                                   "mqadmin_total": total, "ours_total": report.by_group[group]})
-        per_call = statistics.fmean(samples)
-        mq_s = per_call * N_GROUPS
-        mq_cpu = statistics.fmean(cpu_samples) * N_GROUPS
-        ratio = mq_s / ours_s
-        print(f"  mqadmin consumerProgress -g: {sample_size} of {N_GROUPS} groups timed, one JVM per call:"
-              f" {per_call:.2f}s ({statistics.fmean(cpu_samples):.2f} JVM CPU-s) per call; EXTRAPOLATED to"
-              f" {N_GROUPS} calls = {mq_s:.0f}s; numbers identical on the sample: {not mismatches}", flush=True)
+        ref = reference(spec, by_group)
+        check = check_sample(spec, report, by_group, sample_size)
 
-        everything = None
-        if all_groups:
-            timer, out = run_mqadmin(spec, ["consumerProgress"], timeout=1800)
-            took = timer.seconds
-            totals = parse_all_groups(out)
-            differ = {g: (t, report.by_group[g]) for g, t in totals.items() if t != report.by_group[g]}
-            everything = {"seconds": round(took, 2), "cpu_seconds": round(timer.child_cpu, 2), "groups_listed": len(totals), "groups_differing": len(differ),
-                          "ratio": round(took / ours_s, 1), "differing_sample": dict(list(differ.items())[:5])}
-            print(f"  mqadmin consumerProgress (no -g, all groups in one JVM, totals only): {took:.1f}s for"
-                  f" {len(totals)} groups, {len(differ)} Diff Totals differ from ours; ours is"
-                  f" {took / ours_s:.0f}x faster than that too", flush=True)
-
-    ok = not mismatches and ratio >= TARGET_RATIO and ours_s < TARGET_SECONDS
-    print(f"  ratio {ratio:.0f}x (target >= {TARGET_RATIO}x), ours {ours_s:.2f}s (target < {TARGET_SECONDS}s):"
-          f" {verdict(ok)}; load average {load_average()} on this shared machine", flush=True)
+    head = headline(f"backlog of {N_GROUPS} groups, RocketMQ {spec.version}", ours_s,
+                    "one mqadmin consumerProgress without -g", ref["seconds"], TARGET_RATIO)
+    identical = not check["mismatches"] and not ref["groups_differing"] and ref["groups_listed"] == N_GROUPS
+    ok = head["met"] and ours_s < TARGET_SECONDS and identical
+    print(f"  ours {ours_s:.2f}s (target < {TARGET_SECONDS:g}s): {verdict(ours_s < TARGET_SECONDS)}; identical"
+          f" numbers: {verdict(identical)}", flush=True)
     return {
         "cluster": spec.name, "version": spec.version, "groups": N_GROUPS, "offsets": N_GROUPS * QUEUES,
         "seeding": {"by_file_s": round(seed_files.seconds, 2), "over_wire_s": round(wire.seconds, 2)},
@@ -195,26 +214,23 @@ def bench_one(spec, sample_size: int, all_groups: bool) -> dict:
                  "runs_s": [round(r.seconds, 3) for r in runs], "cpu_s": [round(r.cpu, 3) for r in runs],
                  "seconds": round(ours_s, 3), "cpu_seconds": round(ours_cpu, 3), "total": report.total,
                  "consumer_lag": report.consumer_lag, "pending_system": report.pending_system},
-        "mqadmin": {"what": "mqadmin consumerProgress -g GROUP, one call per group", "extrapolated": True,
-                    "sample": stats(samples), "sample_groups": sample, "seconds_per_call": round(per_call, 3),
-                    "seconds": round(mq_s, 1), "cpu_seconds": round(mq_cpu, 1), "mismatches": mismatches},
-        "mqadmin_all_groups_one_call": everything,
-        "ratio": round(ratio, 1), "ratio_cpu": round(mq_cpu / ours_cpu, 1), "load_average": load_average(),
-        "targets": {"ratio": TARGET_RATIO, "ours_seconds": TARGET_SECONDS},
-        "identical_on_sample": not mismatches, "pass": ok,
+        "reference": ref, "sample_check": check, "headline": head,
+        "ratio": head["ratio"], "ratio_cpu": round(ref["cpu_seconds"] / ours_cpu, 1),
+        "load_average": head["load_average"], "targets": {"ratio": TARGET_RATIO, "ours_seconds": TARGET_SECONDS},
+        "identical": identical, "met": ok,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sample", type=int, default=10, help="mqadmin calls timed per broker (default 10)")
+    parser.add_argument("--sample", type=int, default=10, help="groups checked with consumerProgress -g (default 10)")
     parser.add_argument("--versions", default="4,5", help="broker lines to run: 4, 5 or 4,5 (default)")
-    parser.add_argument("--no-all-groups", action="store_true", help="skip mqadmin consumerProgress without -g")
     args = parser.parse_args()
     specs = {"4": BENCH_SOURCE, "5": BENCH_TARGET}
-    cases = [bench_one(specs[v], args.sample, not args.no_all_groups) for v in args.versions.split(",")]
-    write_result("backlog", {"cases": cases, "pass": all(c["pass"] for c in cases)})
-    return 0 if all(c["pass"] for c in cases) else 1
+    cases = [bench_one(specs[v], args.sample) for v in args.versions.split(",")]
+    met = all(c["met"] for c in cases)
+    write_result("backlog", {"cases": cases, "met": met})
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
