@@ -184,6 +184,15 @@ def test_start_pause_reset_resume_monitor_stop_through_the_dags(airflow_api, sid
     run_id, state = control(airflow_api, task, "stop")
     assert state == "success" and alive_workers(runner, task) == {}
     assert airflow_api.xcom(task.dag("control"), run_id, "control") == {"stopped": {"forward": ["worker-0"]}}
+    # every start and control action is on the record, newest first: who, what, and what came of it
+    page = airflow_api.report_page(task.dag("control"), run_id)
+    section = page.split("Replication control: who did what", 1)[1].split("</table>", 1)[0]
+    rows = [row.split("</td><td>")[1:4] for row in section.split("<tr><td>")[1:]]
+    assert [what.split(" to ")[0] for _, what, _ in rows] == [
+        "stop", "resume", "resume", "reset_offset", "pause", "reset_offset", "start"], rows
+    assert {by for by, _, _ in rows} == {"admin"} and rows[3][1] == f"reset_offset to {middle.isoformat()}"
+    assert [state for _, _, state in rows] == ["success"] * 5 + ["failed", "success"]
+    assert "{&quot;stopped&quot;: {&quot;forward&quot;: [&quot;worker-0&quot;]}}" in section
 
     group = f"rmq_replicator_{task.name}"
     assert group in source.run(lambda a: a.group_configs(source.broker))

@@ -8,6 +8,7 @@ asset, so it renders inside Airflow's UI as it is.
 from __future__ import annotations
 
 import html
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class RunRecord:
     preflight: dict[str, Any] | None = None
     triggered_by: str | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)  # what people did to the run, from Airflow's audit log
+    control_actions: list[dict[str, Any]] = field(default_factory=list)  # a replication task's starts and controls
 
 
 def current_step(record: RunRecord) -> str:
@@ -63,6 +65,7 @@ def render(record: RunRecord) -> str:
         _steps(record),
         _gates(record),
         _actions(record),
+        _control_actions(record),
         _switches(record),
         _writers_outside(record),
         *(_chart(task, obs) for task, obs in record.observations.items() if obs),
@@ -92,6 +95,25 @@ def _gates(record: RunRecord) -> str:
                    f"<td>{html.escape(str(a.get('responded_by')))}</td><td>{html.escape(str(a.get('responded_at')))}</td></tr>"
                    for g, a in record.answers.items())
     return f"<h2>Approvals</h2><table><tr><th>gate</th><th>answer</th><th>by</th><th>at</th></tr>{rows}</table>"
+
+
+def _control_actions(record: RunRecord) -> str:
+    """Who started, paused, reset, resumed, stopped or deleted the replication task, and what came of it."""
+    if not record.control_actions:
+        return ""
+    esc = html.escape
+    rows = []
+    for action in record.control_actions:
+        what = action["action"] + (f" to {action['timestamp']}" if action.get("timestamp") else "")
+        rows.append(f"<tr><td>{esc(action['at'])}</td><td>{esc(str(action['by']))}</td><td>{esc(what)}</td>"
+                    f"<td>{esc(action['state'])}</td><td><code>{esc(_short(action.get('outcome')))}</code></td></tr>")
+    return ("<h2>Replication control: who did what</h2><table><tr><th>at</th><th>by</th><th>action</th>"
+            f"<th>run</th><th>outcome</th></tr>{''.join(rows)}</table>")
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = "" if value is None else json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def describe_action(action: dict[str, Any], answers: dict[str, dict[str, Any]]) -> str:

@@ -50,7 +50,36 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunRecord:
     record.observations = _observations(session, run)
     record.triggered_by = run.triggering_user_name
     record.actions = _actions(session, dag_id, run_id)
+    record.control_actions = _control_actions(session, dag_id)
     return record
+
+
+#: The DAGs whose runs act on a replication task (by DAG id prefix), with the task that acts.
+CONTROL_DAGS = {"rmq_replication_start__": "start_workers", "rmq_replication_control__": "control"}
+CONTROL_RUNS = 50
+
+
+def _control_actions(session: Session, dag_id: str) -> list[dict]:
+    """On any page of a replication task: its latest starts and control actions, newest first,
+    each with who triggered it, what it asked and what came of it, from the runs themselves."""
+    if not dag_id.startswith("rmq_replication_"):
+        return []
+    name = dag_id.split("__", 1)[1]
+    acting = {f"{prefix}{name}": task for prefix, task in CONTROL_DAGS.items()}
+    runs = session.scalars(select(DagRun).where(DagRun.dag_id.in_(acting))
+                           .order_by(DagRun.run_after.desc()).limit(CONTROL_RUNS)).all()
+    results = {(row.dag_id, row.run_id): XComModel.deserialize_value(row) for row in session.scalars(
+        select(XComModel).where(XComModel.dag_id.in_(acting), XComModel.run_id.in_([r.run_id for r in runs]),
+                                XComModel.task_id.in_(set(acting.values())), XComModel.key == "return_value"))}
+    actions = []
+    for run in runs:
+        conf = run.conf or {}
+        start = run.dag_id.startswith("rmq_replication_start__")
+        actions.append({"at": str(run.start_date or run.run_after), "by": run.triggering_user_name,
+                        "action": "start" if start else conf.get("action", "status"),
+                        "timestamp": None if start else conf.get("timestamp"), "state": str(run.state),
+                        "outcome": results.get((run.dag_id, run.run_id))})
+    return actions
 
 
 #: The audit log's events (Airflow's API endpoint names) that change a run by hand.
