@@ -34,18 +34,22 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
 
 
 @contextlib.contextmanager
-def auto_create(spec: harness.ClusterSpec, enabled: bool) -> Iterator[None]:
-    """``autoCreateTopicEnable`` of every broker of the cluster, set with mqadmin for the
-    with-block, then put back to what the harness starts them with (on)."""
-    def put(value: bool) -> None:
-        result = harness.mqadmin(spec, ["updateBrokerConfig", "-c", spec.name, "-k", "autoCreateTopicEnable",
-                                        "-v", str(value).lower()])
+def broker_setting(spec: harness.ClusterSpec, key: str, value: str, restore: str) -> Iterator[None]:
+    """A setting of every broker of the cluster, changed with mqadmin for the with-block, then
+    put back to ``restore`` (what the harness starts them with)."""
+    def put(to: str) -> None:
+        result = harness.mqadmin(spec, ["updateBrokerConfig", "-c", spec.name, "-k", key, "-v", to])
         assert result.returncode == 0, result.stdout + result.stderr
-    put(enabled)
+    put(value)
     try:
         yield
     finally:
-        put(True)
+        put(restore)
+
+
+def auto_create(spec: harness.ClusterSpec, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """``autoCreateTopicEnable`` of every broker of the cluster for the with-block (the harness starts them on)."""
+    return broker_setting(spec, "autoCreateTopicEnable", str(enabled).lower(), "true")
 
 
 def shutdown_within(client: Any, seconds: float = 20.0) -> None:

@@ -14,7 +14,7 @@ import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
 from rocketmq_harness import clusters as harness
-from cluster_side import auto_create, send_half, send_routed, shutdown_within, wait_for
+from cluster_side import auto_create, broker_setting, send_half, send_routed, shutdown_within, wait_for
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.checks import ClientsOnline, WritesStopped
 from rocketmq_core.errors import BrokerUnavailable
@@ -25,6 +25,7 @@ from rocketmq_core.retire import retire_topics, topic_holdings
 
 SIDES = {SOURCE: "source-ha", TARGET: "target-ha"}
 END_TRANSACTION = 37  # request code a transactional producer commits or rolls back a half with
+DISCARDED_HALVES = "TRANS_CHECK_MAX_TIME_TOPIC"  # where a 4.9 broker puts a half it gave up checking
 
 
 @pytest.fixture
@@ -164,6 +165,36 @@ def test_producers_move_only_while_both_sides_read_and_no_half_waits(sides, name
         end_transaction(source, addr, sent, producers, key)
         wait_for(lambda: evaluate(sides, run.conditions(Stage.REMAINING_PRODUCERS))[(SOURCE, "no_pending_half")]
                  ["satisfied"], "the committed half no longer pending")
+
+
+def test_without_the_guard_a_half_whose_producers_moved_is_discarded_by_the_source(sides, names):
+    """The negative control of "no pending transactional half": a half message waits on the
+    source while its producers have moved (none of its group is online there). The broker's
+    check-back finds nobody; once the checks run out (transactionCheckMax, 15 by default, 0 here
+    so the second check decides: the checker runs every 60 s) the broker discards the half into
+    TRANS_CHECK_MAX_TIME_TOPIC. Its topic never gets the message: lost to every consumer."""
+    source = sides[SOURCE]
+    topic, group, producers = names.topic(), names.group(), names.group("p")
+    create_everywhere(sides, [topic], [group])
+    run = MigrationRun([group], [producers], topics=[topic], consumer_topics=[topic])
+    addr = sorted(source.spec.master_addrs.items())[-1][1]  # the master without a slave
+
+    def pending() -> int:
+        seen = evaluate(sides, run.conditions(Stage.REMAINING_PRODUCERS))[(SOURCE, "no_pending_half")]
+        return seen["figures"]["pending_halves"][topic]
+
+    def discarded() -> int:
+        offsets = admin_run(source, lambda admin: admin.topic_offsets(addr, DISCARDED_HALVES))
+        return sum(high for _, high in offsets.values())
+
+    with broker_setting(source.spec, "transactionCheckMax", "0", "15"):
+        before = discarded() if DISCARDED_HALVES in admin_run(source, lambda a: a.topic_configs(addr)) else 0
+        admin_run(source, lambda admin: send_half(admin, addr, topic, uuid.uuid4().hex.upper(), producers, queues=2))
+        wait_for(lambda: pending() == 1, "the half pending: the guard would refuse to move producers now")
+        wait_for(lambda: pending() == 0, "the broker's checker giving up on the half", timeout=200, every=2)
+        assert discarded() > before
+    stored = admin_run(source, lambda admin: admin.topic_offsets(addr, topic))
+    assert sum(high for _, high in stored.values()) == 0, stored  # never reached its topic
 
 
 def test_the_cutover_refuses_while_anyone_writes_the_source(sides, names):
