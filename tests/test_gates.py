@@ -132,6 +132,37 @@ def _only_the_assigned_answer(airflow_as, dag: str, named: str, tmp_path) -> Non
     assert "<td>oncall</td><td>answered gate: Approve</td>" in page
 
 
+def test_an_override_typed_at_the_gate_unlocks_its_switch_and_is_on_the_record(airflow_as):
+    """The switch after the gate refuses while its live precondition fails (nobody reads on the
+    target). An Approve with no reason changes nothing; the on-call's reason typed into the gate's
+    form lets that switch act, and the record shows who, which gate, the reason and the failed
+    figures, to anyone who may read the run."""
+    oncall, watcher = airflow_as["oncall"], airflow_as["watcher"]
+    dag, reason = "probe_gate_override", "INC-7: readers verified on the target by hand"
+    switch_api = RecordingServer()
+    try:
+        airflow_as["admin"].set_connection("probe_override_switch", **switch_api.connection())  # gate_probes.OVERRIDE_SWITCH_CONN
+        oncall.wait_for_dag(dag)
+        outcomes = {}
+        for typed in ("", reason):
+            run_id = oncall.trigger(dag)
+            oncall.wait_for_gate(dag, run_id, "gate")
+            oncall.answer(dag, run_id, "gate", "Approve", params_input={"override_reason": typed})
+            outcomes[typed] = (run_id, oncall.wait_for_run(dag, run_id), len(switch_api.requests))
+        refused_run, refused_state, calls = outcomes[""]
+        assert (refused_state, calls) == ("failed", 0)
+        assert "PROBE_OVERRIDE_READERS" in str(oncall.xcom(dag, refused_run, "switch", key="refused"))
+        run_id, state, calls = outcomes[reason]
+        assert (state, calls) == ("success", 1)
+        override = oncall.xcom(dag, run_id, "switch", key="override")
+        assert (override["reason"], override["gate"], override["by"]) == (reason, "gate", "oncall"), override
+        assert override["failed"][0]["figures"]["clients"] == {"PROBE_OVERRIDE_READERS": 0}, override
+        page = watcher.report_page(dag, run_id)
+        assert "<b>Override</b> of switch by oncall" in page and reason in page and "PROBE_OVERRIDE_READERS" in page
+    finally:
+        switch_api.close()
+
+
 def test_gate_opening_and_run_failure_are_announced_on_the_webhook(airflow_api):
     hook = RecordingServer()
     try:

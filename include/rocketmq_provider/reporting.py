@@ -40,6 +40,7 @@ class RunRecord:
     triggered_by: str | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)  # what people did to the run, from Airflow's audit log
     control_actions: list[dict[str, Any]] = field(default_factory=list)  # a replication task's starts and controls
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # switches past a failed precondition, as pushed
 
 
 def current_step(record: RunRecord) -> str:
@@ -70,7 +71,7 @@ def render(record: RunRecord) -> str:
         _writers_outside(record),
         *(_chart(task, obs) for task, obs in record.observations.items() if obs),
     ]
-    for override in (record.report or {}).get("overrides", []):
+    for override in record.overrides:
         failed = "; ".join(f"{f.get('condition')}: {f.get('summary')}" for f in override.get("failed", []))
         parts.append(f"<p class=warn><b>Override</b> of {esc(override.get('task'))} by {esc(override.get('by', '?'))}"
                      f" at {esc(override.get('at', '?'))} ({esc(override.get('gate', 'no gate'))}):"

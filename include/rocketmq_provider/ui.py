@@ -36,13 +36,15 @@ def load_run(session: Session, dag_id: str, run_id: str) -> RunRecord:
     record = RunRecord(dag_id, run_id, str(run.state), [(t, str(s) if s else None) for t, s in tasks])
     rows = session.scalars(select(XComModel).where(
         XComModel.dag_id == dag_id, XComModel.run_id == run_id,
-        XComModel.key.in_(["answer", "switch", "return_value"])))
+        XComModel.key.in_(["answer", "switch", "override", "return_value"])))
     for row in rows:
         value = XComModel.deserialize_value(row)
         if row.key == "answer":
             record.answers[row.task_id] = value
         elif row.key == "switch":
             record.switches[row.task_id] = value
+        elif row.key == "override":
+            record.overrides.append({"task": row.task_id, **value})
         elif row.task_id == "report" and isinstance(value, dict):
             record.report = value
         elif row.task_id == "preflight" and isinstance(value, dict):

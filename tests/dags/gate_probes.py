@@ -9,11 +9,14 @@ from airflow.sdk import DAG, task
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 
+from rocketmq_core.checks import ClientsOnline
+from rocketmq_core.migration import TARGET, Condition
 from rocketmq_core.taskspec import NotificationSpec
 from rocketmq_provider.notifications import notifiers
+from rocketmq_provider.operators.fleet import FleetSwitchOperator, HttpSwitcher
 from rocketmq_provider.sensors.rocketmq import ClientsOnlineSensor
 from rocketmq_provider.operators.approval import (
-    ClientsEvidence, EvidenceApprovalOperator, MigrationGate, assignees, rollback_requested,
+    Approval, ClientsEvidence, EvidenceApprovalOperator, MigrationGate, assignees, rollback_requested,
 )
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -69,3 +72,17 @@ with DAG("probe_gate_rotation", schedule=None, start_date=START, catchup=False, 
          tags=["test-probe"]):
     EvidenceApprovalOperator(task_id="gate", subject="Move the probe fleet?", body="The rotation answers.",
                              assigned_users=assignees(["role:orders-oncall"])) >> mark.override(task_id="guarded")("guarded")
+
+#: The HTTP connection the override probe's switch calls (a test points it at a recorder).
+OVERRIDE_SWITCH_CONN = "probe_override_switch"
+
+with DAG("probe_gate_override", schedule=None, start_date=START, catchup=False, render_template_as_native_obj=True,
+         tags=["test-probe"]):
+    # Nobody reads PROBE_OVERRIDE_READERS on the target: the switch refuses, unless the gate's
+    # answer carries an override reason typed by the on-call.
+    MigrationGate(task_id="gate", subject="Move the probe producers?", approve_task_id="switch",
+                  assigned_users=assignees(["oncall"])) >> FleetSwitchOperator(
+        task_id="switch", fleet="probe", role="producer", groups=["PROBE_OVERRIDE"], to_cluster="rocketmq_target",
+        switcher=HttpSwitcher(OVERRIDE_SWITCH_CONN, endpoint="/switch", method="POST"),
+        preconditions=[Condition(TARGET, ClientsOnline(["PROBE_OVERRIDE_READERS"], min_clients=1))],
+        connections={TARGET: "rocketmq_target"}, approval=Approval(("gate",), approvers=("oncall",)))
