@@ -141,7 +141,8 @@ def test_an_override_typed_at_the_gate_unlocks_its_switch_and_is_on_the_record(a
     dag, reason = "probe_gate_override", "INC-7: readers verified on the target by hand"
     switch_api = RecordingServer()
     try:
-        airflow_as["admin"].set_connection("probe_override_switch", **switch_api.connection())  # gate_probes.OVERRIDE_SWITCH_CONN
+        # gate_probes.OVERRIDE_SWITCH_CONN: the switch's HTTP connection, here the recorder
+        airflow_as["admin"].set_connection("probe_override_switch", **switch_api.connection())
         oncall.wait_for_dag(dag)
         outcomes = {}
         for typed in ("", reason):
