@@ -11,7 +11,7 @@ import yaml
 from airflow.dag_processing.dagbag import DagBag
 
 from rocketmq_core.errors import InvalidSpec
-from rocketmq_core.taskspec import hold_spec, is_held, load_specs, parse_spec, release_spec
+from rocketmq_core.taskspec import held_because, hold_spec, is_held, load_specs, parse_spec, release_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = yaml.safe_load((ROOT / "specs" / "orders-migration.yaml").read_text())
@@ -137,6 +137,33 @@ def test_a_spec_removed_during_its_run_keeps_its_dag_until_the_run_releases_it(t
 
 
 REPLICATION = yaml.safe_load((ROOT / "specs" / "orders-replication.yaml").read_text())
+
+
+def test_a_spec_edited_during_its_run_applies_only_to_the_next_run(tmp_path, monkeypatch):
+    """An edit made while a run is active (a group dropped from a fleet, an approver changed)
+    would change the DAG, and the checks, under that run: the run's copy stands until it ends,
+    the DAG says so, and a broken edit is listed without taking the run's DAG away."""
+    monkeypatch.setenv("RMQ_TASK_SPECS_DIR", str(tmp_path))
+    write(tmp_path, "orders.yml", EXAMPLE)
+    spec = parse_spec(EXAMPLE, "orders.yml")
+    held = hold_spec(spec, "manual__run1")
+    write(tmp_path, "orders.yml", variant(description="edited during the run", approvers=["someone-else"]))
+    specs, errors = load_specs(tmp_path)
+    assert list(specs) == [held] and held_because(held) == "edited" and not errors
+    assert specs[held].approvers == EXAMPLE["approvers"]
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "rocketmq_tasks.py"))
+    dag = bag.dags["rmq_migration__orders-migration"]
+    assert "spec-edited" in dag.tags and dag.description.startswith("SPEC FILE EDITED during the active run")
+    assert "rmq_metadata_diff__orders-migration" in bag.dag_ids  # the file is there: its schedule goes on
+    (tmp_path / "orders.yml").write_text("kind: [unclosed")
+    specs, errors = load_specs(tmp_path)
+    assert list(specs) == [held] and "not valid YAML" in errors[tmp_path / "orders.yml"]
+    write(tmp_path, "orders.yml", variant(description="edited during the run"))
+    assert release_spec(spec, "manual__run1")
+    specs, _ = load_specs(tmp_path)
+    assert list(specs) == [tmp_path / "orders.yml"] and specs[tmp_path / "orders.yml"].description == \
+        "edited during the run"  # the next run takes the edit
+    assert held_because(tmp_path / "orders.yml") is None
 
 
 def test_a_specs_folder_that_cannot_hold_a_copy_names_the_setting_that_moves_it(tmp_path, monkeypatch):

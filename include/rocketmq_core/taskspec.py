@@ -359,23 +359,33 @@ def specs_dir() -> Path:
 def load_specs(folder: Path | None = None) -> tuple[dict[Path, Any], dict[Path, str]]:
     """Every spec in a folder: the valid ones, and an error text per invalid file.
 
-    A spec held by an active run (``hold_spec``) whose file is gone is read from its held copy,
-    so its DAG outlives the file until the run ends. Reads files only (no network), so it is
-    safe at DAG parse time.
+    A spec held by an active run (``hold_spec``) is read from its held copy while its file is
+    gone, broken or edited, so the run finishes on the spec it started with (``held_because``
+    says which). Reads files only (no network), so it is safe at DAG parse time.
     """
     folder = folder or specs_dir()
+    specs, errors = _load_files(folder)
+    held = sorted(held_dir(folder).glob("*.yaml"))
+    copied = {path: folder / line[1] for path in held if (line := _held_line(path))}
+    for path in held:
+        copy: dict[Path, Any] = {}
+        _load_one(path, copy, errors)
+        file = copied.get(path)
+        if path not in copy or (file in specs and specs[file] == copy[path]):
+            continue
+        if file not in specs and path.stem in {spec.slug for spec in specs.values()}:
+            continue  # another file took the name meanwhile: the overlap check below decides
+        specs.pop(file, None)  # edited (or broken: its error stays listed) during the run
+        specs[path] = copy[path]
+    _reject_duplicates_and_overlaps(specs, errors, {*held, *copied.values()})
+    return specs, errors
+
+
+def _load_files(folder: Path) -> tuple[dict[Path, Any], dict[Path, str]]:
     specs: dict[Path, Any] = {}
     errors: dict[Path, str] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         _load_one(path, specs, errors)
-    live = {spec.slug for spec in specs.values()}  # a file broken meanwhile does not end the run: its copy stands
-    held = sorted(held_dir(folder).glob("*.yaml"))
-    for path in held:
-        if path.stem not in live:
-            _load_one(path, specs, errors)
-    copied = (_held_line(path) for path in held)
-    running = {*held, *(folder / line[1] for line in copied if line)}  # the copies and the files they copied
-    _reject_duplicates_and_overlaps(specs, errors, running)
     return specs, errors
 
 
@@ -405,8 +415,17 @@ def held_dir(folder: Path | None = None) -> Path:
 
 
 def is_held(path: Path) -> bool:
-    """Whether a path ``load_specs`` returned is a held copy (its spec file was removed)."""
+    """Whether a path ``load_specs`` returned is a held copy (see ``held_because``)."""
     return path.parent.name == HELD_DIR or path.parent == held_dir()
+
+
+def held_because(path: Path, folder: Path | None = None) -> str | None:
+    """Why ``load_specs`` returned a held copy: "removed" (its spec file is gone) or "edited"
+    (the file changed, or broke, during the run); None for a spec file."""
+    if not is_held(path):
+        return None
+    line = _held_line(path)
+    return "edited" if line and ((folder or specs_dir()) / line[1]).exists() else "removed"
 
 
 def hold_spec(spec: Any, run_id: str, folder: Path | None = None) -> Path:
@@ -464,9 +483,8 @@ def _holder(held: Path) -> str | None:
 
 def spec_file(spec: Any, folder: Path | None = None) -> Path | None:
     """The file in the specs folder that holds the spec now (by name), if any."""
-    folder = folder or specs_dir()
-    specs, _ = load_specs(folder)
-    return next((path for path, other in specs.items() if other.name == spec.name and not is_held(path)), None)
+    specs, _ = _load_files(folder or specs_dir())
+    return next((path for path, other in specs.items() if other.name == spec.name), None)
 
 
 def _reject_duplicates_and_overlaps(specs: dict[Path, Any], errors: dict[Path, str], running: set[Path]) -> None:

@@ -19,7 +19,7 @@ from airflow.sdk import DAG, Param, TaskGroup
 
 from rocketmq_core.migration import SOURCE, TARGET, Condition, MigrationRun, Stage
 from rocketmq_core.taskspec import (AddressServiceSwitchSpec, FleetSpec, ManualSwitchSpec, MigrationSpec,
-                                    ReplicationSpec, is_held)
+                                    ReplicationSpec, held_because)
 from rocketmq_provider.operators.approval import (
     ROLL_BACK, Approval, BacklogEvidence, ClientsEvidence, EvidenceApprovalOperator, InvariantEvidence,
     ManualStepEvidence, MigrationGate, WritersEvidence, XComEvidence, assignees, rollback_requested,
@@ -37,7 +37,10 @@ from rocketmq_provider.operators.migration import (
 from rocketmq_provider.sensors.rocketmq import BacklogZeroSensor, ClientsOnlineSensor, SourceWritesStoppedSensor
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-HELD_NOTE = "SPEC FILE REMOVED: this DAG stays only until its active run ends. "
+#: What a migration DAG built from a held copy says first, by why the copy is used (``held_because``).
+HELD_NOTES = {"removed": "SPEC FILE REMOVED: this DAG stays only until its active run ends. ",
+              "edited": "SPEC FILE EDITED during the active run: the run finishes on the spec it started with;"
+                        " the edit applies to the next run. "}
 
 
 def resolved(key: str) -> str:
@@ -146,8 +149,9 @@ def _switcher(fleet: FleetSpec) -> Switcher:
                         content_type=switch.content_type)
 
 
-def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
-    """``held``: the spec file is gone and an active run holds a copy; the DAG stays to finish it."""
+def build_migration_dag(spec: MigrationSpec, held: str | None = None) -> DAG:
+    """``held``: why an active run's copy of the spec is built instead of its file ("removed",
+    "edited"); the DAG stays on that copy to finish the run."""
     src, tgt = spec.source, spec.target
     consumers, producers = spec.groups_of("consumer"), spec.groups_of("producer")
     users = assignees(spec.approvers)
@@ -164,12 +168,12 @@ def build_migration_dag(spec: MigrationSpec, held: bool = False) -> DAG:
              # Room for a second run only so that its preflight refuses it at once, naming the
              # first (a queued run would start a migration whenever the first one ends).
              catchup=False, max_active_runs=2, render_template_as_native_obj=True,
-             description=(HELD_NOTE if held else "")
+             description=HELD_NOTES.get(held or "", "")
              + (spec.description or f"Move fleets from {src.conn_id} to {tgt.conn_id}"),
              on_success_callback=[ReleaseHeldSpec(spec)],
              on_failure_callback=[*notifiers(spec.notifications, "run_failed"), ReleaseHeldSpec(spec)],
              user_defined_macros={"run_broker_sets": run_broker_sets},
-             tags=["rocketmq", "migration", *(["spec-removed"] if held else [])]) as dag:
+             tags=["rocketmq", "migration", *([f"spec-{held}"] if held else [])]) as dag:
         with _phase("metadata"):
             preflight = MigrationPreflightOperator(task_id="preflight", spec=spec)
             plan = MetadataDiffOperator(task_id="metadata_plan", source_conn_id=src.conn_id, target_conn_id=tgt.conn_id,
@@ -344,18 +348,19 @@ class SpecErrorsDag(DAG):
 
 
 def build_dags(specs: dict[Path, MigrationSpec | ReplicationSpec], errors: dict[Any, str]) -> list[DAG]:
-    """The DAGs of ``load_specs``' answer. A held spec (its file removed during a run) keeps only
+    """The DAGs of ``load_specs``' answer. A spec whose file was removed during a run keeps only
     its migration DAG, until the run ends; its scheduled diff stops with the file."""
     from rocketmq_provider.replication_dag import build_replication_dags
 
     dags = []
     for path, spec in specs.items():
+        held = held_because(path)
         if isinstance(spec, ReplicationSpec):
             dags += build_replication_dags(spec)
-        elif is_held(path):
-            dags.append(build_migration_dag(spec, held=True))
+        elif held == "removed":
+            dags.append(build_migration_dag(spec, held=held))
         else:
-            dags += [build_migration_dag(spec), build_diff_dag(spec)]
+            dags += [build_migration_dag(spec, held=held), build_diff_dag(spec)]
     if errors:
         dags.append(SpecErrorsDag("rmq_invalid_task_specs", schedule=None, start_date=START,
                                   description="\n".join(errors.values())))
