@@ -1,14 +1,21 @@
-"""Backlog of 10,000 consumer groups on one broker: measure_backlog against mqadmin consumerProgress.
+"""Backlog of 10,000 consumer groups: measure_backlog against mqadmin consumerProgress.
 
-Per broker version (4.9 and 5.x, one private cluster each, one after the other):
+Per broker version (4.9 and 5.x) and topology (one broker, then two masters), one private
+cluster each, one after the other. On two masters each holds half of the groups, their retry
+topics and the topics they consume (even indexes on the first, odd on the second): the same
+10,000 groups and 40,000 offsets as on one broker, so the figures show how each side scales when
+the brokers share the work. (mqadmin finds a group's brokers through its retry topic's route, so a
+group's offsets must lie where its retry topic does.)
 
 * seeding: 10 topics of 4 queues, 10,000 groups and their 10,000 %RETRY% topics (as consumers'
   heartbeats would create them; 4.9's consumerProgress fails without one) written into
   topics.json / subscriptionGroup.json before the broker starts; then 20 messages per queue,
   2 retry messages for every 500th group, and committed offsets (40,000 queue offsets plus the
   retry ones) sent over the wire;
-* ours: ``measure_backlog`` of all 10,000 groups, three runs, each with a fresh connection;
-  every group's number is checked against the seeded arithmetic;
+* ours: ``measure_backlog`` of all 10,000 groups, three runs after an untimed one (the reference
+  runs after ours, on brokers warmed up by them), each with a fresh connection;
+  every group's number is checked against the seeded arithmetic; the brokers' CPU seconds during
+  each run are recorded, and one more run goes under cProfile (top contributors printed);
 * reference: ONE ``mqadmin consumerProgress`` without ``-g`` (all groups in one JVM, as a user
   who knows the tool would run it), timed in the same run; its Diff Total is checked for every group;
 * correctness check: ``consumerProgress -g`` on a sample of groups, rows and Diff Total compared
@@ -26,8 +33,9 @@ import sys
 import time
 from typing import Any
 
-from _common import BENCH_SOURCE, BENCH_TARGET, Timer, config_writer, fresh_cluster, headline, run_mqadmin, stats, \
-    verdict, write_result
+from _common import BENCH_SOURCE, BENCH_SOURCE_2M, BENCH_TARGET, BENCH_TARGET_2M, Timer, broker_pids, \
+    fresh_cluster, headline, master_of, profile, run_async, run_mqadmin, seed_split, side_by_side, stats, verdict, \
+    write_result
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import BacklogReport, measure_backlog
@@ -49,6 +57,8 @@ BUSY_RETRIES = 20
 
 GROUPS = [f"BENCH_G_{i:05d}" for i in range(N_GROUPS)]
 TOPICS = [f"BENCH_T_{i}" for i in range(N_TOPICS)]
+#: (broker line, brokers per cluster) -> cluster.
+SPECS = {("4", 1): BENCH_SOURCE, ("5", 1): BENCH_TARGET, ("4", 2): BENCH_SOURCE_2M, ("5", 2): BENCH_TARGET_2M}
 
 
 def retry(group: str) -> str:
@@ -85,23 +95,28 @@ async def _send(admin: ClusterAdmin, broker: str, topic: str, queue_id: int, n: 
                 await asyncio.sleep(0.2)
 
 
-async def seed_over_wire(namesrv: str, broker: str) -> None:
-    async with ClusterAdmin(namesrv, timeout=30) as admin:
-        sends = [_send(admin, broker, t, q, PER_QUEUE) for t in TOPICS for q in range(QUEUES)]
-        sends += [_send(admin, broker, retry(g), 0, RETRY_MESSAGES) for g in GROUPS[::RETRY_EVERY]]
+async def seed_over_wire(spec: ClusterSpec) -> None:
+    addrs = list(spec.master_addrs.values())
+
+    def home(name: str) -> str:
+        return addrs[master_of(spec, name)]
+
+    async with ClusterAdmin(spec.namesrv, timeout=30) as admin:
+        sends = [_send(admin, home(t), t, q, PER_QUEUE) for t in TOPICS for q in range(QUEUES)]
+        sends += [_send(admin, home(g), retry(g), 0, RETRY_MESSAGES) for g in GROUPS[::RETRY_EVERY]]
         await admin.gather(sends)
         deadline = time.monotonic() + 30
         while True:  # the broker dispatches to consume queues asynchronously
-            maxes = await admin.gather(admin.max_offset(broker, t, q) for t in TOPICS for q in range(QUEUES))
+            maxes = await admin.gather(admin.max_offset(home(t), t, q) for t in TOPICS for q in range(QUEUES))
             if set(maxes) == {PER_QUEUE}:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"consume queues never reached {PER_QUEUE}: {maxes}")
             await asyncio.sleep(0.2)
         # update_consumer_offsets: concurrent first commits of one (topic, group) race in the broker
-        commits = [admin.update_consumer_offsets(broker, g, topic_of(i), {q: committed(i, q) for q in range(QUEUES)})
+        commits = [admin.update_consumer_offsets(home(g), g, topic_of(i), {q: committed(i, q) for q in range(QUEUES)})
                    for i, g in enumerate(GROUPS)]
-        commits += [admin.update_consumer_offset(broker, g, retry(g), 0, 0) for g in GROUPS[::RETRY_EVERY]]
+        commits += [admin.update_consumer_offset(home(g), g, retry(g), 0, 0) for g in GROUPS[::RETRY_EVERY]]
         await admin.gather(commits)
 
 
@@ -110,9 +125,10 @@ async def _ours(namesrv: str) -> BacklogReport:
         return await measure_backlog(admin, GROUPS)
 
 
-def ours(namesrv: str) -> tuple[Timer, BacklogReport]:
-    with Timer() as timer:
-        report = asyncio.run(_ours(namesrv))
+def ours(spec: ClusterSpec) -> tuple[Timer, BacklogReport]:
+    """One run; the timer also holds the brokers' CPU seconds meanwhile (``watched_cpu``)."""
+    with Timer(broker_pids(spec)) as timer:
+        report = run_async(_ours(spec.namesrv))
     return timer, report
 
 
@@ -159,32 +175,32 @@ def check_sample(spec: ClusterSpec, report: BacklogReport, by_group: dict[str, i
 
 def reference(spec: ClusterSpec, by_group: dict[str, int]) -> dict[str, Any]:
     """The headline reference: one consumerProgress without -g, all groups in one JVM; Diff Totals checked."""
-    timer, out = run_mqadmin(spec, ["consumerProgress"], timeout=1800)
+    timer, out = run_mqadmin(spec, ["consumerProgress"], timeout=1800, watch=broker_pids(spec))
     totals = parse_all_groups(out)
     differ = {g: (t, by_group[g]) for g, t in totals.items() if t != by_group[g]}
     print(f"  reference: mqadmin consumerProgress (no -g, all groups in one JVM): {timer.seconds:.2f}s"
-          f" ({timer.child_cpu:.2f} JVM CPU-s) for {len(totals)} groups, {len(differ)} Diff Totals differ from ours",
-          flush=True)
+          f" ({timer.child_cpu:.2f} JVM CPU-s, brokers {timer.watched_cpu:.2f} CPU-s) for {len(totals)} groups,"
+          f" {len(differ)} Diff Totals differ from ours", flush=True)
     return {"what": "mqadmin consumerProgress without -g: all groups in one JVM, one call",
-            "seconds": round(timer.seconds, 3), "cpu_seconds": round(timer.child_cpu, 2), "groups_listed": len(totals),
+            "seconds": round(timer.seconds, 3), "cpu_seconds": round(timer.child_cpu, 2),
+            "broker_cpu_seconds": round(timer.watched_cpu, 2), "groups_listed": len(totals),
             "groups_differing": len(differ), "differing_sample": dict(list(differ.items())[:5])}
 
 
 def bench_one(spec: ClusterSpec, sample_size: int) -> dict[str, Any]:
-    print(f"\n== {spec.name}: RocketMQ {spec.version}, {N_GROUPS} groups on one broker", flush=True)
+    print(f"\n== {spec.name}: RocketMQ {spec.version}, {N_GROUPS} groups on {spec.masters} broker(s)", flush=True)
     topics = [TopicConfig(t, QUEUES, QUEUES) for t in TOPICS] + [TopicConfig(retry(g), 1, 1) for g in GROUPS]
-    with Timer() as seed_files:
-        seed = config_writer(topics, [GroupConfig(g) for g in GROUPS], spec.major)
-    with fresh_cluster(spec, seed) as cluster:
+    with fresh_cluster(spec, seed_split(spec, topics, [GroupConfig(g) for g in GROUPS])):
         with Timer() as wire:
-            asyncio.run(seed_over_wire(cluster.namesrv, cluster.broker))
+            asyncio.run(seed_over_wire(spec))
         print(f"  seeded {len(topics)} topics and {N_GROUPS} groups by file; messages and"
               f" {N_GROUPS * QUEUES + N_GROUPS // RETRY_EVERY} committed offsets over the wire in {wire.seconds:.1f}s",
               flush=True)
 
+        ours(spec)  # untimed: a fresh broker's first answers include its JIT warm-up; the reference runs warm
         runs, report = [], None
         for _ in range(RUNS):
-            timer, report = ours(cluster.namesrv)
+            timer, report = ours(spec)
             runs.append(timer)
         assert report is not None
         by_group = report.by_group
@@ -194,27 +210,29 @@ def bench_one(spec: ClusterSpec, sample_size: int) -> dict[str, Any]:
         ours_s = statistics.median(r.seconds for r in runs)
         ours_cpu = statistics.median(r.cpu for r in runs)
         print(f"  ours: measure_backlog of {N_GROUPS} groups ({report.method}): runs "
-              + ", ".join(f"{r.seconds:.2f}s ({r.cpu:.2f} CPU-s)" for r in runs) + f", median {ours_s:.2f}s; total"
-              f" {report.total} (consumer lag {report.consumer_lag}, pending system {report.pending_system}); every"
-              " group's number equals the seeded arithmetic", flush=True)
+              + ", ".join(f"{r.seconds:.2f}s ({r.cpu:.2f} CPU-s, brokers {r.watched_cpu:.2f} CPU-s)" for r in runs)
+              + f", median {ours_s:.2f}s; total {report.total} (consumer lag {report.consumer_lag}, pending system"
+              f" {report.pending_system}); every group's number equals the seeded arithmetic", flush=True)
+        profiled = profile(lambda: ours(spec))
 
         ref = reference(spec, by_group)
         check = check_sample(spec, report, by_group, sample_size)
 
-    head = headline(f"backlog of {N_GROUPS} groups, RocketMQ {spec.version}", ours_s,
+    head = headline(f"backlog of {N_GROUPS} groups, RocketMQ {spec.version}, {spec.masters} broker(s)", ours_s,
                     "one mqadmin consumerProgress without -g", ref["seconds"], TARGET_RATIO)
     identical = not check["mismatches"] and not ref["groups_differing"] and ref["groups_listed"] == N_GROUPS
     ok = head["met"] and ours_s < TARGET_SECONDS and identical
     print(f"  ours {ours_s:.2f}s (target < {TARGET_SECONDS:g}s): {verdict(ours_s < TARGET_SECONDS)}; identical"
           f" numbers: {verdict(identical)}", flush=True)
     return {
-        "cluster": spec.name, "version": spec.version, "groups": N_GROUPS, "offsets": N_GROUPS * QUEUES,
-        "seeding": {"by_file_s": round(seed_files.seconds, 2), "over_wire_s": round(wire.seconds, 2)},
+        "cluster": spec.name, "version": spec.version, "brokers": spec.masters, "groups": N_GROUPS,
+        "offsets": N_GROUPS * QUEUES, "seeding": {"over_wire_s": round(wire.seconds, 2)},
         "ours": {"what": "measure_backlog(admin, 10,000 groups)", "method": report.method,
                  "runs_s": [round(r.seconds, 3) for r in runs], "cpu_s": [round(r.cpu, 3) for r in runs],
+                 "broker_cpu_s": [round(r.watched_cpu, 3) for r in runs],
                  "seconds": round(ours_s, 3), "cpu_seconds": round(ours_cpu, 3), "total": report.total,
                  "consumer_lag": report.consumer_lag, "pending_system": report.pending_system},
-        "reference": ref, "sample_check": check, "headline": head,
+        "profile": profiled, "reference": ref, "sample_check": check, "headline": head,
         "ratio": head["ratio"], "ratio_cpu": round(ref["cpu_seconds"] / ours_cpu, 1),
         "load_average": head["load_average"], "targets": {"ratio": TARGET_RATIO, "ours_seconds": TARGET_SECONDS},
         "identical": identical, "met": ok,
@@ -225,9 +243,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=10, help="groups checked with consumerProgress -g (default 10)")
     parser.add_argument("--versions", default="4,5", help="broker lines to run: 4, 5 or 4,5 (default)")
+    parser.add_argument("--brokers", default="1,2", help="brokers per cluster to run: 1, 2 or 1,2 (default)")
     args = parser.parse_args()
-    specs = {"4": BENCH_SOURCE, "5": BENCH_TARGET}
-    cases = [bench_one(specs[v], args.sample) for v in args.versions.split(",")]
+    cases = [bench_one(SPECS[(v, int(b))], args.sample)
+             for b in args.brokers.split(",") for v in args.versions.split(",")]
+    side_by_side([c["headline"] for c in cases])
     met = all(c["met"] for c in cases)
     write_result("backlog", {"cases": cases, "met": met})
     return 0 if met else 1

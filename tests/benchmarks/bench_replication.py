@@ -1,26 +1,30 @@
-"""Replication throughput and delay: one worker process against the source broker's own ingest rate.
+"""Replication throughput and delay: one worker process against the source broker's ingest limit,
+measured with the official Java producer, on one broker and on two masters per cluster.
 
-On two private clusters (4.9 source, 5.x target, stopped afterwards; their ports lie below the
-kernel's ephemeral range, where a client's port could block a broker's bind):
+Per topology, on two private clusters (4.9 source, 5.x target; one broker each, then two masters
+each), stopped and removed afterwards (the ingest runs leave gigabytes in the store). Topics have
+QUEUES queues on every master of both clusters.
 
-1. ingest: native (C++ client) producers, each in a process of its own, send 1 KiB messages one
-   per request (``send_sync``) as fast as the source broker takes them, with 1, 2 and 4
-   producers; the best total is the broker's ingest rate. Everything sent stays as a backlog.
-   (The native client's ``send_batch`` is no help: against 4.9 it stores a batch as one message.)
-2. throughput: one worker (``python -m rocketmq_core.replication.worker``, default settings:
-   batched sends) replicates that backlog from the earliest offset; its rate is read from its own
+1. ingest limit, the reference: the official Java producer (rocketmq-client 4.9.7,
+   tests/benchmarks/java/LoadProducer.java: one JVM, several threads sharing one producer) sends
+   1 KiB messages to a topic of its own, as fast as the brokers answer, once per (threads,
+   messages per request) of INGEST: one message per request, then batches (``send(Collection)``,
+   which the broker stores as separate messages). Each run warms up for a second, then counts for
+   --ingest-seconds. The best rate is the source's ingest limit on this machine, the producer's
+   own CPU included, as a replication worker's is.
+2. throughput: the producer, at that best setting, leaves a backlog of about --backlog messages
+   in the replicated topic; one worker (``python -m rocketmq_core.replication.worker``, default
+   settings: batched sends) replicates it from the earliest offset; its rate is read from its own
    stats file between 10% and 90% of the backlog (start-up and tail excluded). Target: at least
-   half the ingest rate. For reference a second worker with ``tuning.batch = false`` (one
+   half the ingest limit. For information, a worker with ``tuning.batch = false`` (one
    SEND_MESSAGE_V2 per message) does the same over part of the backlog.
-3. delay: messages are paced at 5,000/s into the caught-up worker, and each one's delay is its
+3. delay: the producer, paced at --delay-rate (5,000/s: PACED_THREADS threads, one message per
+   request), sends for --delay-seconds into the caught-up worker; each message's delay is its
    store time on the target minus its store time on the source, both read back from the brokers
-   afterwards (same clock). Target: p99 under 1 s. Two load generators, one after the other:
-   a light one (one process of this project's client, one SEND_MESSAGE_V2 per message, many in
-   flight) that leaves the two CPUs to the brokers and the worker -- the headline figure -- and
-   the native producers (4 processes of ``send_sync``), whose own CPU use competes with them.
-   The achieved rates are reported; where 5,000/s is not reached, that is said.
+   afterwards (same clock). Target: p99 under 1 s. The achieved rate is reported; where the rate
+   is not reached, that is said.
 
-The machine is shared: the load average at start and end goes into the result.
+The machine is shared: the load average at start and end of each topology goes into the result.
 Prints the figures and writes bench-results/replication.json.
 """
 
@@ -34,82 +38,67 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_REPL_SOURCE, BENCH_REPL_TARGET, fresh_cluster, verdict, write_result
+from _common import BENCH_REPL_SOURCE, BENCH_REPL_TARGET, BENCH_SOURCE_2M, BENCH_TARGET_2M, Timer, broker_pids, \
+    fresh_cluster, load_average, process_cpu, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.procutil import read_json
+from rocketmq_core.errors import RocketMQError
 from rocketmq_core.model import TopicConfig
+from rocketmq_core.procutil import read_json
 from rocketmq_core.replication import remote
-from rocketmq_harness.clusters import SOURCE_VERSION, TARGET_VERSION, RunningCluster
+from rocketmq_harness.clusters import SOURCE_VERSION, TARGET_VERSION, ClusterSpec, RunningCluster
 
 TOPIC = "BENCH_REPLICATION"
-QUEUES = 8
+INGEST_TOPIC = "BENCH_INGEST"
+QUEUES = 8  # per master
 SIZE = 1024
+#: (threads, messages per request) of the ingest runs: one per request, then batches.
+INGEST = ((16, 1), (8, 32), (8, 128), (8, 512))
+WARM_UP_S = 1.0
+#: Threads of the paced producer: each waits for its answer, so 5,000/s allows 12 ms per send (a loaded machine).
+PACED_THREADS = 64
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 1000
+#: Brokers per cluster -> (source, target).
+TOPOLOGIES = {1: (BENCH_REPL_SOURCE, BENCH_REPL_TARGET), 2: (BENCH_SOURCE_2M, BENCH_TARGET_2M)}
 
-PRODUCER = r"""
-import json, sys, time
-from rocketmq.client import Message, Producer
-
-namesrv, topic, rate, seconds, size, prefix = (sys.argv[1], sys.argv[2], float(sys.argv[3]),
-    float(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
-producer = Producer("PG_bench_" + prefix, timeout=5000)
-producer.set_namesrv_addr(namesrv)
-producer.start()
-body = (b"0123456789abcdefghijklmnopqrstuvwxyz" * (size // 36 + 1))[:size]
-
-def message(key):
-    msg = Message(topic)
-    msg.set_keys(key)
-    msg.set_body(body)
-    return msg
-
-for i in range(20):  # warm up the route and the connection
-    producer.send_sync(message(f"{prefix}-warm-{i}"))
-sent = errors = 0
-start = time.monotonic()
-end = start + seconds
-while True:
-    now = time.monotonic()
-    if now >= end:
-        break
-    if rate > 0:
-        due = start + sent / rate
-        if due > now:
-            time.sleep(due - now)
-    try:
-        producer.send_sync(message(f"{prefix}-{sent}"))
-        sent += 1
-    except Exception:
-        errors += 1
-took = time.monotonic() - start
-producer.shutdown()
-print(json.dumps({"sent": sent + 20, "timed": sent, "seconds": took, "errors": errors}))
-"""
+JAVA = Path(__file__).with_name("java")
+MAIN_CLASS = "rocketmqbench.LoadProducer"
 
 
-def producers(namesrv: str, count: int, rate_each: float, seconds: float, tag: str) -> dict[str, Any]:
-    """Run ``count`` native producer processes at once; their total rate over the timed part."""
-    procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, namesrv, TOPIC, str(rate_each), str(seconds),
-                               str(SIZE), f"{tag}{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(count)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=seconds + 120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"native producer failed: {err[-2000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    timed = sum(r["timed"] for r in results)
-    longest = max(r["seconds"] for r in results)
-    return {"producers": count, "sent": sum(r["sent"] for r in results), "timed": timed,
-            "seconds": round(longest, 2), "rate": round(timed / longest, 1), "errors": sum(r["errors"] for r in results)}
+def java_classpath() -> str:
+    """The compiled load producer's runtime classpath; Maven builds it when missing or stale
+    (as rocketmq_demo.java_member builds the demo's Java member)."""
+    target = JAVA / "target"
+    out = target / "classpath.txt"
+    sources = [JAVA / "pom.xml", *JAVA.glob("src/**/*.java")]
+    if not out.exists() or out.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+        result = subprocess.run(["mvn", "-q", "-B", "-f", str(JAVA / "pom.xml"), "compile",
+                                 "dependency:build-classpath", f"-Dmdep.outputFile={out}"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"Maven could not build the Java load producer:\n{result.stdout[-3000:]}")
+        out.touch()  # Maven leaves an unchanged classpath file as it was
+    return os.pathsep.join([str(target / "classes"), out.read_text().strip()])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def java_producer(spec: ClusterSpec, topic: str, threads: int, batch: int, seconds: float, rate: float,
+                  prefix: str, logs: Path, warm_up: float = 0.0) -> dict[str, Any]:
+    """One run of the Java load producer; its rate over the timed part, its own and the brokers' CPU."""
+    cmd = ["java", "-Xmx256m", f"-Drocketmq.client.logRoot={logs}", "-cp", java_classpath(), MAIN_CLASS,
+           spec.namesrv, topic, str(threads), str(batch), str(warm_up), str(seconds), str(rate), prefix, str(SIZE)]
+    with Timer(broker_pids(spec)) as timer:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=warm_up + seconds + 180)
+    if done.returncode != 0:
+        raise RuntimeError(f"Java load producer failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"threads": threads, "messages_per_request": batch, "sent": r["sent"], "timed": r["timed"],
+            "seconds": r["seconds"], "rate": round(r["timed"] / r["seconds"], 1), "failed": r["failed"],
+            "first_failure": r["first_failure"], "producer_cpu_s": round(timer.child_cpu, 2), "broker_cpu_s": round(timer.watched_cpu, 2)}
 
 
 class Worker:
@@ -142,7 +131,7 @@ class Worker:
             self.proc.wait(120)
 
 
-def wait_for(check, what: str, timeout: float) -> Any:
+def wait_for(check: Callable[[], Any], what: str, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -156,30 +145,48 @@ def measure(worker: Worker, low: int, high: int) -> dict[str, Any]:
     """The worker's rate while its replicated count goes from ``low`` to ``high``."""
     assert worker.proc is not None
     first = wait_for(lambda: (s := worker.stats()).get("replicated", 0) >= low and s, f"{low} replicated", 900)
-    cpu0 = cpu_seconds(worker.proc.pid)
+    cpu0 = process_cpu(worker.proc.pid)
     second = wait_for(lambda: (s := worker.stats()).get("replicated", 0) >= high and s, f"{high} replicated", 1800)
-    cpu1 = cpu_seconds(worker.proc.pid)
+    cpu1 = process_cpu(worker.proc.pid)
     done = second["replicated"] - first["replicated"]
     seconds = (second["updated_at_ms"] - first["updated_at_ms"]) / 1000
     return {"measured_messages": done, "seconds": round(seconds, 2), "rate": round(done / seconds, 1),
             "cpu_seconds_per_1000": round((cpu1 - cpu0) / done * 1000, 4), "failed": second["failed"]}
 
 
-async def _store_times(cluster: RunningCluster, since: dict[int, int]) -> dict[str, int]:
-    """First key -> store timestamp of every message of the topic from ``since``."""
+async def _offsets(spec: ClusterSpec, topic: str) -> dict[tuple[str, int], int]:
+    """(broker, queue id) -> max offset of the topic on every master."""
+    async with ClusterAdmin(spec.namesrv) as admin:
+        tables = await admin.gather(admin.topic_offsets(addr, topic) for addr in spec.master_addrs.values())
+    return {(mq.broker, mq.queue_id): high for table in tables for mq, (_, high) in table.items()}
+
+
+def max_offsets(spec: ClusterSpec, topic: str = TOPIC) -> dict[tuple[str, int], int]:
+    return asyncio.run(_offsets(spec, topic))
+
+
+def routed(spec: ClusterSpec, topic: str) -> bool:
+    """The name server routes the topic to every master (a producer that starts earlier may miss one)."""
+    async def brokers() -> set[str]:
+        async with ClusterAdmin(spec.namesrv) as admin:
+            return {q["brokerName"] for q in (await admin.topic_route(topic)).get("queueDatas") or []}
+    try:
+        return asyncio.run(brokers()) == set(spec.master_addrs)
+    except RocketMQError:  # no route yet
+        return False
+
+
+async def _store_times(spec: ClusterSpec, since: dict[tuple[str, int], int]) -> dict[str, int]:
+    """First key -> store timestamp of every message of the topic after ``since``, on every master."""
     out: dict[str, int] = {}
-    async with ClusterAdmin(cluster.namesrv) as admin:
-        for mq, (low, high) in (await admin.topic_offsets(cluster.broker, TOPIC)).items():
-            start = max(low, since.get(mq.queue_id, low))
-            for m in await remote.pull_range(admin.client, cluster.broker, TOPIC, mq.queue_id, start, high):
-                if m.keys:
-                    out[m.keys[0]] = m.store_timestamp
+    async with ClusterAdmin(spec.namesrv) as admin:
+        for broker, addr in spec.master_addrs.items():
+            for mq, (low, high) in (await admin.topic_offsets(addr, TOPIC)).items():
+                start = max(low, since.get((broker, mq.queue_id), low))
+                for m in await remote.pull_range(admin.client, addr, TOPIC, mq.queue_id, start, high):
+                    if m.keys:
+                        out[m.keys[0]] = m.store_timestamp
     return out
-
-
-async def _max_offsets(cluster: RunningCluster) -> dict[int, int]:
-    async with ClusterAdmin(cluster.namesrv) as admin:
-        return {mq.queue_id: high for mq, (_, high) in (await admin.topic_offsets(cluster.broker, TOPIC)).items()}
 
 
 def percentile(values: list[int], p: float) -> int:
@@ -187,137 +194,16 @@ def percentile(values: list[int], p: float) -> int:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ingest-seconds", type=float, default=15)
-    parser.add_argument("--delay-seconds", type=float, default=30)
-    parser.add_argument("--delay-rate", type=float, default=5000)
-    args = parser.parse_args()
-    load_start = list(os.getloadavg())
-    print(f"replication benchmark: {SIZE} B messages, topic of {QUEUES} queues, {os.cpu_count()} CPUs, "
-          f"load average {load_start[0]:.1f}", flush=True)
-    result: dict[str, Any] = {"message_bytes": SIZE, "queues": QUEUES, "source_version": SOURCE_VERSION,
-                              "target_version": TARGET_VERSION}
-    with (tempfile.TemporaryDirectory() as tmp, fresh_cluster(BENCH_REPL_SOURCE) as source,
-          fresh_cluster(BENCH_REPL_TARGET) as target):
-        async def create() -> None:
-            for cluster in (source, target):
-                async with ClusterAdmin(cluster.namesrv) as admin:
-                    await admin.create_topic(cluster.broker, TopicConfig(TOPIC, QUEUES, QUEUES))
-        asyncio.run(create())
-        time.sleep(2)
-
-        # 1. the source broker's ingest rate with native producers
-        runs = []
-        for count in (1, 2, 4):
-            run = producers(source.namesrv, count, 0, args.ingest_seconds, f"ingest{count}-")
-            runs.append(run)
-            print(f"  ingest, {count} native producer(s): {run['rate']:.0f} msg/s", flush=True)
-        single = max(runs, key=lambda r: r["rate"])
-        best = single["rate"]
-        backlog = sum(asyncio.run(_max_offsets(source)).values())
-        result["ingest"] = {"runs": runs, "rate": best, "backlog": backlog}
-
-        # 2. one worker replicating that backlog; then, for reference, one sending message by message
-        worker = Worker(Path(tmp), "bench", source, target)
-        try:
-            run = measure(worker, int(backlog * 0.1), int(backlog * 0.9))
-            wait_for(lambda: (s := worker.stats()).get("replicated", 0) >= backlog and s.get("lag") == 0,
-                     "the whole backlog replicated", 900)
-            worker.stop()
-            ratio = run["rate"] / best
-            result["throughput"] = {**run, "backlog": backlog, "ratio_to_ingest": round(ratio, 3),
-                                    "target_ratio": 0.5, "pass": ratio >= 0.5}
-            print(f"  worker: {run['rate']:.0f} msg/s over {run['measured_messages']} messages of the backlog = "
-                  f"{ratio:.2f} x ingest ({verdict(ratio >= 0.5)}, target 0.5); {run['cpu_seconds_per_1000']} CPU s "
-                  "per 1000 messages", flush=True)
-
-            plain = Worker(Path(tmp), "bench-single", source, target, {"batch": False})
-            try:
-                ref = measure(plain, 5_000, min(backlog, 65_000))
-            finally:
-                plain.stop()
-            result["throughput_single_sends"] = {**ref, "ratio_to_ingest": round(ref["rate"] / best, 3)}
-            print(f"  worker sending one SEND_MESSAGE_V2 per message: {ref['rate']:.0f} msg/s = "
-                  f"{ref['rate'] / best:.2f} x ingest; {ref['cpu_seconds_per_1000']} CPU s per 1000 messages",
-                  flush=True)
-
-            # 3. delay at a fixed rate, the (default) worker caught up
-            worker.start()
-            wait_for(lambda: (s := worker.stats()).get("lag") == 0 and s.get("active_queues"), "worker back", 120)
-            light = delay_run(source, target, worker, args.delay_rate, args.delay_seconds, "light")
-            native = delay_run(source, target, worker, args.delay_rate, args.delay_seconds, "native")
-        finally:
-            worker.stop()
-        result["delay"] = light
-        result["delay_native_producers"] = native
-    result["load_average"] = {"start": load_start, "end": list(os.getloadavg())}
-    write_result("replication", result)
-    return 0 if result["throughput"]["pass"] and result["delay"]["pass"] else 1
-
-
-LIGHT_PRODUCER = r"""
-import asyncio, json, sys, time
-from rocketmq_core.admin import ClusterAdmin
-from rocketmq_core.replication import codec, remote
-
-namesrv, broker, topic, rate, seconds, size, prefix, queues = (sys.argv[1], sys.argv[2], sys.argv[3],
-    float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7], int(sys.argv[8]))
-body = (b"0123456789abcdefghijklmnopqrstuvwxyz" * (size // 36 + 1))[:size]
-
-async def main():
-    async with ClusterAdmin(namesrv) as admin:
-        gate, tasks, sent = asyncio.Semaphore(256), set(), 0
-        async def one(n):
-            try:
-                key = f"{prefix}-{n}"
-                props = codec.encode_properties({"KEYS": key, "UNIQ_KEY": key, "WAIT": "true"})
-                await remote.send_v2(admin.client, broker, "PG_bench_light", topic, n % queues, body, props,
-                                     int(time.time() * 1000))
-            finally:
-                gate.release()
-        start = time.monotonic()
-        while time.monotonic() - start < seconds:
-            due = start + sent / rate
-            if due > time.monotonic():
-                await asyncio.sleep(due - time.monotonic())
-            await gate.acquire()
-            task = asyncio.create_task(one(sent))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-        took = time.monotonic() - start
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        errors = sum(1 for r in results if isinstance(r, Exception))
-    print(json.dumps({"sent": sent, "timed": sent, "seconds": took, "errors": errors}))
-
-asyncio.run(main())
-"""
-
-
-def light_producer(source: RunningCluster, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", LIGHT_PRODUCER, source.namesrv, source.broker, TOPIC, str(rate),
-                          str(seconds), str(SIZE), prefix, str(QUEUES)], capture_output=True, text=True,
-                         timeout=seconds + 120)
-    if out.returncode != 0:
-        raise RuntimeError(f"light producer failed: {out.stderr[-2000:]}")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"producers": 1, "sent": r["sent"], "timed": r["timed"], "seconds": round(r["seconds"], 2),
-            "rate": round(r["timed"] / r["seconds"], 1), "errors": r["errors"]}
-
-
-def delay_run(source: RunningCluster, target: RunningCluster, worker: Worker, rate: float, seconds: float,
-              kind: str) -> dict[str, Any]:
+def delay_run(specs: tuple[ClusterSpec, ClusterSpec], worker: Worker, rate: float, seconds: float,
+              logs: Path) -> dict[str, Any]:
     """Pace ``rate`` messages/s for ``seconds`` into the running worker; per-message delays."""
-    since_src, since_dst = asyncio.run(_max_offsets(source)), asyncio.run(_max_offsets(target))
+    source, target = specs
+    since_src, since_dst = max_offsets(source), max_offsets(target)
     before = worker.stats().get("replicated", 0)
-    if kind == "light":
-        load = light_producer(source, rate, seconds, "delay-light")
-    else:
-        load = producers(source.namesrv, 4, rate / 4, seconds, "delay-native-")
-    sent_total = sum(asyncio.run(_max_offsets(source)).values()) - sum(since_src.values())
+    load = java_producer(source, TOPIC, PACED_THREADS, 1, seconds, rate, "delay", logs)
+    sent_total = sum(max_offsets(source).values()) - sum(since_src.values())
     reported = wait_for(lambda: (s := worker.stats()).get("lag") == 0 and s["replicated"] >= before + sent_total
-                        and s, f"the paced load ({kind}) replicated", 600)["delay"]
+                        and s, "the paced load replicated", 600)["delay"]
     src_times = asyncio.run(_store_times(source, since_src))
     dst_times = asyncio.run(_store_times(target, since_dst))
     pairs = sorted((t, dst_times[k] - t) for k, t in src_times.items() if k in dst_times)
@@ -328,16 +214,117 @@ def delay_run(source: RunningCluster, target: RunningCluster, worker: Worker, ra
     for stored, delay in pairs:
         windows.setdefault((stored - pairs[0][0]) // 5000, []).append(delay)
     reached = load["rate"] >= rate * 0.95
-    ok = p99 < 1000 and not missing
-    out = {"load_generator": kind, "requested_rate": rate, "achieved_rate": load["rate"], "rate_reached": reached,
+    ok = p99 < TARGET_P99_MS and not missing
+    out = {"load_generator": f"Java producer, {PACED_THREADS} threads, one message per request, paced",
+           "requested_rate": rate, "achieved_rate": load["rate"], "rate_reached": reached, "producer": load,
            "messages": len(src_times), "missing": len(missing), "p50_ms": p50, "p99_ms": p99, "max_ms": worst,
            "p99_ms_per_5s": [percentile(v, 0.99) for _, v in sorted(windows.items())],
-           "worker_reported_last_10s": reported, "target_p99_ms": 1000, "pass": ok}
+           "worker_reported_last_10s": reported, "target_p99_ms": TARGET_P99_MS, "met": ok}
     note = "" if reached else f" ({rate:.0f}/s was not reached on this machine)"
-    print(f"  delay, {kind} load at {load['rate']:.0f} msg/s{note}: p50 {p50} ms, p99 {p99} ms, max {worst} ms "
-          f"({verdict(ok)}, target p99 < 1000 ms), {len(src_times)} messages, {len(missing)} missing; "
-          f"p99 per 5 s: {out['p99_ms_per_5s']}", flush=True)
+    print(f"  delay at {load['rate']:.0f} msg/s{note}: p50 {p50} ms, p99 {p99} ms, max {worst} ms"
+          f" ({verdict(ok)}, target p99 < {TARGET_P99_MS} ms), {len(src_times)} messages, {len(missing)} missing;"
+          f" p99 per 5 s: {out['p99_ms_per_5s']}", flush=True)
     return out
+
+
+def bench_case(brokers: int, args: argparse.Namespace) -> dict[str, Any]:
+    specs = TOPOLOGIES[brokers]
+    load_start = load_average()
+    print(f"\n== replication: {SIZE} B messages, {QUEUES} queues per master, {brokers} broker(s) per cluster,"
+          f" {os.cpu_count()} CPUs, load average {load_start}", flush=True)
+    result: dict[str, Any] = {"brokers": brokers, "clusters": [s.name for s in specs], "message_bytes": SIZE,
+                              "queues_per_master": QUEUES}
+    with (tempfile.TemporaryDirectory() as tmp, fresh_cluster(specs[0], discard=True) as source,
+          fresh_cluster(specs[1], discard=True) as target):
+        logs = Path(tmp)
+
+        async def create() -> None:
+            for spec in specs:
+                async with ClusterAdmin(spec.namesrv) as admin:
+                    for addr in spec.master_addrs.values():
+                        await admin.create_topic(addr, TopicConfig(TOPIC, QUEUES, QUEUES))
+                        if spec is specs[0]:
+                            await admin.create_topic(addr, TopicConfig(INGEST_TOPIC, QUEUES, QUEUES))
+        asyncio.run(create())
+        for spec, topic in ((specs[0], INGEST_TOPIC), (specs[0], TOPIC), (specs[1], TOPIC)):
+            wait_for(lambda: routed(spec, topic), f"{topic} routed to every master of {spec.name}", 60)
+
+        # 1. the source's ingest limit with the official Java producer
+        runs = []
+        for threads, batch in INGEST:
+            run = java_producer(specs[0], INGEST_TOPIC, threads, batch, args.ingest_seconds, 0,
+                                f"ingest-{threads}x{batch}", logs, WARM_UP_S)
+            runs.append(run)
+            print(f"  ingest, Java producer, {threads} threads x {batch} message(s) per request: {run['rate']:.0f}"
+                  f" msg/s ({run['producer_cpu_s']} producer CPU-s, {run['broker_cpu_s']} broker CPU-s,"
+                  f" {run['failed']} failed {run['first_failure']})", flush=True)
+        best = max(runs, key=lambda r: r["rate"])
+        limit = best["rate"]
+        result["ingest"] = {"what": "official Java producer (rocketmq-client 4.9.7), one JVM, several threads",
+                            "runs": runs, "best": best, "rate": limit}
+
+        # 2. one worker replicating a backlog; then, for reference, one sending message by message
+        fill = java_producer(specs[0], TOPIC, best["threads"], best["messages_per_request"],
+                             args.backlog / limit, 0, "backlog", logs, WARM_UP_S)
+        backlog = sum(max_offsets(specs[0]).values())
+        print(f"  backlog: {backlog} messages written in {fill['seconds']:.1f}s", flush=True)
+        worker = Worker(logs, "bench", source, target)
+        try:
+            run = measure(worker, int(backlog * 0.1), int(backlog * 0.9))
+            wait_for(lambda: (s := worker.stats()).get("replicated", 0) >= backlog and s.get("lag") == 0,
+                     "the whole backlog replicated", 1800)
+            worker.stop()
+            ratio = run["rate"] / limit
+            result["throughput"] = {**run, "backlog": backlog, "ratio_to_ingest": round(ratio, 3),
+                                    "target_ratio": TARGET_RATIO, "met": ratio >= TARGET_RATIO,
+                                    "load_average": load_average()}
+            print(f"  worker: {run['rate']:.0f} msg/s over {run['measured_messages']} messages of the backlog;"
+                  f" ingest limit {limit:.0f} msg/s ({best['threads']} threads x {best['messages_per_request']});"
+                  f" {ratio:.2f} x ingest (target >= {TARGET_RATIO}): {verdict(ratio >= TARGET_RATIO)};"
+                  f" {run['cpu_seconds_per_1000']} CPU s per 1000 messages; load average {load_average()}",
+                  flush=True)
+
+            plain = Worker(logs, "bench-single", source, target, {"batch": False})
+            try:
+                ref = measure(plain, 5_000, min(backlog, 65_000))
+            finally:
+                plain.stop()
+            result["throughput_single_sends"] = {**ref, "ratio_to_ingest": round(ref["rate"] / limit, 3)}
+            print(f"  worker sending one SEND_MESSAGE_V2 per message (information): {ref['rate']:.0f} msg/s ="
+                  f" {ref['rate'] / limit:.2f} x ingest; {ref['cpu_seconds_per_1000']} CPU s per 1000 messages",
+                  flush=True)
+
+            # 3. delay at a fixed rate, the (default) worker caught up
+            worker.start()
+            wait_for(lambda: (s := worker.stats()).get("lag") == 0 and s.get("active_queues"), "worker back", 120)
+            result["delay"] = delay_run(specs, worker, args.delay_rate, args.delay_seconds, logs)
+        finally:
+            worker.stop()
+    result["load_average"] = {"start": load_start, "end": load_average()}
+    result["met"] = result["throughput"]["met"] and result["delay"]["met"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ingest-seconds", type=float, default=5)
+    parser.add_argument("--backlog", type=int, default=500_000, help="messages the worker replicates (about)")
+    parser.add_argument("--delay-seconds", type=float, default=30)
+    parser.add_argument("--delay-rate", type=float, default=5000)
+    parser.add_argument("--brokers", default="1,2", help="brokers per cluster to run: 1, 2 or 1,2 (default)")
+    args = parser.parse_args()
+    cases = [bench_case(int(b), args) for b in args.brokers.split(",")]
+    print("\n  side by side:", flush=True)
+    for c in cases:
+        t, d = c["throughput"], c["delay"]
+        print(f"    {c['brokers']} broker(s) per cluster: worker {t['rate']:.0f} msg/s, ingest limit"
+              f" {c['ingest']['rate']:.0f} msg/s, {t['ratio_to_ingest']:.2f}x (target >= {TARGET_RATIO}):"
+              f" {verdict(t['met'])}; p99 delay {d['p99_ms']} ms at {d['achieved_rate']:.0f} msg/s (target <"
+              f" {TARGET_P99_MS} ms): {verdict(d['met'])}; load average {c['load_average']}", flush=True)
+    met = all(c["met"] for c in cases)
+    write_result("replication", {"source_version": SOURCE_VERSION, "target_version": TARGET_VERSION,
+                                 "cases": cases, "met": met})
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -2,16 +2,20 @@
 
 Two private clusters, a 4.9 source and a 5.x target, each pre-seeded through topics.json and
 subscriptionGroup.json with 20,000 topics and 20,000 groups. They differ on purpose: per kind 500
-objects only on the source, 500 only on the target and 500 with one field changed.
+objects only on the source, 500 only on the target and 500 with one field changed. Run twice:
+with one broker per cluster, then with two masters per cluster, each holding half of the objects
+(even indexes on the first, odd on the second, the same on both clusters): the same 40,000
+objects per cluster, so the two runs show how each side scales when the brokers share the work.
 
 * ours: ``take_snapshot`` of both clusters (concurrently, ACL read as ``rmqctl diff`` does) and
-  ``diff``; three runs, median. Also ``rmqctl diff --json`` end to end as a process, once.
+  ``diff``; three runs after an untimed one (the reference runs after ours, on brokers warmed up
+  by them), median. Also ``rmqctl diff --json`` end to end as a process, once.
 * reference: ``exportMetadata -c`` on both clusters started at once (two JVMs in parallel, as a
   user would), then both files loaded with ``json`` and compared with plain dict comparisons
   (keys present in both entries; a 4.9 export lacks the 5.x-only ones); measured in the same run.
-* floor: the four raw requests ours waits for (GET_ALL_TOPIC_CONFIG and
-  GET_ALL_SUBSCRIPTIONGROUP_CONFIG on each broker) at once, bodies left unparsed: the brokers' own
-  time to serialise their tables, which neither side can beat.
+* floor: the raw requests ours waits for (GET_ALL_TOPIC_CONFIG and GET_ALL_SUBSCRIPTIONGROUP_CONFIG
+  on every master) at once, bodies left unparsed: the brokers' own time to serialise their
+  tables, which neither side can beat.
 * profile: one more run of ours under cProfile, its top contributors by own time.
 
 Both sides must find exactly the seeded differences. Targets: at least 10x faster, under 5 s.
@@ -19,21 +23,19 @@ Both sides must find exactly the seeded differences. Targets: at least 10x faste
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import cProfile
 import json
-import pstats
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_SOURCE, BENCH_TARGET, Timer, config_writer, fresh_cluster, headline, load_average, \
-    mqadmin_cmd, run_parallel, verdict, write_result
+from _common import BENCH_SOURCE, BENCH_SOURCE_2M, BENCH_TARGET, BENCH_TARGET_2M, Timer, fresh_cluster, headline, \
+    load_average, mqadmin_cmd, profile, run_async, run_parallel, seed_split, side_by_side, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.metadata.diff import MetadataDiff, diff
@@ -42,14 +44,15 @@ from rocketmq_core.model import GroupConfig, TopicConfig
 from rocketmq_core.remoting.client import RemotingClient
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
-from rocketmq_harness.clusters import RunningCluster
+from rocketmq_harness.clusters import ClusterSpec
 
 N = 20_000
 DIFFER = 500
 RUNS = 3
 TARGET_RATIO = 10
 TARGET_SECONDS = 5.0
-TOP = 10  # profile lines printed
+#: Brokers per cluster -> (source, target).
+TOPOLOGIES = {1: (BENCH_SOURCE, BENCH_TARGET), 2: (BENCH_SOURCE_2M, BENCH_TARGET_2M)}
 TABLES = (RequestCode.GET_ALL_TOPIC_CONFIG, RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG)
 
 
@@ -81,7 +84,7 @@ async def _ours(source: str, target: str) -> tuple[float, MetadataDiff, int]:
 
 def ours(source: str, target: str) -> tuple[Timer, float, MetadataDiff, int]:
     with Timer() as total:
-        snap_s, result, objects = asyncio.run(_ours(source, target))
+        snap_s, result, objects = run_async(_ours(source, target))
     return total, snap_s, result, objects
 
 
@@ -124,78 +127,43 @@ def check(result: MetadataDiff) -> None:
                                  f" {wrong[:10]} ({len(wrong)}); {details}")
 
 
-async def _raw_tables(clusters: tuple[RunningCluster, ...]) -> tuple[float, dict[str, tuple[float, int]]]:
+async def _raw_tables(specs: tuple[ClusterSpec, ...]) -> tuple[float, dict[str, tuple[float, int]]]:
     async with RemotingClient(timeout=30) as client:
         async def one(addr: str, code: RequestCode) -> tuple[float, int]:
             started = time.perf_counter()
             response = await client.invoke(addr, code)
             return time.perf_counter() - started, len(response.body)
 
-        jobs = {f"{c.name} {code.name}": one(c.broker, code) for c in clusters for code in TABLES}
+        jobs = {f"{broker} {code.name}": one(addr, code)
+                for s in specs for broker, addr in s.master_addrs.items() for code in TABLES}
         with Timer() as timer:
             results = await asyncio.gather(*jobs.values())
     return timer.seconds, dict(zip(jobs, results))
 
 
-def floor(clusters: tuple[RunningCluster, ...]) -> dict[str, Any]:
+def floor(specs: tuple[ClusterSpec, ...]) -> dict[str, Any]:
     """The brokers' own time to serialise their tables: the raw requests ours sends, all at once,
     bodies not parsed (only the small frame header is). Ours cannot be faster than this."""
-    runs = [asyncio.run(_raw_tables(clusters)) for _ in range(RUNS)]
+    runs = [asyncio.run(_raw_tables(specs)) for _ in range(RUNS)]
     seconds = round(statistics.median(total for total, _ in runs), 3)
     per_request = {k: (round(statistics.median(r[k][0] for _, r in runs), 3), r_bytes)
                    for k, (_, r_bytes) in runs[0][1].items()}
-    print("  floor: the 4 raw table requests at once, unparsed: runs " + ", ".join(f"{t:.2f}s" for t, _ in runs)
+    print(f"  floor: the {len(runs[0][1])} raw table requests at once, unparsed: runs " + ", ".join(f"{t:.2f}s" for t, _ in runs)
           + f", median {seconds:.2f}s; per request (median s, body bytes): "
           + "; ".join(f"{k} {t:.2f}s {n / 1e6:.1f} MB" for k, (t, n) in per_request.items()), flush=True)
-    return {"what": "GET_ALL_TOPIC_CONFIG + GET_ALL_SUBSCRIPTIONGROUP_CONFIG on both brokers at once, raw",
+    return {"what": "GET_ALL_TOPIC_CONFIG + GET_ALL_SUBSCRIPTIONGROUP_CONFIG on every master at once, raw",
             "runs_s": [round(t, 3) for t, _ in runs], "seconds": seconds,
             "per_request_s_bytes": per_request}
 
 
-def own_time(profiler: cProfile.Profile) -> tuple[dict[str, tuple[int, float]], dict[str, float]]:
-    """Own time (and calls) per function "file:name", and own time per file, summed over same-named entries."""
-    functions: dict[str, tuple[int, float]] = {}
-    files: dict[str, float] = defaultdict(float)
-    # Stats.stats: (file, line, function) -> (primitive calls, calls, own time, cumulative time, callers)
-    for (file, _, func), (_, calls, tottime, _, _) in pstats.Stats(profiler).stats.items():
-        name = "builtin" if file == "~" else Path(file).name
-        had_calls, had_time = functions.get(f"{name}:{func}", (0, 0.0))
-        functions[f"{name}:{func}"] = (had_calls + calls, had_time + tottime)
-        files[name] += tottime
-    return functions, files
-
-
-def profile(source: str, target: str) -> dict[str, Any]:
-    """Where ours spends its time: one run under cProfile (wall-clock), the functions with the most
-    own time and own time per file. Waiting for the brokers shows as the event loop's epoll."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    ours(source, target)
-    profiler.disable()
-    functions, files = own_time(profiler)
-    total = sum(files.values())
-    waiting = sum(t for name, (_, t) in functions.items() if "epoll" in name)
-    top = sorted(functions.items(), key=lambda kv: kv[1][1], reverse=True)[:TOP]
-    top_files = sorted(files.items(), key=lambda kv: kv[1], reverse=True)[:TOP]
-    print(f"  profile of one run of ours under cProfile: {total:.2f}s, of which {waiting:.2f}s waiting in epoll;"
-          " own time per function:", flush=True)
-    for name, (calls, tottime) in top:
-        print(f"    {tottime:6.2f}s {calls:>9} calls  {name}", flush=True)
-    print("  own time per file: " + ", ".join(f"{n} {t:.2f}s" for n, t in top_files), flush=True)
-    return {"profiled_s": round(total, 3), "waiting_in_epoll_s": round(waiting, 3),
-            "top_functions": [{"function": n, "own_s": round(t, 3), "calls": c} for n, (c, t) in top],
-            "top_files": {n: round(t, 3) for n, t in top_files}}
-
-
-def reference() -> tuple[Timer, Timer]:
+def reference(specs: tuple[ClusterSpec, ClusterSpec]) -> tuple[Timer, Timer]:
     """Both exportMetadata runs started at once, then json load + dict compare; (exports, compare)."""
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {s.name: Path(tmp) / s.name for s in (BENCH_SOURCE, BENCH_TARGET)}
-        exports = run_parallel([mqadmin_cmd(s, ["exportMetadata", "-c", s.name, "-f", str(dirs[s.name])])
-                                for s in (BENCH_SOURCE, BENCH_TARGET)])
+        dirs = [Path(tmp) / s.name for s in specs]
+        exports = run_parallel([mqadmin_cmd(s, ["exportMetadata", "-c", s.name, "-f", str(d)])
+                                for s, d in zip(specs, dirs)])
         with Timer() as compare:
-            counts = plain_diff(load(dirs[BENCH_SOURCE.name] / "metadata.json"),
-                                load(dirs[BENCH_TARGET.name] / "metadata.json"))
+            counts = plain_diff(*(load(d / "metadata.json") for d in dirs))
     if counts != EXPECTED:
         raise AssertionError(f"mqadmin files compared: {counts}, seeded {EXPECTED}")
     print(f"  reference: mqadmin exportMetadata on both clusters at once {exports.seconds:.2f}s"
@@ -204,14 +172,17 @@ def reference() -> tuple[Timer, Timer]:
     return exports, compare
 
 
-def main() -> int:
+def bench_case(brokers: int) -> dict[str, Any]:
+    src_spec, tgt_spec = TOPOLOGIES[brokers]
     src_topics, src_groups, tgt_topics, tgt_groups = seeded()
-    print(f"\n== snapshot + diff: {N} topics and {N} groups on a {BENCH_SOURCE.version} and a"
-          f" {BENCH_TARGET.version} cluster", flush=True)
+    print(f"\n== snapshot + diff: {N} topics and {N} groups on a {src_spec.version} and a {tgt_spec.version}"
+          f" cluster of {brokers} broker(s) each", flush=True)
     load_before = load_average()
-    with fresh_cluster(BENCH_SOURCE, config_writer(src_topics, src_groups, BENCH_SOURCE.major)) as source, \
-            fresh_cluster(BENCH_TARGET, config_writer(tgt_topics, tgt_groups, BENCH_TARGET.major)) as target:
-        print("  seeded by topics.json / subscriptionGroup.json written before each broker started", flush=True)
+    with fresh_cluster(src_spec, seed_split(src_spec, src_topics, src_groups)) as source, \
+            fresh_cluster(tgt_spec, seed_split(tgt_spec, tgt_topics, tgt_groups)) as target:
+        print("  seeded by topics.json / subscriptionGroup.json written before each broker started"
+              + (", each master its half" if brokers > 1 else ""), flush=True)
+        ours(source.namesrv, target.namesrv)  # untimed: fresh brokers' first answers include their JIT warm-up
         runs, result, objects = [], None, 0
         for _ in range(RUNS):
             timer, snap_s, result, objects = ours(source.namesrv, target.namesrv)
@@ -225,9 +196,9 @@ def main() -> int:
               + ", ".join(f"{t.seconds:.2f}s (snapshots {s:.2f}s, {t.cpu:.2f} CPU-s)" for t, s in runs)
               + f", median {ours_s:.2f}s; diff {counts} = seeded", flush=True)
 
-        exports, compare = reference()
-        raw = floor((source, target))
-        profiled = profile(source.namesrv, target.namesrv)
+        exports, compare = reference((src_spec, tgt_spec))
+        raw = floor((src_spec, tgt_spec))
+        profiled = profile(lambda: ours(source.namesrv, target.namesrv))
 
         rmqctl = Path(sys.executable).with_name("rmqctl")
         with Timer() as cli:
@@ -241,13 +212,14 @@ def main() -> int:
 
     mq_s = exports.seconds + compare.seconds
     mq_cpu = exports.child_cpu + compare.cpu
-    head = headline(f"snapshot + diff of {N} + {N} objects per cluster", ours_s,
+    head = headline(f"snapshot + diff of {N} + {N} objects per cluster, {brokers} broker(s) per cluster", ours_s,
                     "both mqadmin exportMetadata at once + json load + dict compare", mq_s, TARGET_RATIO)
     ok = head["met"] and ours_s < TARGET_SECONDS
     print(f"  ours {ours_s:.2f}s (target < {TARGET_SECONDS:g}s): {verdict(ours_s < TARGET_SECONDS)}; floor (brokers"
           f" serialising, unparsed) {raw['seconds']:.2f}s, ours above it {ours_s - raw['seconds']:.2f}s;"
           f" CPU seconds {mq_cpu:.2f} vs ours {ours_cpu:.2f}; load average {load_before} -> {load_after}", flush=True)
-    write_result("snapshot_diff", {
+    return {
+        "brokers_per_cluster": brokers, "clusters": [src_spec.name, tgt_spec.name],
         "objects_per_cluster": {"topics": N, "groups": N}, "seeded_differences": EXPECTED,
         "load_average": {"before": load_before, "after": load_after},
         "ours": {"what": "take_snapshot(source) and take_snapshot(target) concurrently, then diff",
@@ -261,8 +233,18 @@ def main() -> int:
         "floor": raw, "profile": profiled, "headline": head,
         "ratio": head["ratio"], "ratio_cpu": round(mq_cpu / ours_cpu, 1),
         "targets": {"ratio": TARGET_RATIO, "ours_seconds": TARGET_SECONDS}, "met": ok,
-    })
-    return 0 if ok else 1
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--brokers", default="1,2", help="brokers per cluster to run: 1, 2 or 1,2 (default)")
+    args = parser.parse_args()
+    cases = [bench_case(int(b)) for b in args.brokers.split(",")]
+    side_by_side([c["headline"] for c in cases])
+    met = all(c["met"] for c in cases)
+    write_result("snapshot_diff", {"cases": cases, "met": met})
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
