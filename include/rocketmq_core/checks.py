@@ -324,7 +324,7 @@ class FenceHolds(TopicsCheck):
         writable = {b.name: sorted(t for t in self.topics if t in table and table[t].perm & PERM_WRITE)
                     for b, table in zip(brokers, tables)}
         writable = {broker: topics for broker, topics in writable.items() if topics}
-        publishers = await accounts_that_publish(admin, self.topics, self.cluster, self.brokers_seen())
+        publishers = await accounts_that_publish(admin, self.topics, brokers)
         lifted = [f"{b}: {', '.join(t)}" for b, t in sorted(writable.items())]
         lifted += [f"{b}: account {key} may send to {', '.join(t)}"
                    for b, accounts in sorted(publishers.items()) for key, t in accounts.items()]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rocketmq_core.acl import PlainAccount, plain_acl_on, plain_accounts, put_plain_account
-from rocketmq_core.admin import ClusterAdmin
+from rocketmq_core.admin import BrokerInfo, ClusterAdmin
 from rocketmq_core.errors import RocketMQError
 from rocketmq_core.model import PERM_WRITE, TopicConfig
 
@@ -148,22 +148,26 @@ def _with_entries(account: PlainAccount, entries: dict[str, str]) -> PlainAccoun
 
 async def _acl_masters(admin: ClusterAdmin, cluster: str | None, expected: Iterable[str]) -> list[tuple[str, str]]:
     """(broker name, master address) of every master with plain ACL on."""
+    return await _with_plain_acl(admin, await admin.masters(cluster, expected))
+
+
+async def _with_plain_acl(admin: ClusterAdmin, brokers: Iterable[BrokerInfo]) -> list[tuple[str, str]]:
     found = []
-    for broker in await admin.masters(cluster, expected):
+    for broker in brokers:
         assert broker.master is not None
         if plain_acl_on(await admin.broker_config(broker.master)):
             found.append((broker.name, broker.master))
     return found
 
 
-async def accounts_that_publish(admin: ClusterAdmin, topics: Iterable[str], cluster: str | None = None,
-                                expected_brokers: Iterable[str] = ()) -> dict[str, dict[str, list[str]]]:
-    """Per master with plain ACL on, the non-admin accounts that may send to any of the topics
-    (broker -> account -> topics): empty while the fence's ACL part stands. Admins pass every
-    check whatever their entries; the fence names them when it goes up."""
+async def accounts_that_publish(admin: ClusterAdmin, topics: Iterable[str],
+                                masters: Iterable[BrokerInfo]) -> dict[str, dict[str, list[str]]]:
+    """Per master (of those given) with plain ACL on, the non-admin accounts that may send to any
+    of the topics (broker -> account -> topics): empty while the fence's ACL part stands. Admins
+    pass every check whatever their entries; the fence names them when it goes up."""
     wanted = sorted(set(topics))
     found: dict[str, dict[str, list[str]]] = {}
-    for name, addr in await _acl_masters(admin, cluster, expected_brokers):
+    for name, addr in await _with_plain_acl(admin, masters):
         for key, account in sorted((await plain_accounts(admin, addr)).items()):
             publishing = [t for t in wanted if not account.admin and account.may_publish(t)]
             if publishing:

@@ -303,7 +303,7 @@ def build_migration_dag(spec: MigrationSpec, held: str | None = None) -> DAG:
                                           remaining_consumers, rollback_producers, rollback_consumers)
                       for t in g.children.values()]
         # A teardown runs whatever happened, a run ended by hand included; it carries the verdict.
-        report = MigrationReportOperator(task_id="report", spec=spec,
+        report = MigrationReportOperator(task_id="report",
                                          gates=["approve_metadata_sync", *gates,
                                                 *(["approve_retire_source"] if retire else [])],
                                          switches=switch_ids, offsets_task="cutover_offsets", verdict_task="outcome",

@@ -139,10 +139,10 @@ class ClientsEvidence(Evidence):
     def render(self, context: Any) -> str:
         columns = [conn_id for conn_id, _ in self.clusters]
         counts: dict[str, dict[str, int]] = {}
-        for column, (conn_id, cluster) in zip(columns, self.clusters):
+        for conn_id, cluster in self.clusters:
             # one check per cluster: a check tracks the brokers it has seen
             check = ClientsOnline(list(self.groups), self.role, min_clients=0, cluster=cluster)
-            counts[column] = RocketMQHook(conn_id).run(check.evaluate).figures["clients"]
+            counts[conn_id] = RocketMQHook(conn_id).run(check.evaluate).figures["clients"]
         header = "| group | " + " | ".join(f"`{c}`" for c in columns) + " |"
         rule = "|---|" + "---:|" * len(columns)
         rows = [f"| {g} | " + " | ".join(str(counts[c][g]) for c in columns) + " |"

@@ -368,10 +368,9 @@ class MigrationReportOperator(BaseOperator):
     not a failure. The failure names where each fleet stands.
     """
 
-    def __init__(self, *, spec: MigrationSpec, gates: list[str], switches: list[str], offsets_task: str,
+    def __init__(self, *, gates: list[str], switches: list[str], offsets_task: str,
                  verdict_task: str, retire_task: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.spec = spec
         self.gates = gates
         self.switches = switches
         self.offsets_task = offsets_task
