@@ -321,13 +321,13 @@ def test_a_member_that_ignores_the_address_service_fails_the_switch_by_name(
         shutdown_within(consumer)
 
 
-def test_the_address_service_switch_moves_unmodified_java_consumers_canary_first(
+def test_an_address_service_canary_that_strips_a_group_is_undone_and_refused(
         rmq_clusters, airflow_env, address_service, names, tmp_path):
-    """Unmodified Java consumers know only -Drocketmq.namesrv.domain and .subgroup. The switch
-    changes what their subgroups answer and returns once the brokers show the move: the canary's
-    member on the target and gone from the source, the others still there; then, moving both
-    subgroups, every member on the target and none left on the source. A group whose only
-    consumer is on the canary subgroup would be stripped: that canary is undone and refused."""
+    """Unmodified Java consumers know only -Drocketmq.namesrv.domain and .subgroup. A group whose
+    only consumer asks the canary subgroup would be stripped from the source by the canary: the
+    switch sees it leave, points the canary subgroup back at the source and refuses, naming the
+    group; the main subgroup never changed. (The canary and full moves of a whole migration on
+    such clients are in test_migration_e2e, "Java fleet moved by the address service".)"""
     source, target = rmq_clusters["source"], rmq_clusters["target"]
     topic, group, lone = names.topic(), names.group("c"), names.group("lone")
     for cluster in (source, target):
@@ -336,8 +336,7 @@ def test_the_address_service_switch_moves_unmodified_java_consumers_canary_first
     main, canary = names.group("nsaddr"), names.group("nsaddr-canary")
     for subgroup in (main, canary):
         book.set(subgroup, source.namesrv)
-    members = [("c-main-0", group, main), ("c-main-1", group, main), ("c-canary", group, canary),
-               ("c-lone", lone, canary)]
+    members = [("c-main", group, main), ("c-canary", group, canary), ("c-lone", lone, canary)]
     procs = []
     for member, member_group, subgroup in members:
         cmd = java_member.command(
@@ -348,23 +347,12 @@ def test_the_address_service_switch_moves_unmodified_java_consumers_canary_first
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
     switcher = AddressServiceSwitcher("address_service", main, canary, timeout_seconds=420, poll_seconds=2)
     try:
-        _wait(lambda: len(_client_ids(source, group)) == 3 and len(_client_ids(source, lone)) == 1, 60,
+        _wait(lambda: len(_client_ids(source, group)) == 2 and len(_client_ids(source, lone)) == 1, 60,
               "every Java consumer online on the source")
         with pytest.raises(AirflowException, match=rf"left consumer group\(s\) \['{lone}'\] with no consumer"):
             switcher.switch(_move([group, lone], 0.2), LOG)
         assert book.get(canary) == source.namesrv and book.get(main) == source.namesrv
-
-        moved = switcher.switch(_move([group], 0.2), LOG)
-        assert book.get(canary) == target.namesrv and book.get(main) == source.namesrv
-        [canary_id] = moved["after"]["joining"][group]
-        assert _client_ids(target, group) == [canary_id]
-        assert len(moved["after"]["leaving"][group]) == 2 and canary_id not in _client_ids(source, group)
-
-        moved = switcher.switch(_move([group], 1.0), LOG)
-        assert book.get(canary) == target.namesrv == book.get(main)
-        assert moved["after"]["leaving"][group] == [] and _client_ids(source, group) == []
-        assert sorted(_client_ids(target, group)) == moved["after"]["joining"][group]
-        assert len(moved["after"]["joining"][group]) == 3
+        assert _client_ids(source, lone) == [] and len(_client_ids(target, lone)) == 1  # what the switch saw
     finally:
         for proc in procs:
             _terminate(proc)

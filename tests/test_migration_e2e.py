@@ -1,7 +1,9 @@
 """The whole story on real clusters, a real fleet and a running Airflow answered through its REST API.
 
 A migration DAG built from a task spec moves a fleet of 2 producers and 4 consumers in 2 groups,
-producing continuously, from the 4.9 source to the 5.x target: nothing is lost. The negative
+producing continuously, from the 4.9 source to the 5.x target: nothing is lost. The fleet is
+switched by a config service it polls (C++ members, or C++ and Java ones), or, on unmodified Java
+clients, by the name-server address service the client itself asks. The negative
 controls show what happens when the order is broken by hand, and that the DAG refuses to break
 it even when its sensors are marked successful by hand or clients vanish after a sensor passed.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import E2E_SPECS
+from rocketmq_core.address_service import AddressBook, make_server
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.backlog import measure_backlog
 from rocketmq_core.model import GroupConfig, TopicConfig
@@ -44,6 +48,8 @@ class World:
     config_url: str
     source: Any
     conns: tuple[str, str] = (SOURCE, TARGET)
+    #: The address service's answers, when the members follow it instead of the config service.
+    book: AddressBook | None = None
 
     @property
     def dag_id(self) -> str:
@@ -53,8 +59,12 @@ class World:
         self.config.switch(fleet, {"groups": groups, "share": share, "cluster": cluster})
 
     def clusters_of(self, role: str) -> dict[str, str]:
+        """Where each member of the role's fleet is sent: by the config service or the address service."""
         fleet = self.layout.producer_fleet if role == "producer" else self.layout.consumer_fleet
-        return {m: e["cluster"] for m, e in self.config.state["fleets"][fleet]["members"].items()}
+        if self.book is None:
+            return {m: e["cluster"] for m, e in self.config.state["fleets"][fleet]["members"].items()}
+        named = self.fleet.cluster_names
+        return {m: named[self.book.get(self.layout.subgroup(m))] for m, f, _, _ in self.layout.members() if f == fleet}
 
 
 def _create_metadata(cluster, layout: FleetLayout) -> None:
@@ -70,6 +80,11 @@ def _create_metadata(cluster, layout: FleetLayout) -> None:
 
 #: How a person is told to switch a fleet, in the manual world's spec.
 BY_HAND = "Edit the fleet's entry in the config service and save."
+#: The address service's bearer token in the address world.
+ADDRESS_TOKEN = "address-s3cret"
+#: How long an address-service switch may take: a Java client asks every 2 minutes, re-routes
+#: within 30 s, and the old broker forgets it up to 2 minutes after its last heartbeat.
+ADDRESS_SWITCH_SECONDS = 480
 
 
 def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = TARGET,
@@ -79,6 +94,10 @@ def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = 
     def switch(fleet: str) -> dict[str, Any]:
         if manual:
             return {"type": "manual", "how": BY_HAND, "timeout_seconds": 300, "poll_seconds": 2}
+        if world.book is not None:
+            return {"type": "address_service", "http_conn_id": conn_id, "subgroup": fleet,
+                    "canary_subgroup": f"{fleet}-canary", "timeout_seconds": ADDRESS_SWITCH_SECONDS,
+                    "poll_seconds": 3}
         return {"http_conn_id": conn_id, "method": "PUT", "endpoint": f"/fleets/{fleet}"}
 
     spec = {
@@ -101,26 +120,40 @@ def _write_spec(world: World, conn_id: str, source: str = SOURCE, target: str = 
 
 
 def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOURCE, TARGET), mixed: bool = False,
-           extra: dict[str, Any] | None = None, consumers_per_group: int = 2, manual: bool = False):
+           extra: dict[str, Any] | None = None, consumers_per_group: int = 2, manual: bool = False,
+           address: bool = False):
     """A world on two clusters; ``conns`` name them in Airflow (and in the fleet's config).
     ``mixed``: the first producer and the first consumer of each group run on the Java client;
-    ``extra``: more fields of the spec; ``manual``: a person switches the fleets."""
+    ``extra``: more fields of the spec; ``manual``: a person switches the fleets; ``address``:
+    every member runs the unmodified Java client, told only its address service's domain and
+    subgroup, and the spec switches the fleets there."""
     u = uuid.uuid4().hex[:8]
     layout = FleetLayout(topic=f"orders_{u}", producer_group=f"PID_orders_{u}",
                          consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15,
                          consumers_per_group=consumers_per_group)
     if mixed:
         layout.java_members = {"producer-0", *(f"{group}-0" for group in layout.consumer_groups)}
+    if address:
+        layout.java_members = {member for member, *_ in layout.members()}
     _create_metadata(source, layout)
     config = FleetConfig(tmp_path / "fleet-config.json", {conns[0]: source.namesrv, conns[1]: target.namesrv})
     server = serve(config)
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    fleet = DemoFleet(layout, tmp_path / "fleet", url)
+    book = AddressBook(tmp_path / "addresses.json") if address else None
+    switched_by = server
+    if book is not None:
+        for member, *_ in layout.members():
+            book.set(layout.subgroup(member), source.namesrv)
+        switched_by = make_server(book, token=ADDRESS_TOKEN)
+        threading.Thread(target=switched_by.serve_forever, daemon=True, name="address-service").start()
+    fleet = DemoFleet(layout, tmp_path / "fleet", url,
+                      address_domain=f"127.0.0.1:{switched_by.server_address[1]}" if book else None,
+                      cluster_names={source.namesrv: conns[0], target.namesrv: conns[1]})
     fleet.register(config, conns[0])
-    w = World(f"e2e_{u}", layout, config, fleet, url, source, conns)
-    conn_id = f"fleet_config_{u}"
-    airflow_api.set_connection(conn_id, conn_type="http", host="127.0.0.1", port=server.server_address[1],
-                               schema="http")
+    w = World(f"e2e_{u}", layout, config, fleet, url, source, conns, book)
+    conn_id = f"{'address_service' if book else 'fleet_config'}_{u}"
+    airflow_api.set_connection(conn_id, conn_type="http", host="127.0.0.1", port=switched_by.server_address[1],
+                               schema="http", password=ADDRESS_TOKEN if book else None)
     spec_path = _write_spec(w, conn_id, *conns, extra=extra, manual=manual)
     fleet.start()
     try:
@@ -128,6 +161,8 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
     finally:
         fleet.stop()
         server.shutdown()
+        if book is not None:
+            switched_by.shutdown()
         spec_path.unlink(missing_ok=True)
 
 
@@ -155,14 +190,24 @@ def retiring_world(rmq_clusters, airflow_api, tmp_path):
                       extra={"retire_source": True})
 
 
+def _ha_world(ha_clusters, airflow_api, tmp_path, **kind: bool):
+    source, target = ha_clusters["source-ha"], ha_clusters["target-ha"]
+    for name, cluster in (("rocketmq_source_ha", source), ("rocketmq_target_ha", target)):
+        airflow_api.set_connection(name, conn_type="rocketmq", host="127.0.0.1", port=cluster.spec.namesrv_port)
+    yield from _world(airflow_api, tmp_path, source, target, ("rocketmq_source_ha", "rocketmq_target_ha"), **kind)
+
+
 @pytest.fixture
 def ha_world(ha_clusters, airflow_api, tmp_path):
     """Two masters per cluster (4.9 with a slave, 5.x behind a proxy) and a fleet that mixes the
     official Java client (one producer, one consumer per group) with C++ members."""
-    source, target = ha_clusters["source-ha"], ha_clusters["target-ha"]
-    for name, cluster in (("rocketmq_source_ha", source), ("rocketmq_target_ha", target)):
-        airflow_api.set_connection(name, conn_type="rocketmq", host="127.0.0.1", port=cluster.spec.namesrv_port)
-    yield from _world(airflow_api, tmp_path, source, target, ("rocketmq_source_ha", "rocketmq_target_ha"), mixed=True)
+    yield from _ha_world(ha_clusters, airflow_api, tmp_path, mixed=True)
+
+
+@pytest.fixture
+def address_world(ha_clusters, airflow_api, tmp_path):
+    """Two masters per cluster and a fleet of unmodified Java clients moved by the address service."""
+    yield from _ha_world(ha_clusters, airflow_api, tmp_path, address=True)
 
 
 def _perms(cluster, topic: str) -> dict[str, int]:
@@ -220,10 +265,16 @@ def _mark_drain_sensors_by_hand(world: World, airflow_api, run_id: str) -> None:
     airflow_api.wait_for_gate(world.dag_id, run_id, "approve_cutover", timeout=300)
 
 
-@pytest.fixture(params=["one broker, C++ fleet", "two masters, mixed fleet"])
+WORLDS = {"one broker, C++ fleet": "world", "two masters, mixed fleet": "ha_world",
+          "two masters, Java fleet moved by the address service": "address_world"}
+
+
+@pytest.fixture(params=list(WORLDS))
 def any_world(request):
-    """The story on one-broker clusters, and on source-ha -> target-ha with Java and C++ members."""
-    return request.getfixturevalue("world" if request.param.startswith("one") else "ha_world")
+    """The story on one-broker clusters with C++ members and a config service; on source-ha ->
+    target-ha with Java and C++ members; and there with unmodified Java clients that only know
+    their address service (each switch there waits for the clients' 2-minute address poll)."""
+    return request.getfixturevalue(WORLDS[request.param])
 
 
 def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, airflow_api):
@@ -251,6 +302,9 @@ def test_migration_dag_moves_a_live_fleet_without_losing_a_message(any_world, ai
         assert "None: every producer group" in writers or "in no fleet are online" in writers, bodies[gate]
     assert set(world.clusters_of("producer").values()) == {target}
     assert set(world.clusters_of("consumer").values()) == {target}
+    if world.book is not None:  # each client took the target's name server from the service itself
+        followed = {e["member"] for e in world.fleet.events() if e["e"] == "switch" and e["cluster"] == target}
+        assert followed == {member for member, *_ in layout.members()}, followed
     canary = airflow_api.xcom(world.dag_id, run_id, f"canary_producers.{layout.producer_fleet}", key="switch")
     assert canary["share"] == 0.5 and "kept" not in canary, canary  # a first run's canary moves
     assert set(_perms(world.source, layout.topic).values()) == {4}  # fenced: read-only on every master

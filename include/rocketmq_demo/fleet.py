@@ -27,7 +27,8 @@ class FleetLayout:
     """Who is in the fleet: fleet names, the topic, the producer group and the consumer groups.
 
     Members run on the C++ client (member.py) unless named in java_members: those run on the
-    official Java client (java_member.py), so one fleet can mix both.
+    official Java client (java_member.py), so one fleet can mix both. The first member of each
+    group is its canary: with an address service it asks the fleet's canary subgroup.
     """
 
     topic: str
@@ -47,13 +48,31 @@ class FleetLayout:
                  for g in self.consumer_groups for i in range(self.consumers_per_group)]
         return rows
 
+    def subgroup(self, member: str) -> str:
+        """The address-service subgroup a member asks: its fleet's, or the fleet's canary one."""
+        fleet = next(f for m, f, _, _ in self.members() if m == member)
+        return f"{fleet}-canary" if member.endswith("-0") else fleet
+
 
 @dataclass
 class DemoFleet:
+    """The member processes. Each follows the config service at ``config_url``, or, given
+    ``address_domain``, no config at all: the Java client's own name-server address service
+    (-Drocketmq.namesrv.domain) moves it. ``cluster_names`` relabels what such members log as
+    their cluster (the name-server addresses they hold) with the cluster's name."""
+
     layout: FleetLayout
     run_dir: Path
-    config_url: str
+    config_url: str | None
+    address_domain: str | None = None
+    cluster_names: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cpp = sorted(m for m, *_ in self.layout.members() if m not in self.layout.java_members)
+        if self.address_domain and cpp:
+            raise ValueError(f"members {cpp} run the C++ client, which takes its name-server address only at start:"
+                             " an address service cannot move them (give them a config service instead)")
 
     def register(self, config: FleetConfig, cluster: str) -> None:
         for member, fleet, _, group in self.layout.members():
@@ -69,10 +88,14 @@ class DemoFleet:
             for member, _, member_role, group in self.layout.members():
                 if member_role != role or member in self.pids:
                     continue
-                args = ["--config-url", self.config_url, "--member", member, "--role", role, "--group", group,
-                        "--topic", self.layout.topic, "--log", str(self.log_path(member)),
-                        "--rate", str(self.layout.rate)]
-                cmd = (java_member.command(args, self.run_dir / f"{member}.client-logs")
+                args = ["--member", member, "--role", role, "--group", group, "--topic", self.layout.topic,
+                        "--log", str(self.log_path(member)), "--rate", str(self.layout.rate)]
+                if self.address_domain:
+                    jvm = [f"-Drocketmq.namesrv.domain={self.address_domain}",
+                           f"-Drocketmq.namesrv.domain.subgroup={self.layout.subgroup(member)}"]
+                else:
+                    args, jvm = ["--config-url", self.config_url, *args], []
+                cmd = (java_member.command(args, self.run_dir / f"{member}.client-logs", jvm)
                        if member in self.layout.java_members else [sys.executable, "-m", "rocketmq_demo.member", *args])
                 with open(self.run_dir / f"{member}.out", "ab") as out:
                     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -103,6 +126,9 @@ class DemoFleet:
             path = self.log_path(member)
             if path.exists():
                 rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in rows:
+            if row.get("cluster") in self.cluster_names:
+                row["cluster"] = self.cluster_names[row["cluster"]]
         return rows
 
     def account(self) -> dict[str, Any]:
