@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import json
 import re
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import msgspec
 
 from rocketmq_core.errors import (
     BrokerUnavailable, ConnectionFailed, ConsumerNotOnline, QueryNotFound, RequestCodeNotSupported,
@@ -35,6 +38,12 @@ MAX_IN_FLIGHT = 256
 MASTER_ID = 0
 #: The name server's KV namespace of ordered topics: topic -> ``broker:queues;broker2:queues``.
 ORDER_NAMESPACE = "ORDER_TOPIC_CONFIG"
+
+
+class _TopicTable(msgspec.Struct):
+    """GET_ALL_TOPIC_CONFIG's body with each topic's config kept as raw bytes."""
+
+    topicConfigTable: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
 
 
 async def gather_all(*jobs: Awaitable[T]) -> list[T]:
@@ -147,14 +156,24 @@ class ClusterAdmin:
         return self._majors[addr]
 
     async def gather(self, jobs: Iterable[Awaitable[T]]) -> list[T]:
-        """Run many requests concurrently, at most MAX_IN_FLIGHT at a time; the first failure raises."""
-        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        """Run many requests concurrently, at most MAX_IN_FLIGHT at a time; the first failure raises.
 
-        async def _one(job: Awaitable[T]) -> T:
-            async with gate:
-                return await job
+        MAX_IN_FLIGHT workers take the jobs in turn: a task per worker, not per job."""
+        pending = list(jobs)
+        results: list[Any] = [None] * len(pending)
+        turns = iter(enumerate(pending))
 
-        return await gather_all(*(_one(j) for j in jobs))
+        async def worker() -> None:
+            for index, job in turns:
+                results[index] = await job
+
+        try:
+            await gather_all(*(worker() for _ in range(min(MAX_IN_FLIGHT, len(pending)))))
+        finally:
+            for job in pending:  # after a failure, the jobs no worker took (closing a finished one is a no-op)
+                if inspect.iscoroutine(job):
+                    job.close()
+        return results
 
     # --- brokers ---------------------------------------------------------------------------
 
@@ -197,6 +216,14 @@ class ClusterAdmin:
         with gc_paused():
             table = loads(resp.body).get("topicConfigTable") or {}
             return {name: TopicConfig.from_wire(cfg) for name, cfg in table.items()}
+
+    async def topics_held(self, addr: str) -> set[str]:
+        """The names of every topic one broker holds, their configs left unparsed."""
+        resp = await self.client.invoke(addr, RequestCode.GET_ALL_TOPIC_CONFIG, timeout=30)
+        try:
+            return set(msgspec.json.decode(resp.body, type=_TopicTable).topicConfigTable)
+        except msgspec.DecodeError:  # not standard JSON: the tolerant parser's way
+            return set(loads(resp.body).get("topicConfigTable") or {})
 
     async def create_topic(self, addr: str, topic: TopicConfig) -> None:
         """Create or update a topic on one broker. A 4.9 broker ignores ``order``: there, ordering is

@@ -68,20 +68,18 @@ import re
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from rocketmq_core.admin import MAX_IN_FLIGHT, BrokerInfo, ClusterAdmin, gather_all
+from rocketmq_core.admin import BrokerInfo, ClusterAdmin, gather_all
 from rocketmq_core.errors import InvalidSpec, NotFound, ProtocolError, RocketMQError
 from rocketmq_core.model import HALF_TOPIC, RETRY_PREFIX, SCHEDULE_TOPIC, TIMER_TOPIC, validate_group_name
 from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode, ResponseCode
 from rocketmq_core.replication.codec import decode_message
 
-T = TypeVar("T")
-R = TypeVar("R")
 Kind = Literal["normal", "retry", "delayed", "timer", "half"]
 Method = Literal["auto", "per_group", "broker_wide"]
 
@@ -234,7 +232,7 @@ async def measure_backlog(admin: ClusterAdmin, groups: list[str], cluster: str |
     measured_at = datetime.now(timezone.utc)
     started = time.monotonic()
     brokers = await admin.masters(cluster, expected_brokers)
-    results = await admin.gather(_measure_broker(admin, b, names, method) for b in brokers)
+    results = await admin.gather(_measure_broker(admin, b, names, method, len(brokers) > 1) for b in brokers)
     rows = [row for broker_rows, _ in results for row in broker_rows]
     if len(brokers) > 1:
         rows += await _unconsumed_rows(admin, brokers, rows)
@@ -248,13 +246,14 @@ async def measure_backlog(admin: ClusterAdmin, groups: list[str], cluster: str |
 
 
 async def _measure_broker(admin: ClusterAdmin, broker: BrokerInfo, groups: tuple[str, ...],
-                          method: str) -> tuple[list[BacklogRow], set[str]]:
-    """Rows of one master broker and the groups it knows from offsets; system rows included."""
+                          method: str, shared: bool) -> tuple[list[BacklogRow], set[str]]:
+    """Rows of one master broker and the groups it knows from offsets; system rows included.
+    ``shared``: other masters hold part of the groups' topics."""
     addr = broker.master
     assert addr is not None
-    group_part = _group_rows_per_group if method == "per_group" else _group_rows_broker_wide
-    (group_rows, known), system_rows = await gather_all(
-        group_part(admin, addr, broker.name, groups), _system_rows(admin, addr, broker.name))
+    group_part = (_group_rows_per_group(admin, addr, broker.name, groups) if method == "per_group"
+                  else _group_rows_broker_wide(admin, addr, broker.name, groups, shared))
+    (group_rows, known), system_rows = await gather_all(group_part, _system_rows(admin, addr, broker.name))
     return group_rows + system_rows, known
 
 
@@ -318,7 +317,7 @@ async def _group_rows_per_group(admin: ClusterAdmin, addr: str, broker: str,
                                 groups: tuple[str, ...]) -> tuple[list[BacklogRow], set[str]]:
     """GET_CONSUME_STATS per group, and once more naming its retry topic (offsets or not)."""
     requests = [(g, None) for g in groups] + [(g, _retry_topic(g)) for g in groups]
-    answers = await _in_flight(lambda req: admin.consume_stats(addr, *req), requests)
+    answers = await admin.gather(admin.consume_stats(addr, *req) for req in requests)
     plain_stats, retry_stats = answers[:len(groups)], answers[len(groups):]
     rows: list[BacklogRow] = []
     known: set[str] = set()
@@ -334,25 +333,31 @@ async def _group_rows_per_group(admin: ClusterAdmin, addr: str, broker: str,
     return rows, known
 
 
-async def _group_rows_broker_wide(admin: ClusterAdmin, addr: str, broker: str,
-                                  groups: tuple[str, ...]) -> tuple[list[BacklogRow], set[str]]:
+async def _group_rows_broker_wide(admin: ClusterAdmin, addr: str, broker: str, groups: tuple[str, ...],
+                                  shared: bool) -> tuple[list[BacklogRow], set[str]]:
     """The same GET_CONSUME_STATS, asked per (group, topic) with topics read from all offsets at once.
 
     Naming the topic spares the broker its scan of the whole offset table per request, while the
-    broker still does the arithmetic: topic config, read queues, online subscription.
+    broker still does the arithmetic: topic config, read queues, online subscription. A retry
+    topic with no offset is asked too (its messages wait all the same); when the masters share
+    the groups, only where the broker holds it (elsewhere the answer is empty).
     """
     wanted = set(groups)
     topics: dict[str, list[str]] = defaultdict(list)
-    for topic, group in await admin.all_consumer_offsets(addr):
+    if shared:
+        offsets, held = await gather_all(admin.all_consumer_offsets(addr), admin.topics_held(addr))
+    else:
+        offsets, held = await admin.all_consumer_offsets(addr), set()
+    for topic, group in offsets:
         if group in wanted:
             topics[group].append(topic)
     pairs = []
     for group in groups:
         retry_name = _retry_topic(group)
         pairs += [(group, topic) for topic in topics.get(group, ())]
-        if retry_name not in topics.get(group, ()):
+        if retry_name not in topics.get(group, ()) and (not shared or retry_name in held):
             pairs.append((group, retry_name))
-    stats = await _in_flight(lambda pair: admin.consume_stats(addr, *pair), pairs)
+    stats = await admin.gather(admin.consume_stats(addr, *pair) for pair in pairs)
     rows = [_group_row(group, q.queue.topic, q.queue.broker or broker, q.queue.queue_id, q.broker_offset,
                        q.consumer_offset)
             for (group, _), entries in zip(pairs, stats) for q in entries]
@@ -508,9 +513,9 @@ async def _queue_messages(admin: ClusterAdmin, addr: str, topic: str, queue_id: 
                                f" (queue ends at {end}): {resp.remark or 'no remark'}")
         entries.extend((index + i, entry) for i, entry in enumerate(page[:end - index]))
         index += len(page)
-    messages = await _in_flight(
-        lambda e: admin.client.invoke(addr, RequestCode.VIEW_MESSAGE_BY_ID, {"offset": int(e[1]["physicOffset"])}),
-        entries)
+    messages = await admin.gather(
+        admin.client.invoke(addr, RequestCode.VIEW_MESSAGE_BY_ID, {"offset": int(e["physicOffset"])})
+        for _, e in entries)
     return [(offset, *decode_stored_message(resp.body)) for (offset, _), resp in zip(entries, messages)]
 
 
@@ -549,23 +554,6 @@ async def attribute_system_rows(admin: ClusterAdmin, report: "BacklogReport",
         ours = sum(1 for _, properties, _ in messages if properties.get("REAL_TOPIC") in topics)
         rows.append(replace(row, lag=ours))
     return replace(report, rows=tuple(rows))
-
-
-async def _in_flight(func: Callable[[T], Awaitable[R]], items: list[T], limit: int = MAX_IN_FLIGHT) -> list[R]:
-    """``func`` over ``items``, ``limit`` requests in flight, results in order; the first failure raises.
-
-    A fixed pool of workers instead of a task and a semaphore wake-up per request: at tens of
-    thousands of requests that bookkeeping costs more than the requests themselves.
-    """
-    results: list[Any] = [None] * len(items)
-    indexes = iter(range(len(items)))
-
-    async def worker() -> None:
-        for index in indexes:
-            results[index] = await func(items[index])
-
-    await gather_all(*(worker() for _ in range(min(limit, len(items)))))
-    return results
 
 
 # --- wire formats ------------------------------------------------------------------------------

@@ -44,9 +44,6 @@ class RemotingClient:
         self._opening: dict[str, asyncio.Lock] = {}
 
     async def _connection(self, addr: str) -> Connection:
-        conn = self._connections.get(addr)
-        if conn is not None and not conn.closed:
-            return conn
         lock = self._opening.setdefault(addr, asyncio.Lock())
         async with lock:
             conn = self._connections.get(addr)
@@ -69,8 +66,11 @@ class RemotingClient:
         def command() -> RemotingCommand:
             return RemotingCommand(code=code, ext_fields=fields, body=body, language=language)
 
+        conn = self._connections.get(addr)
+        if conn is None or conn.closed:
+            conn = await self._connection(addr)
         try:
-            response = await (await self._connection(addr)).request(command(), timeout or self.timeout)
+            response = await conn.request(command(), timeout or self.timeout)
         except NotSent:
             # The connection died under us (a dropped socket, a restarted server) before the
             # request left: it never reached the server, so one try on a new connection is safe.

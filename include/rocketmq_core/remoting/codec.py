@@ -23,6 +23,7 @@ ONEWAY_FLAG = 0b10
 CLIENT_VERSION = 409
 
 _FRAME_HEAD = struct.Struct(">ii")
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 #: Largest frame, length prefix included, that RocketMQ's NettyDecoder accepts (frameMaxLength).
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -53,19 +54,15 @@ class RemotingCommand:
 
 
 def encode(cmd: RemotingCommand) -> bytes:
-    """Serialise a command as one frame with a JSON header."""
-    header: dict[str, object] = {
-        "code": cmd.code,
-        "flag": cmd.flag,
-        "language": cmd.language,
-        "opaque": cmd.opaque,
-        "serializeTypeCurrentRPC": "JSON",
-        "version": cmd.version,
-        "extFields": {k: str(v) for k, v in cmd.ext_fields.items()},
-    }
-    if cmd.remark is not None:
-        header["remark"] = cmd.remark
-    header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    """Serialise a command as one frame with a JSON header.
+
+    The fixed fields are formatted directly and only the free text goes through one shared
+    encoder: a request's header costs about half of a ``json.dumps`` of the whole."""
+    ext = _JSON.encode({k: v if type(v) is str else str(v) for k, v in cmd.ext_fields.items()})
+    remark = "" if cmd.remark is None else ',"remark":' + _JSON.encode(cmd.remark)
+    header_bytes = (f'{{"code":{int(cmd.code)},"flag":{int(cmd.flag)},"language":{_JSON.encode(cmd.language)},'
+                    f'"opaque":{int(cmd.opaque)},"serializeTypeCurrentRPC":"JSON","version":{int(cmd.version)},'
+                    f'"extFields":{ext}{remark}}}').encode()
     total = 4 + len(header_bytes) + len(cmd.body)
     if 4 + total > MAX_FRAME:
         # The server closes the connection on such a frame, failing every request in flight on it.

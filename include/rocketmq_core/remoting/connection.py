@@ -7,9 +7,14 @@ import itertools
 import logging
 
 from rocketmq_core.errors import ConnectionFailed, ProtocolError, RequestTimeout
-from rocketmq_core.remoting.codec import ONEWAY_FLAG, RemotingCommand, decode, encode, frame_length
+from rocketmq_core.remoting.codec import RemotingCommand, decode, encode, frame_length
 
 log = logging.getLogger(__name__)
+
+#: Bytes waiting in the socket's buffer beyond which a request waits for them to leave.
+HIGH_WATER = 4 * 1024 * 1024
+#: Most bytes taken from the socket at once.
+READ_CHUNK = 256 * 1024
 
 
 class NotSent(ConnectionFailed):
@@ -38,7 +43,7 @@ class Connection:
         self._writer = writer
         self._opaques = itertools.count(1)
         self._pending: dict[int, asyncio.Future[RemotingCommand]] = {}
-        self._write_lock = asyncio.Lock()
+        self._outbox: list[tuple[int, bytes]] = []
         self._closed = False
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -59,56 +64,90 @@ class Connection:
         if self._closed:
             raise NotSent(self.addr, "connection closed")
         cmd.opaque = next(self._opaques)
-        future: asyncio.Future[RemotingCommand] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RemotingCommand] = loop.create_future()
         self._pending[cmd.opaque] = future
+        # One timer per request, not a wait_for: no extra future and task callbacks per request
+        timer = loop.call_later(timeout, self._expire, future, cmd.code, timeout)
         try:
-            await self._send(cmd)
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError as exc:
-            raise RequestTimeout(self.addr, cmd.code, timeout) from exc
+            self._queue(cmd.opaque, encode(cmd))
+            if self._writer.transport.get_write_buffer_size() > HIGH_WATER:
+                await self._drain()
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(cmd.opaque, None)
             if future.done() and not future.cancelled():
                 future.exception()  # a failed send raised already; mark the future's copy as seen
 
-    async def oneway(self, cmd: RemotingCommand) -> None:
-        cmd.opaque = next(self._opaques)
-        cmd.flag |= ONEWAY_FLAG
-        await self._send(cmd)
+    def _expire(self, future: asyncio.Future[RemotingCommand], code: int, timeout: float) -> None:
+        if not future.done():
+            future.set_exception(RequestTimeout(self.addr, code, timeout))
 
-    async def _send(self, cmd: RemotingCommand) -> None:
-        data = encode(cmd)
-        try:
-            async with self._write_lock:
-                self._writer.write(data)
-                await self._writer.drain()
-        except (OSError, RuntimeError) as exc:
-            reason = str(exc) or type(exc).__name__
-            self._fail_all(reason)
+    def _queue(self, opaque: int, frame: bytes) -> None:
+        """Frames queued in one turn of the loop leave in one write: many requests in flight
+        cost one send, not one each."""
+        self._outbox.append((opaque, frame))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        transport = self._writer.transport
+        if not transport.is_closing():
+            try:
+                self._writer.write(b"".join(frame for _, frame in outbox))
+            except (OSError, RuntimeError) as exc:
+                self._fail_unsent(outbox, str(exc) or type(exc).__name__)
+                return
+        if transport.is_closing():
             # A frame is processed only when it arrives whole, so a failed write was never handled.
-            raise NotSent(self.addr, reason) from exc
+            self._fail_unsent(outbox, "connection closed before the request was written")
+
+    def _fail_unsent(self, outbox: list[tuple[int, bytes]], reason: str) -> None:
+        for opaque, _ in outbox:
+            future = self._pending.get(opaque)
+            if future is not None and not future.done():
+                future.set_exception(NotSent(self.addr, reason))
+        self._fail_all(reason)
+
+    async def _drain(self) -> None:
+        """Wait while the socket's buffer is full; a broken socket fails the requests instead."""
+        try:
+            await self._writer.drain()
+        except (OSError, RuntimeError) as exc:
+            self._fail_all(str(exc) or type(exc).__name__)
 
     async def _read_loop(self) -> None:
+        """Read what the socket has, answer every whole frame in it, keep the rest: one read
+        serves many responses when many requests are in flight."""
         reason = "closed by peer"
+        buffer = bytearray()
         try:
-            while True:
-                prefix = await self._reader.readexactly(4)
-                frame = await self._reader.readexactly(frame_length(prefix))
-                cmd = decode(frame)
-                if not cmd.is_response:
-                    log.debug("ignoring server request code %s from %s", cmd.code, self.addr)
-                    continue
-                future = self._pending.get(cmd.opaque)
-                if future is not None and not future.done():
-                    future.set_result(cmd)
-        except asyncio.IncompleteReadError:
-            pass
+            while chunk := await self._reader.read(READ_CHUNK):
+                buffer += chunk
+                start = 0
+                while len(buffer) - start >= 4:
+                    end = start + 4 + frame_length(buffer[start:start + 4])
+                    if end > len(buffer):
+                        break
+                    self._answer(decode(buffer[start + 4:end]))
+                    start = end
+                del buffer[:start]
         except (OSError, ProtocolError) as exc:
             reason = str(exc) or type(exc).__name__
         except asyncio.CancelledError:
             reason = "connection closed"
         finally:
             self._fail_all(reason)
+
+    def _answer(self, cmd: RemotingCommand) -> None:
+        if not cmd.is_response:
+            log.debug("ignoring server request code %s from %s", cmd.code, self.addr)
+            return
+        future = self._pending.get(cmd.opaque)
+        if future is not None and not future.done():
+            future.set_result(cmd)
 
     def _fail_all(self, reason: str) -> None:
         if not self._closed:
