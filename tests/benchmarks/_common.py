@@ -229,12 +229,13 @@ def run_parallel(commands: list[list[str]], timeout: float = 600, watch: Iterabl
     return timer
 
 
-def _own_time(profiler: cProfile.Profile) -> tuple[dict[str, tuple[int, float]], dict[str, float]]:
+def _own_time(source: cProfile.Profile | Path) -> tuple[dict[str, tuple[int, float]], dict[str, float]]:
     """Own time (and calls) per function "file:name", and own time per file, summed over same-named entries."""
     functions: dict[str, tuple[int, float]] = {}
     files: dict[str, float] = defaultdict(float)
+    stats = pstats.Stats(str(source) if isinstance(source, Path) else source)
     # Stats.stats: (file, line, function) -> (primitive calls, calls, own time, cumulative time, callers)
-    for (file, _, func), (_, calls, tottime, _, _) in pstats.Stats(profiler).stats.items():
+    for (file, _, func), (_, calls, tottime, _, _) in stats.stats.items():
         name = "builtin" if file == "~" else Path(file).name
         had_calls, had_time = functions.get(f"{name}:{func}", (0, 0.0))
         functions[f"{name}:{func}"] = (had_calls + calls, had_time + tottime)
@@ -249,12 +250,18 @@ def profile(run: Callable[[], object], top: int = 10) -> dict[str, Any]:
     profiler.enable()
     run()
     profiler.disable()
-    functions, files = _own_time(profiler)
+    return report_profile(profiler, "one run of ours", top)
+
+
+def report_profile(source: cProfile.Profile | Path, what: str, top: int = 10) -> dict[str, Any]:
+    """Print and return a profile's heaviest functions and files; ``source`` may be a file that
+    ``python -m cProfile -o`` wrote (a process of ours profiled whole)."""
+    functions, files = _own_time(source)
     total = sum(files.values())
     waiting = sum(t for name, (_, t) in functions.items() if "epoll" in name)
     ranked = sorted(functions.items(), key=lambda kv: kv[1][1], reverse=True)[:top]
     top_files = sorted(files.items(), key=lambda kv: kv[1], reverse=True)[:top]
-    print(f"  profile of one run of ours under cProfile: {total:.2f}s, of which {waiting:.2f}s waiting in epoll;"
+    print(f"  profile of {what} under cProfile: {total:.2f}s, of which {waiting:.2f}s waiting in epoll;"
           " own time per function:", flush=True)
     for name, (calls, tottime) in ranked:
         print(f"    {tottime:6.2f}s {calls:>9} calls  {name}", flush=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import BENCH_REPL_SOURCE, BENCH_REPL_TARGET, BENCH_SOURCE_2M, BENCH_TARGET_2M, Timer, broker_pids, \
-    fresh_cluster, load_average, process_cpu, verdict, write_result
+    fresh_cluster, load_average, process_cpu, report_profile, verdict, write_result
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import RocketMQError
@@ -105,7 +105,9 @@ class Worker:
     """A worker process of its own task (and so consumer group)."""
 
     def __init__(self, directory: Path, task: str, source: RunningCluster, target: RunningCluster,
-                 tuning: dict[str, Any] | None = None):
+                 tuning: dict[str, Any] | None = None, profile: Path | None = None):
+        """``profile``: run the process under cProfile, which writes there when it stops."""
+        self.profile = profile
         config = {"task": task, "source": {"namesrv": source.namesrv, "cluster_id": "bench-src"},
                   "target": {"namesrv": target.namesrv, "cluster_id": "bench-dst"}, "topics": [TOPIC],
                   "start": "earliest", "rate_limit": None, "tuning": tuning or {}}
@@ -118,7 +120,8 @@ class Worker:
 
     def start(self) -> None:
         self.stats_path.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "rocketmq_core.replication.worker", "--config",
+        profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
+        self.proc = subprocess.Popen([sys.executable, *profiler, "-m", "rocketmq_core.replication.worker", "--config",
                                       str(self.config), "--worker-id", "bench", "--stats", str(self.stats_path),
                                       "--log-level", "WARNING"], stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -283,6 +286,14 @@ def bench_case(brokers: int, args: argparse.Namespace) -> dict[str, Any]:
                   f" {ratio:.2f} x ingest (target >= {TARGET_RATIO}): {verdict(ratio >= TARGET_RATIO)};"
                   f" {run['cpu_seconds_per_1000']} CPU s per 1000 messages; load average {load_average()}",
                   flush=True)
+
+            # where one worker's time goes: a worker of its own task replicating the backlog again
+            profiled = Worker(logs, "bench-profile", source, target, profile=logs / "worker.prof")
+            try:
+                measure(profiled, 5_000, min(backlog, 105_000))
+            finally:
+                profiled.stop()
+            result["profile"] = report_profile(logs / "worker.prof", "a worker process replicating 100,000 messages")
 
             plain = Worker(logs, "bench-single", source, target, {"batch": False})
             try:
