@@ -180,6 +180,8 @@ _FIXED = struct.pack(">hbhii", 0, 0, 0, 1, 1)  # code, language, version, opaque
     (struct.pack(">i", (2 << 24) | 2) + b"{}", "unknown serialize type 2"),
     (struct.pack(">i", 100) + b"{}", "exceeds frame"),
     (struct.pack(">i", 5) + b"{nope", "malformed JSON header"),
+    (struct.pack(">i", 12) + b'{"code":"x"}', "malformed JSON header"),  # JSON, not a header's shape
+    (struct.pack(">i", 3) + b"[1]", "malformed JSON header"),
     (_raw_binary(b"\x00\x01\x00\x00\x00\x00"), "malformed ROCKETMQ header"),
     # Lengths inside the header that run past its end: never a silently shortened value.
     (_raw_binary(_FIXED + struct.pack(">i", 40) + b"ab" + struct.pack(">i", 0)), "malformed ROCKETMQ header"),
@@ -279,7 +281,7 @@ def test_fastjson_values_of_every_kind():
 @pytest.mark.parametrize("body", [
     b"", b"{", b'{"a":1,}', b'{"a" 1}', b'{"a":1 "b":2}', b'{0:"x"} trailing', b'[1,2', b'{"a":tru}',
     b'{"a":"unterminated}', b'{{"a":1}:}', b'{"a":"bad \\x escape"}', b'{1:"bad \\q"}',
-    b"\xff\xfe{}", b'{"a":undefined}', b'{"a":1}}',
+    b"\xff\xfe{}", b'{"a":undefined}', b'{"a":1}}', b'{"a":"\xff"}',
 ])
 def test_fastjson_malformed_bodies_are_protocol_errors(body):
     with pytest.raises(ProtocolError):

@@ -222,7 +222,7 @@ class ClusterAdmin:
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_TOPIC_CONFIG, timeout=30)
         try:
             return set(msgspec.json.decode(resp.body, type=_TopicTable).topicConfigTable)
-        except msgspec.DecodeError:  # not standard JSON: the tolerant parser's way
+        except (msgspec.DecodeError, UnicodeError):  # not standard JSON: the tolerant parser's way
             return set(loads(resp.body).get("topicConfigTable") or {})
 
     async def create_topic(self, addr: str, topic: TopicConfig) -> None:

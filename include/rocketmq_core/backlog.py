@@ -340,24 +340,28 @@ async def _group_rows_broker_wide(admin: ClusterAdmin, addr: str, broker: str, g
     Naming the topic spares the broker its scan of the whole offset table per request, while the
     broker still does the arithmetic: topic config, read queues, online subscription. A retry
     topic with no offset is asked too (its messages wait all the same); when the masters share
-    the groups, only where the broker holds it (elsewhere the answer is empty).
+    the groups, only where the broker holds it (elsewhere the answer is empty), its topic names
+    read after the other answers, so one created meanwhile (a first send-back) is still asked.
     """
     wanted = set(groups)
     topics: dict[str, list[str]] = defaultdict(list)
-    if shared:
-        offsets, held = await gather_all(admin.all_consumer_offsets(addr), admin.topics_held(addr))
-    else:
-        offsets, held = await admin.all_consumer_offsets(addr), set()
-    for topic, group in offsets:
+    for topic, group in await admin.all_consumer_offsets(addr):
         if group in wanted:
             topics[group].append(topic)
     pairs = []
     for group in groups:
-        retry_name = _retry_topic(group)
         pairs += [(group, topic) for topic in topics.get(group, ())]
-        if retry_name not in topics.get(group, ()) and (not shared or retry_name in held):
-            pairs.append((group, retry_name))
-    stats = await admin.gather(admin.consume_stats(addr, *pair) for pair in pairs)
+        if _retry_topic(group) not in topics.get(group, ()):
+            pairs.append((group, _retry_topic(group)))
+    if not shared:
+        stats = await admin.gather(admin.consume_stats(addr, *pair) for pair in pairs)
+    else:
+        with_offsets = [pair for pair in pairs if pair[1] in topics.get(pair[0], ())]
+        answers = dict(zip(with_offsets, await admin.gather(admin.consume_stats(addr, *p) for p in with_offsets)))
+        held = await admin.topics_held(addr)
+        retries = [pair for pair in pairs if pair not in answers and pair[1] in held]
+        answers.update(zip(retries, await admin.gather(admin.consume_stats(addr, *p) for p in retries)))
+        stats = [answers.get(pair, []) for pair in pairs]
     rows = [_group_row(group, q.queue.topic, q.queue.broker or broker, q.queue.queue_id, q.broker_offset,
                        q.consumer_offset)
             for (group, _), entries in zip(pairs, stats) for q in entries]

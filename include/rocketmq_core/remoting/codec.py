@@ -95,18 +95,18 @@ def decode(frame: bytes) -> RemotingCommand:
 def _decode_json_header(header: bytes) -> RemotingCommand:
     try:
         data = json.loads(header)
-    except ValueError as exc:
+        ext = data.get("extFields") or {}
+        return RemotingCommand(
+            code=int(data.get("code", 0)),
+            ext_fields={str(k): "" if v is None else str(v) for k, v in ext.items()},
+            opaque=int(data.get("opaque", 0)),
+            flag=int(data.get("flag", 0)),
+            remark=data.get("remark"),
+            language=str(data.get("language", "JAVA")),
+            version=int(data.get("version", 0)),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, or not a header's shape
         raise ProtocolError(f"malformed JSON header: {exc}") from exc
-    ext = data.get("extFields") or {}
-    return RemotingCommand(
-        code=int(data.get("code", 0)),
-        ext_fields={str(k): "" if v is None else str(v) for k, v in ext.items()},
-        opaque=int(data.get("opaque", 0)),
-        flag=int(data.get("flag", 0)),
-        remark=data.get("remark"),
-        language=str(data.get("language", "JAVA")),
-        version=int(data.get("version", 0)),
-    )
 
 
 def _decode_binary_header(header: bytes) -> RemotingCommand:

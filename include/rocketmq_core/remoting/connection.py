@@ -11,8 +11,8 @@ from rocketmq_core.remoting.codec import RemotingCommand, decode, encode, frame_
 
 log = logging.getLogger(__name__)
 
-#: Bytes waiting in the socket's buffer beyond which a request waits for them to leave.
-HIGH_WATER = 4 * 1024 * 1024
+#: Frames up to this size are coalesced; a bigger one is written alone (see _write_alone).
+COALESCE_LIMIT = 64 * 1024
 #: Most bytes taken from the socket at once.
 READ_CHUNK = 256 * 1024
 
@@ -44,6 +44,7 @@ class Connection:
         self._opaques = itertools.count(1)
         self._pending: dict[int, asyncio.Future[RemotingCommand]] = {}
         self._outbox: list[tuple[int, bytes]] = []
+        self._write_lock = asyncio.Lock()
         self._closed = False
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -67,15 +68,19 @@ class Connection:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RemotingCommand] = loop.create_future()
         self._pending[cmd.opaque] = future
-        # One timer per request, not a wait_for: no extra future and task callbacks per request
-        timer = loop.call_later(timeout, self._expire, future, cmd.code, timeout)
+        frame = encode(cmd)
+        timer = None
         try:
-            self._queue(cmd.opaque, encode(cmd))
-            if self._writer.transport.get_write_buffer_size() > HIGH_WATER:
-                await self._drain()
+            if len(frame) <= COALESCE_LIMIT:
+                self._queue(cmd.opaque, frame)
+            else:
+                await self._write_alone(frame)
+            # One timer per request, not a wait_for; it runs from when the frame is on its way
+            timer = loop.call_later(timeout, self._expire, future, cmd.code, timeout)
             return await future
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(cmd.opaque, None)
             if future.done() and not future.cancelled():
                 future.exception()  # a failed send raised already; mark the future's copy as seen
@@ -85,38 +90,39 @@ class Connection:
             future.set_exception(RequestTimeout(self.addr, code, timeout))
 
     def _queue(self, opaque: int, frame: bytes) -> None:
-        """Frames queued in one turn of the loop leave in one write: many requests in flight
-        cost one send, not one each."""
+        """Small frames queued in one turn of the loop leave in one write: many requests in
+        flight cost one send, not one each."""
         self._outbox.append((opaque, frame))
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
+        frames = [frame for opaque, frame in outbox if opaque in self._pending]  # given up before its turn: not sent
+        if not frames:
+            return
         transport = self._writer.transport
         if not transport.is_closing():
             try:
-                self._writer.write(b"".join(frame for _, frame in outbox))
+                self._writer.write(b"".join(frames))
             except (OSError, RuntimeError) as exc:
-                self._fail_unsent(outbox, str(exc) or type(exc).__name__)
+                self._fail_all(str(exc) or type(exc).__name__, unsent=outbox)
                 return
         if transport.is_closing():
             # A frame is processed only when it arrives whole, so a failed write was never handled.
-            self._fail_unsent(outbox, "connection closed before the request was written")
+            self._fail_all("connection closed before the request was written", unsent=outbox)
 
-    def _fail_unsent(self, outbox: list[tuple[int, bytes]], reason: str) -> None:
-        for opaque, _ in outbox:
-            future = self._pending.get(opaque)
-            if future is not None and not future.done():
-                future.set_exception(NotSent(self.addr, reason))
-        self._fail_all(reason)
-
-    async def _drain(self) -> None:
-        """Wait while the socket's buffer is full; a broken socket fails the requests instead."""
+    async def _write_alone(self, frame: bytes) -> None:
+        """A big frame (a batch of messages) is written by itself and waited out, so the socket's
+        buffer stays small and the request's timeout counts from when it left, not while it queued."""
         try:
-            await self._writer.drain()
+            async with self._write_lock:
+                self._writer.write(frame)
+                await self._writer.drain()
         except (OSError, RuntimeError) as exc:
-            self._fail_all(str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            self._fail_all(reason)
+            raise NotSent(self.addr, reason) from exc
 
     async def _read_loop(self) -> None:
         """Read what the socket has, answer every whole frame in it, keep the rest: one read
@@ -149,7 +155,15 @@ class Connection:
         if future is not None and not future.done():
             future.set_result(cmd)
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, unsent: list[tuple[int, bytes]] | None = None) -> None:
+        """Close for good. Requests whose frames never left (``unsent``, and what still waits in
+        the outbox) fail with NotSent, so the client may send them again; the others with
+        ConnectionFailed: they may have reached the server."""
+        for opaque, _ in [*(unsent or ()), *self._outbox]:
+            future = self._pending.get(opaque)
+            if future is not None and not future.done():
+                future.set_exception(NotSent(self.addr, reason))
+        self._outbox = []
         if not self._closed:
             self._closed = True
             self._writer.close()

@@ -32,7 +32,7 @@ def loads(data: bytes | str) -> Any:
     fast as the standard library's on broker tables, straight from the bytes)."""
     try:
         return _STANDARD.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeError):  # not standard JSON, or not UTF-8: said below
         pass
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
