@@ -65,10 +65,10 @@ class Connection:
         if self._closed:
             raise NotSent(self.addr, "connection closed")
         cmd.opaque = next(self._opaques)
+        frame = encode(cmd)  # refuses a frame RocketMQ would drop the connection for, before it is pending
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RemotingCommand] = loop.create_future()
         self._pending[cmd.opaque] = future
-        frame = encode(cmd)
         timer = None
         try:
             if len(frame) <= COALESCE_LIMIT:
