@@ -2,8 +2,8 @@
 
 A migration DAG built from a task spec moves a fleet of 2 producers and 4 consumers in 2 groups,
 producing continuously, from the 4.9 source to the 5.x target: nothing is lost. The fleet is
-switched by a config service it polls (C++ members, or C++ and Java ones), or, on unmodified Java
-clients, by the name-server address service the client itself asks. The negative
+switched by a config service it polls (C++ members, or C++ and Java ones), or by the name-server
+address service that unmodified Java clients ask by themselves (and C++ members ask too). The negative
 controls show what happens when the order is broken by hand, and that the DAG refuses to break
 it even when its sensors are marked successful by hand or clients vanish after a sensor passed.
 """
@@ -125,8 +125,10 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
     """A world on two clusters; ``conns`` name them in Airflow (and in the fleet's config).
     ``mixed``: the first producer and the first consumer of each group run on the Java client;
     ``extra``: more fields of the spec; ``manual``: a person switches the fleets; ``address``:
-    every member runs the unmodified Java client, told only its address service's domain and
-    subgroup, and the spec switches the fleets there."""
+    the fleet follows a name-server address service and the spec switches it there: the Java
+    members run the unmodified client, told only the service's domain and their subgroup, the
+    C++ members ask the same subgroup themselves. Each group has one of each kind, and the
+    canaries ("-0") are of both kinds."""
     u = uuid.uuid4().hex[:8]
     layout = FleetLayout(topic=f"orders_{u}", producer_group=f"PID_orders_{u}",
                          consumer_groups=[f"GID_billing_{u}", f"GID_shipping_{u}"], rate=15,
@@ -134,7 +136,8 @@ def _world(airflow_api, tmp_path, source, target, conns: tuple[str, str] = (SOUR
     if mixed:
         layout.java_members = {"producer-0", *(f"{group}-0" for group in layout.consumer_groups)}
     if address:
-        layout.java_members = {member for member, *_ in layout.members()}
+        billing, shipping = layout.consumer_groups
+        layout.java_members = {"producer-0", f"{billing}-1", f"{shipping}-0"}
     _create_metadata(source, layout)
     config = FleetConfig(tmp_path / "fleet-config.json", {conns[0]: source.namesrv, conns[1]: target.namesrv})
     server = serve(config)
@@ -206,7 +209,8 @@ def ha_world(ha_clusters, airflow_api, tmp_path):
 
 @pytest.fixture
 def address_world(ha_clusters, airflow_api, tmp_path):
-    """Two masters per cluster and a fleet of unmodified Java clients moved by the address service."""
+    """Two masters per cluster and a fleet of unmodified Java clients and C++ members moved by the
+    address service."""
     yield from _ha_world(ha_clusters, airflow_api, tmp_path, address=True)
 
 
@@ -266,14 +270,15 @@ def _mark_drain_sensors_by_hand(world: World, airflow_api, run_id: str) -> None:
 
 
 WORLDS = {"one broker, C++ fleet": "world", "two masters, mixed fleet": "ha_world",
-          "two masters, Java fleet moved by the address service": "address_world"}
+          "two masters, mixed fleet moved by the address service": "address_world"}
 
 
 @pytest.fixture(params=list(WORLDS))
 def any_world(request):
     """The story on one-broker clusters with C++ members and a config service; on source-ha ->
     target-ha with Java and C++ members; and there with unmodified Java clients that only know
-    their address service (each switch there waits for the clients' 2-minute address poll)."""
+    their address service, beside C++ members that ask it (each switch there waits for the
+    Java clients' 2-minute address poll)."""
     return request.getfixturevalue(WORLDS[request.param])
 
 

@@ -57,9 +57,10 @@ class FleetLayout:
 @dataclass
 class DemoFleet:
     """The member processes. Each follows the config service at ``config_url``, or, given
-    ``address_domain``, no config at all: the Java client's own name-server address service
-    (-Drocketmq.namesrv.domain) moves it. ``cluster_names`` relabels what such members log as
-    their cluster (the name-server addresses they hold) with the cluster's name."""
+    ``address_domain``, the name-server address service there: a Java member is told only
+    -Drocketmq.namesrv.domain and its subgroup and its client does the rest; a C++ member asks
+    the same URL itself (its client reads it only at start). ``cluster_names`` relabels what
+    such members log as their cluster (the name-server addresses they hold) with its name."""
 
     layout: FleetLayout
     run_dir: Path
@@ -67,12 +68,6 @@ class DemoFleet:
     address_domain: str | None = None
     cluster_names: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        cpp = sorted(m for m, *_ in self.layout.members() if m not in self.layout.java_members)
-        if self.address_domain and cpp:
-            raise ValueError(f"members {cpp} run the C++ client, which takes its name-server address only at start:"
-                             " an address service cannot move them (give them a config service instead)")
 
     def register(self, config: FleetConfig, cluster: str) -> None:
         for member, fleet, _, group in self.layout.members():
@@ -90,13 +85,18 @@ class DemoFleet:
                     continue
                 args = ["--member", member, "--role", role, "--group", group, "--topic", self.layout.topic,
                         "--log", str(self.log_path(member)), "--rate", str(self.layout.rate)]
-                if self.address_domain:
-                    jvm = [f"-Drocketmq.namesrv.domain={self.address_domain}",
-                           f"-Drocketmq.namesrv.domain.subgroup={self.layout.subgroup(member)}"]
+                if member in self.layout.java_members:
+                    jvm = []
+                    if self.address_domain:
+                        jvm = [f"-Drocketmq.namesrv.domain={self.address_domain}",
+                               f"-Drocketmq.namesrv.domain.subgroup={self.layout.subgroup(member)}"]
+                    else:
+                        args = ["--config-url", self.config_url, *args]
+                    cmd = java_member.command(args, self.run_dir / f"{member}.client-logs", jvm)
                 else:
-                    args, jvm = ["--config-url", self.config_url, *args], []
-                cmd = (java_member.command(args, self.run_dir / f"{member}.client-logs", jvm)
-                       if member in self.layout.java_members else [sys.executable, "-m", "rocketmq_demo.member", *args])
+                    follows = (["--address-url", f"http://{self.address_domain}/rocketmq/{self.layout.subgroup(member)}"]
+                               if self.address_domain else ["--config-url", self.config_url])
+                    cmd = [sys.executable, "-m", "rocketmq_demo.member", *follows, *args]
                 with open(self.run_dir / f"{member}.out", "ab") as out:
                     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True, cwd=self.run_dir)

@@ -1,11 +1,16 @@
-"""One member of the demo fleet: a producer or a consumer process that follows its config.
+"""One member of the demo fleet: a producer or a consumer process on the C++ client.
 
-Every half second it asks the config service which cluster it belongs to; when that changes
-it shuts its client down and starts a new one on the other cluster. Every message sent (with
-a unique key) and received is appended to a JSON-lines log, which the accounting reads.
+It follows one of two things. With ``--config-url`` it asks the config service every half
+second which cluster it belongs to. With ``--address-url`` it asks a name-server address
+service (``http://DOMAIN/rocketmq/SUBGROUP``, what the Java client asks by itself) every
+``--address-poll`` seconds: the C++ client reads that address only when it starts, so an
+application on it must ask again itself to be moved. Either way, when the answer changes it
+shuts its client down and starts a new one on the other cluster. Every message sent (with a
+unique key) and received is appended to a JSON-lines log, which the accounting reads.
 
-    python -m rocketmq_demo.member --config-url URL --member ID --role producer|consumer
-                                   --group G --topic T --log FILE [--rate 20]
+    python -m rocketmq_demo.member (--config-url URL | --address-url URL [--address-poll 30])
+                                   --member ID --role producer|consumer --group G --topic T
+                                   --log FILE [--rate 20]
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ class Recorder:
             self._file.write(json.dumps({"t": time.time(), **entry}) + "\n")
 
 
-def fetch(url: str) -> dict[str, Any] | None:
+def fetch(url: str) -> bytes | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
-            return json.load(resp)
+            return resp.read()
     except OSError:
         return None
 
@@ -71,11 +76,20 @@ class Member:
             self.client.shutdown()
             self.client = None
 
-    def follow_config(self) -> None:
-        config = fetch(f"{self.args.config_url}/members/{self.args.member}")
-        if config and config["namesrv"] != self.namesrv:
+    def follow(self) -> None:
+        """Ask where to be; move there when it is somewhere else. In address mode the cluster
+        is known only by its name servers, which the accounting relabels."""
+        if self.args.address_url:
+            answer = fetch(self.args.address_url)
+            namesrv = answer.decode().strip() if answer else None
+            cluster = namesrv
+        else:
+            answer = fetch(f"{self.args.config_url}/members/{self.args.member}")
+            config = json.loads(answer) if answer else {}
+            namesrv, cluster = config.get("namesrv"), config.get("cluster")
+        if namesrv and namesrv != self.namesrv:
             self._stop_client()
-            self.namesrv, self.cluster = config["namesrv"], config["cluster"]
+            self.namesrv, self.cluster = namesrv, cluster
             self._start_client()
             self.log.write(e="switch", cluster=self.cluster, member=self.args.member)
 
@@ -94,10 +108,11 @@ class Member:
 
     def run(self) -> None:
         next_poll = 0.0
+        interval = self.args.address_poll if self.args.address_url else 0.5
         while not self.stopping.is_set():
             if time.monotonic() >= next_poll:
-                self.follow_config()
-                next_poll = time.monotonic() + 0.5
+                self.follow()
+                next_poll = time.monotonic() + interval
             if self.args.role == "producer" and self.client is not None:
                 self.produce_one()
                 self.stopping.wait(1 / self.args.rate)
@@ -109,7 +124,10 @@ class Member:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-url", required=True)
+    follows = parser.add_mutually_exclusive_group(required=True)
+    follows.add_argument("--config-url")
+    follows.add_argument("--address-url")
+    parser.add_argument("--address-poll", type=float, default=30.0)
     parser.add_argument("--member", required=True)
     parser.add_argument("--role", choices=["producer", "consumer"], required=True)
     parser.add_argument("--group", required=True)
