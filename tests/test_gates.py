@@ -199,7 +199,7 @@ def test_the_demo_connections_are_where_admin_connections_shows_them(airflow_as)
     listed = airflow_as["admin"].call("GET", "/api/v2/connections?limit=100")["connections"]
     by_id = {c["connection_id"]: c for c in listed}
     assert by_id["rocketmq_source"]["conn_type"] == "rocketmq" and by_id["rocketmq_source"]["port"] == 19876
-    assert by_id["fleet_config"]["conn_type"] == "http"
+    assert by_id["address_service"]["conn_type"] == "http" and by_id["address_service"]["port"] == 18081
     with pytest.raises(AirflowApiError) as refused:  # a viewer sees runs, not connections
         airflow_as["watcher"].call("GET", "/api/v2/connections/rocketmq_source")
     assert refused.value.status == 403

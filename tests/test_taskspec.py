@@ -270,7 +270,7 @@ def test_a_manual_fleet_gets_its_instructions_at_the_gate_before_each_switch(tmp
     text = step.render({})
     assert f"fleet {name}" in text and "all of its members" in text and "10.1.2.3:9876" in text
     assert "Edit billing.yaml in the deploy repo." in text and "secret-SK" not in text
-    # producers' gates carry no manual step: that fleet is switched over HTTP
+    # producers' gates carry no manual step: that fleet is switched through the address service
     assert not [e for e in dag.get_task("approve_remaining_producers").evidence
                 if type(e).__name__ == "ManualStepEvidence"]
 

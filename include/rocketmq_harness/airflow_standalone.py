@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rocketmq_demo.address import ADDRESS_PORT, address_token
 from rocketmq_harness.clusters import PROJECT_ROOT, RUN_DIR, demo_clusters
 from rocketmq_provider.replication_runner import LocalProcessRunner
 
@@ -147,8 +148,8 @@ def _fab_users(spec: StandaloneSpec, env: dict[str, str], airflow: str) -> None:
 def connections() -> dict[str, dict]:
     """The demo's connections. They go into the metadata database, not the environment, so that
     Admin → Connections shows them and an operator can edit them (secrets stay masked there)."""
-    conns = {"fleet_config": {"conn_type": "http", "host": "127.0.0.1", "schema": "http",
-                              "port": int(os.environ.get("RMQ_DEMO_CONFIG_PORT", "18080"))}}
+    conns = {"address_service": {"conn_type": "http", "host": "127.0.0.1", "schema": "http", "port": ADDRESS_PORT,
+                                 "password": address_token()}}
     for name, cluster in demo_clusters().items():
         conns[f"rocketmq_{name}"] = {"conn_type": "rocketmq", "host": "127.0.0.1", "port": cluster.namesrv_port}
     return conns
@@ -190,9 +191,14 @@ def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     conn_file = spec.home / "connections.json"
+    conn_file.unlink(missing_ok=True)
+    conn_file.touch(mode=0o600)
     conn_file.write_text(json.dumps(connections()))
-    subprocess.run([airflow, "connections", "import", "--overwrite", str(conn_file)], env=env, check=True,
-                   capture_output=True)
+    try:
+        subprocess.run([airflow, "connections", "import", "--overwrite", str(conn_file)], env=env, check=True,
+                       capture_output=True)
+    finally:
+        conn_file.unlink()  # it holds the address service's token: the database keeps it from here
     if spec.auth == "fab":
         _fab_users(spec, env, airflow)
         command = ["sh", "-c", " & ".join(f"{airflow} {c}" for c in ("api-server", "scheduler", "dag-processor",

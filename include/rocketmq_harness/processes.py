@@ -41,10 +41,10 @@ def resident_memory() -> list[tuple[str, int]]:
     demo = RUN_DIR / "demo"
     fleet_pids = demo / "fleet" / "pids.json"
     members = list(json.loads(fleet_pids.read_text()).values()) if fleet_pids.exists() else []
-    if (demo / "config-service.pid").exists():
-        members.append(int((demo / "config-service.pid").read_text()))
+    if (demo / "address-service.pid").exists():
+        members.append(int((demo / "address-service.pid").read_text()))
     if members:
-        rows.append((f"demo fleet and config service ({len(members)} processes)", sum(_rss(p) for p in members)))
+        rows.append((f"demo fleet and address service ({len(members)} processes)", sum(_rss(p) for p in members)))
     pgid = airflow_standalone.recorded_pid()
     if pgid:
         members = _group_members(pgid)
