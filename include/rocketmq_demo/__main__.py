@@ -44,11 +44,13 @@ LAYOUT = FleetLayout(topic="orders_created", producer_group="PID_orders",
                      java_members={m for m in JAVA_MEMBERS.split(",") if m})
 CLUSTER_CONNS = {"rocketmq_source": os.environ.get("RMQ_DEMO_SOURCE_NAMESRV", demo_clusters()["source"].namesrv),
                  "rocketmq_target": os.environ.get("RMQ_DEMO_TARGET_NAMESRV", demo_clusters()["target"].namesrv)}
+#: The other way round: what a subgroup answers (or a member holds), named as Airflow names it.
+CLUSTER_NAMES = {namesrv: conn for conn, namesrv in CLUSTER_CONNS.items()}
 
 
 def _fleet() -> DemoFleet:
     fleet = DemoFleet(LAYOUT, DEMO_DIR / "fleet", None, address_domain=ADDRESS_DOMAIN,
-                      cluster_names={namesrv: conn for conn, namesrv in CLUSTER_CONNS.items()})
+                      cluster_names=CLUSTER_NAMES)
     pids = DEMO_DIR / "fleet" / "pids.json"
     if pids.exists():
         fleet.pids = {m: p for m, p in json.loads(pids.read_text()).items() if alive(p)}
@@ -126,11 +128,10 @@ def status() -> None:
     answers = _answers()
     if answers is None:
         sys.exit(f"the address service does not answer on {ADDRESS_DOMAIN}")
-    names = {namesrv: conn for conn, namesrv in CLUSTER_CONNS.items()}
     for subgroup in _subgroups():
         members = [m for m, *_ in LAYOUT.members() if LAYOUT.subgroup(m) == subgroup]
         answer = answers.get(subgroup)
-        print(f"{subgroup}: {names.get(answer, answer)} ({', '.join(members)})")
+        print(f"{subgroup}: {CLUSTER_NAMES.get(answer, answer)} ({', '.join(members)})")
     print(json.dumps(_fleet().account(), indent=2))
 
 

@@ -83,25 +83,28 @@ class DemoFleet:
             for member, _, member_role, group in self.layout.members():
                 if member_role != role or member in self.pids:
                     continue
-                args = ["--member", member, "--role", role, "--group", group, "--topic", self.layout.topic,
-                        "--log", str(self.log_path(member)), "--rate", str(self.layout.rate)]
-                if member in self.layout.java_members:
-                    jvm = []
-                    if self.address_domain:
-                        jvm = [f"-Drocketmq.namesrv.domain={self.address_domain}",
-                               f"-Drocketmq.namesrv.domain.subgroup={self.layout.subgroup(member)}"]
-                    else:
-                        args = ["--config-url", self.config_url, *args]
-                    cmd = java_member.command(args, self.run_dir / f"{member}.client-logs", jvm)
-                else:
-                    follows = (["--address-url", f"http://{self.address_domain}/rocketmq/{self.layout.subgroup(member)}"]
-                               if self.address_domain else ["--config-url", self.config_url])
-                    cmd = [sys.executable, "-m", "rocketmq_demo.member", *follows, *args]
+                cmd = self._command(member, role, group)
                 with open(self.run_dir / f"{member}.out", "ab") as out:
                     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True, cwd=self.run_dir)
                 self.pids[member] = proc.pid
         (self.run_dir / "pids.json").write_text(json.dumps(self.pids))
+
+    def _command(self, member: str, role: str, group: str) -> list[str]:
+        """A Java member given an address service is told only its domain and subgroup (its
+        client asks by itself); any other member is told the URL it follows."""
+        args = ["--member", member, "--role", role, "--group", group, "--topic", self.layout.topic,
+                "--log", str(self.log_path(member)), "--rate", str(self.layout.rate)]
+        subgroup = self.layout.subgroup(member)
+        java = member in self.layout.java_members
+        if java and self.address_domain:
+            jvm = [f"-Drocketmq.namesrv.domain={self.address_domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}"]
+            return java_member.command(args, self.run_dir / f"{member}.client-logs", jvm)
+        follows = (["--address-url", f"http://{self.address_domain}/rocketmq/{subgroup}"] if self.address_domain
+                   else ["--config-url", self.config_url])
+        if java:
+            return java_member.command([*follows, *args], self.run_dir / f"{member}.client-logs", [])
+        return [sys.executable, "-m", "rocketmq_demo.member", *follows, *args]
 
     def stop(self, roles: tuple[str, ...] = ("producer", "consumer"), grace: float = 30) -> None:
         """Producers first, so consumers can still take what was sent last."""
