@@ -12,8 +12,9 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+import msgspec
 import pytest
 from rocketmq.client import Message, Producer, PushConsumer
 
@@ -171,7 +172,7 @@ def test_topics_created_by_mqadmin_are_read_back_exactly(cluster, names):
     assert t_write_only not in order_table and t_default not in order_table
     # ... a 5.x broker also stores the flag at once; a 4.9 broker copies it from that table at
     # its next registration (up to 30 s later), so until then it reports the topic unordered.
-    assert replace(configs[t_order], order=True) == \
+    assert msgspec.structs.replace(configs[t_order], order=True) == \
         TopicConfig(t_order, read_queues=3, write_queues=5, perm=PERM_READ, order=True)
     if cluster.spec.major >= 5:
         assert configs[t_order].order
@@ -199,7 +200,7 @@ def test_topics_created_by_admin_match_mqadmin(cluster, names):
     for topic in [*batch, single]:
         # A 4.9 broker keeps no order flag (ordering there is the name server's ORDER_TOPIC_CONFIG
         # table, which admin.put_order writes); a 5.x broker stores it.
-        assert configs[topic.name] == replace(topic, order=topic.order and cluster.spec.major >= 5)
+        assert configs[topic.name] == msgspec.structs.replace(topic, order=topic.order and cluster.spec.major >= 5)
     topics = [*batch, single]
     outputs = mqadmin_all(cluster.spec, ["topicList"], *(["topicRoute", "-t", t.name] for t in topics),
                           *(["topicStatus", "-t", t.name] for t in topics))

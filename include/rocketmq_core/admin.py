@@ -32,6 +32,7 @@ from rocketmq_core.remoting.fastjson import loads
 from rocketmq_core.remoting.protocol import RequestCode
 
 T = TypeVar("T")
+C = TypeVar("C", TopicConfig, GroupConfig)
 #: Requests in flight per admin client; a broker answers these on one connection.
 MAX_IN_FLIGHT = 256
 
@@ -44,6 +45,23 @@ class _TopicTable(msgspec.Struct):
     """GET_ALL_TOPIC_CONFIG's body with each topic's config kept as raw bytes."""
 
     topicConfigTable: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+
+
+class _TopicConfigs(msgspec.Struct):
+    """GET_ALL_TOPIC_CONFIG's body, each topic decoded straight into a TopicConfig."""
+
+    topicConfigTable: dict[str, TopicConfig] = msgspec.field(default_factory=dict)
+
+
+class _GroupConfigs(msgspec.Struct):
+    """GET_ALL_SUBSCRIPTIONGROUP_CONFIG's body, each group decoded straight into a GroupConfig."""
+
+    subscriptionGroupTable: dict[str, GroupConfig] = msgspec.field(default_factory=dict)
+
+
+#: Lenient as fastjson is: numbers and flags may come as strings.
+_TOPIC_CONFIGS = msgspec.json.Decoder(_TopicConfigs, strict=False)
+_GROUP_CONFIGS = msgspec.json.Decoder(_GroupConfigs, strict=False)
 
 
 async def gather_all(*jobs: Awaitable[T]) -> list[T]:
@@ -73,6 +91,18 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _config_table(body: bytes, decoder: msgspec.json.Decoder[Any], key: str, config: type[C]) -> dict[str, C]:
+    """A broker's whole topic or group table, decoded straight into configs in C; a body that is
+    not standard JSON, or holds a field of another type, goes the tolerant parser's way."""
+    with gc_paused():
+        try:
+            table: dict[str, C] = getattr(decoder.decode(body), key)
+            return table
+        except (msgspec.DecodeError, UnicodeError):
+            parsed = loads(body).get(key) or {}
+            return {name: config.from_wire(cfg) for name, cfg in parsed.items()}
 
 
 @dataclass(frozen=True)
@@ -213,9 +243,7 @@ class ClusterAdmin:
 
     async def topic_configs(self, addr: str) -> dict[str, TopicConfig]:
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_TOPIC_CONFIG, timeout=30)
-        with gc_paused():
-            table = loads(resp.body).get("topicConfigTable") or {}
-            return {name: TopicConfig.from_wire(cfg) for name, cfg in table.items()}
+        return _config_table(resp.body, _TOPIC_CONFIGS, "topicConfigTable", TopicConfig)
 
     async def topics_held(self, addr: str) -> set[str]:
         """The names of every topic one broker holds, their configs left unparsed."""
@@ -298,9 +326,7 @@ class ClusterAdmin:
 
     async def group_configs(self, addr: str) -> dict[str, GroupConfig]:
         resp = await self.client.invoke(addr, RequestCode.GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=30)
-        with gc_paused():
-            table = loads(resp.body).get("subscriptionGroupTable") or {}
-            return {name: GroupConfig.from_wire(cfg) for name, cfg in table.items()}
+        return _config_table(resp.body, _GROUP_CONFIGS, "subscriptionGroupTable", GroupConfig)
 
     async def create_group(self, addr: str, group: GroupConfig) -> None:
         validate_group_name(group.name)

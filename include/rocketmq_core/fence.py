@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
+
 from rocketmq_core.acl import PlainAccount, plain_acl_on, plain_accounts, put_plain_account
 from rocketmq_core.admin import BrokerInfo, ClusterAdmin
 from rocketmq_core.errors import RocketMQError
@@ -109,7 +111,7 @@ async def _read_perms(admin: ClusterAdmin, wanted: set[str], cluster: str | None
             config = configs[name]
             before.setdefault(broker.name, {})[name] = config.perm
             if config.perm & PERM_WRITE:
-                writes.append((broker.master, config, replace(config, perm=config.perm & ~PERM_WRITE)))
+                writes.append((broker.master, config, msgspec.structs.replace(config, perm=config.perm & ~PERM_WRITE)))
     return before, writes
 
 
@@ -122,7 +124,7 @@ async def lift_fence(admin: ClusterAdmin, before: Perms, cluster: str | None = N
         for name, perm in sorted(before.get(broker.name, {}).items()):
             config = configs.get(name)
             if config is not None and config.perm != perm:
-                await admin.create_topic(broker.master, replace(config, perm=perm))
+                await admin.create_topic(broker.master, msgspec.structs.replace(config, perm=perm))
                 restored.setdefault(broker.name, []).append(name)
     return restored
 

@@ -11,8 +11,9 @@ topic by hand.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any
+
+import msgspec
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.errors import RocketMQError
@@ -28,7 +29,7 @@ async def topic_holdings(admin: ClusterAdmin, topics: Iterable[str], cluster: st
     masters = await admin.masters(cluster, expected_brokers)
     held: Held = {}
     for broker, configs in zip(masters, await admin.gather(admin.topic_configs(b.master) for b in masters)):
-        found = {name: asdict(configs[name]) for name in wanted if name in configs}
+        found = {name: msgspec.structs.asdict(configs[name]) for name in wanted if name in configs}
         if found:
             held[broker.name] = found
     return held

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from rocketmq_core import acl
 from rocketmq_core.admin import ClusterAdmin, gather_all
@@ -171,7 +173,7 @@ def _broker_topic(desired: TopicConfig, have: TopicConfig | None, broker: Broker
         attributes.update(desired.attributes)
     else:
         attributes = current
-    return replace(desired, read_queues=share.read, write_queues=share.write, perm=share.perm,
+    return msgspec.structs.replace(desired, read_queues=share.read, write_queues=share.write, perm=share.perm,
                    attributes=attributes if broker.major >= 5 else {})
 
 
@@ -192,7 +194,7 @@ def _broker_group(desired: GroupConfig, have: GroupConfig | None, v5: bool) -> G
     """When 5.x-only fields are not compared (rule 4), the target keeps its own values."""
     if v5 or have is None:
         return desired
-    return replace(desired, orderly=have.orderly, consume_timeout_minute=have.consume_timeout_minute,
+    return msgspec.structs.replace(desired, orderly=have.orderly, consume_timeout_minute=have.consume_timeout_minute,
                    retry_policy=have.retry_policy, sys_flag=have.sys_flag, attributes=dict(have.attributes))
 
 

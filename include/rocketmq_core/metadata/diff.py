@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from rocketmq_core import acl
 from rocketmq_core.metadata.fields import (
@@ -149,7 +151,7 @@ def _wanted_groups(source: ClusterSnapshot, target: ClusterSnapshot) -> Mapping[
     for name, group in source.groups.items():
         values = [b.groups[name].retry_queues for b in target.brokers if name in b.groups]
         if len(set(values)) == 1 and group.retry_queues == sum(values) != values[0]:
-            wanted[name] = replace(group, retry_queues=values[0])
+            wanted[name] = msgspec.structs.replace(group, retry_queues=values[0])
     return wanted
 
 

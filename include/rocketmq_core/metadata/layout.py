@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+import msgspec
 
 from rocketmq_core.errors import InvalidSpec
 from rocketmq_core.metadata.fields import FieldChange
@@ -119,7 +121,7 @@ def totals(topic: TopicConfig, layout: Mapping[str, Share]) -> TopicConfig:
                                                       _widest(shares))
     if totals == (topic.read_queues, topic.write_queues, topic.perm):
         return topic
-    return replace(topic, read_queues=totals.read, write_queues=totals.write, perm=totals.perm)
+    return msgspec.structs.replace(topic, read_queues=totals.read, write_queues=totals.write, perm=totals.perm)
 
 
 def share_changes(want: Mapping[str, Share], have: Mapping[str, Share]) -> tuple[FieldChange, ...]:

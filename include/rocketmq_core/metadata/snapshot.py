@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from rocketmq_core import acl
 from rocketmq_core.acl import AclEntry, AclState
 from rocketmq_core.admin import BrokerInfo, ClusterAdmin, gather_all, gc_paused
@@ -179,10 +181,11 @@ def _merge_brokers(brokers: list[BrokerMetadata], order_conf: Mapping[str, str],
             if seen is None and order == cfg.order:
                 topics[name] = cfg  # the common case, without the cost of replace()
                 continue
-            topics[name] = replace(cfg if seen is None else seen, order=order,
-                                   read_queues=cfg.read_queues + (seen.read_queues if seen else 0),
-                                   write_queues=cfg.write_queues + (seen.write_queues if seen else 0),
-                                   perm=cfg.perm | (seen.perm if seen else 0))
+            topics[name] = msgspec.structs.replace(
+                cfg if seen is None else seen, order=order,
+                read_queues=cfg.read_queues + (seen.read_queues if seen else 0),
+                write_queues=cfg.write_queues + (seen.write_queues if seen else 0),
+                perm=cfg.perm | (seen.perm if seen else 0))
     groups: dict[str, GroupConfig] = {}
     for broker in brokers:
         for name, grp in broker.groups.items():
