@@ -129,6 +129,10 @@ def test_properties_encoding_and_separators():
     assert text == "KEYS\x01a b\x02TAGS\x01t\x02user\x01välue with spaces\x02"
     assert codec.decode_properties(text) == props
     assert codec.decode_properties(text.rstrip("\x02")) == props  # Java tolerates a missing last separator
+    # what does not split into name and value pairs is read as Java's loop reads it
+    assert codec.decode_properties("a\x01b\x01c\x02d\x01e\x02") == {"a": "b\x01c", "d": "e"}
+    assert codec.decode_properties("lone\x02a\x01b\x02\x01nameless\x02") == {"a": "b"}
+    assert codec.decode_properties("") == {} and codec.encode_properties({}) == ""
     with pytest.raises(ProtocolError):
         codec.encode_properties({"bad": "x\x02y"})
 
@@ -233,12 +237,13 @@ def test_token_bucket_holds_the_rate():
 
 def test_offset_tracker_never_passes_an_unacknowledged_message():
     tracker = OffsetTracker(10)
-    for offset in range(10, 15):
+    tracker.add(10, 11)
+    for offset in range(12, 15):
         tracker.add(offset)
     tracker.advance(15)
     assert tracker.committable == 10
-    for offset in (11, 12, 14):
-        tracker.done(offset)
+    tracker.done(11, 12)
+    tracker.done(14)
     assert tracker.committable == 10 and tracker.in_flight == 2
     tracker.done(10)
     assert tracker.committable == 13

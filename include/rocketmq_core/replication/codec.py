@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import operator
 import socket
 import struct
 import zlib
@@ -55,6 +56,9 @@ PROPERTY_UNIQ_KEY = "UNIQ_KEY"
 
 _HEAD = struct.Struct(">iiiiiqqiq")           # totalSize .. bornTimestamp: 52 bytes
 _AFTER_STORE_HOST = struct.Struct(">iqi")     # reconsumeTimes, preparedTransactionOffset, bodyLen
+#: totalSize .. bodyLen in one unpack when both hosts are IPv4, as nearly every record's are.
+_V4_HEAD = struct.Struct(">iiiiiqqiq4siq4siiqi")
+_SHORT = struct.Struct(">h")
 
 
 class PullStatus(Enum):
@@ -81,7 +85,7 @@ SEND_FLUSH_SLAVE_TIMEOUT = 12
 SEND_ACCEPT = (ResponseCode.SUCCESS, SEND_FLUSH_DISK_TIMEOUT, SEND_SLAVE_NOT_AVAILABLE, SEND_FLUSH_SLAVE_TIMEOUT)
 
 
-@dataclass
+@dataclass(slots=True)
 class StoredMessage:
     """One message as the broker stored it. ``body`` is decompressed unless ``compressed``
     stays true (an algorithm this process has no library for): then ``sys_flag`` still says
@@ -124,7 +128,9 @@ class StoredMessage:
 def encode_properties(properties: Mapping[str, str]) -> str:
     """``key\\x01value\\x02`` for each pair; separators inside names or values would corrupt the
     message, so they are refused here rather than stored."""
-    text = "".join(f"{k}{NAME_VALUE_SEPARATOR}{v}{PROPERTY_SEPARATOR}" for k, v in properties.items())
+    if not properties:
+        return ""
+    text = PROPERTY_SEPARATOR.join(map(NAME_VALUE_SEPARATOR.join, properties.items())) + PROPERTY_SEPARATOR
     n = len(properties)
     # each pair adds exactly one of each separator: more means one hides in a name or value
     if text.count(NAME_VALUE_SEPARATOR) != n or text.count(PROPERTY_SEPARATOR) != n or "" in properties:
@@ -136,7 +142,13 @@ def encode_properties(properties: Mapping[str, str]) -> str:
 
 def decode_properties(text: str) -> dict[str, str]:
     """The inverse of encode_properties; tolerant of a missing trailing separator, as Java is."""
-    result: dict[str, str] = {}
+    try:  # well-formed text, split in C: every item one name and one value
+        result = dict(map(_split_pair, filter(None, text.split(PROPERTY_SEPARATOR))))
+        if "" not in result:
+            return result
+    except ValueError:  # an item without a value, or with a separator inside its value
+        pass
+    result = {}
     for item in text.split(PROPERTY_SEPARATOR):
         if not item:
             continue
@@ -147,6 +159,9 @@ def decode_properties(text: str) -> dict[str, str]:
 
 
 # --- stored messages -------------------------------------------------------------------------
+
+_split_pair = operator.methodcaller("split", NAME_VALUE_SEPARATOR)
+
 
 def _host(data: bytes | memoryview, pos: int, v6: bool) -> tuple[str, int]:
     size = 16 if v6 else 4
@@ -182,19 +197,24 @@ def decompress(body: bytes, sys_flag: int) -> tuple[bytes, bool]:
 def decode_message(data: bytes | memoryview, pos: int = 0) -> tuple[StoredMessage, int]:
     """One stored record at ``pos``; returns it and the position of the next."""
     try:
-        (total, magic, body_crc, queue_id, flag, queue_offset, physical_offset, sys_flag,
-         born_ts) = _HEAD.unpack_from(data, pos)
+        (total, magic, body_crc, queue_id, flag, queue_offset, physical_offset, sys_flag, born_ts, born_ip,
+         born_port, store_ts, store_ip, store_port, reconsume, prepared, body_len) = _V4_HEAD.unpack_from(data, pos)
         if magic not in (MAGIC_V1, MAGIC_V2):
             raise ProtocolError(f"unknown message magic {magic:#x} at byte {pos}")
         end = pos + total
         if total < _HEAD.size or end > len(data):
             raise ProtocolError(f"message at byte {pos} claims {total} bytes; {len(data) - pos} are left")
-        cur = pos + _HEAD.size
-        born_host, cur = _host(data, cur, bool(sys_flag & BORNHOST_V6_FLAG))
-        (store_ts,) = struct.unpack_from(">q", data, cur)
-        store_host, cur = _host(data, cur + 8, bool(sys_flag & STOREHOST_V6_FLAG))
-        reconsume, prepared, body_len = _AFTER_STORE_HOST.unpack_from(data, cur)
-        cur += _AFTER_STORE_HOST.size
+        if sys_flag & (BORNHOST_V6_FLAG | STOREHOST_V6_FLAG):
+            cur = pos + _HEAD.size
+            born_host, cur = _host(data, cur, bool(sys_flag & BORNHOST_V6_FLAG))
+            (store_ts,) = struct.unpack_from(">q", data, cur)
+            store_host, cur = _host(data, cur + 8, bool(sys_flag & STOREHOST_V6_FLAG))
+            reconsume, prepared, body_len = _AFTER_STORE_HOST.unpack_from(data, cur)
+            cur += _AFTER_STORE_HOST.size
+        else:
+            born_host = f"{socket.inet_ntoa(born_ip)}:{born_port}"
+            store_host = f"{socket.inet_ntoa(store_ip)}:{store_port}"
+            cur = pos + _V4_HEAD.size
         if body_len < 0 or cur + body_len > end:
             raise ProtocolError(f"body of {body_len} bytes runs past the message at byte {pos}")
         raw_body = bytes(data[cur:cur + body_len])
@@ -203,26 +223,23 @@ def decode_message(data: bytes | memoryview, pos: int = 0) -> tuple[StoredMessag
             topic_len = data[cur]
             cur += 1
         else:
-            (topic_len,) = struct.unpack_from(">h", data, cur)
+            (topic_len,) = _SHORT.unpack_from(data, cur)
             cur += 2
-        topic = bytes(data[cur:cur + topic_len]).decode()
+        topic = str(data[cur:cur + topic_len], "utf-8")
         cur += topic_len
-        (props_len,) = struct.unpack_from(">h", data, cur)
+        (props_len,) = _SHORT.unpack_from(data, cur)
         cur += 2
         if props_len < 0 or cur + props_len > end:
             raise ProtocolError(f"properties of {props_len} bytes run past the message at byte {pos}")
-        properties = decode_properties(bytes(data[cur:cur + props_len]).decode())
+        properties = decode_properties(str(data[cur:cur + props_len], "utf-8"))
     except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
         if isinstance(exc, ProtocolError):
             raise
         raise ProtocolError(f"malformed stored message at byte {pos}: {exc}") from exc
-    body, still_compressed = decompress(raw_body, sys_flag)
-    return StoredMessage(
-        topic=topic, queue_id=queue_id, queue_offset=queue_offset, body=body, properties=properties, flag=flag,
-        sys_flag=sys_flag, born_timestamp=born_ts, born_host=born_host, store_timestamp=store_ts,
-        store_host=store_host, physical_offset=physical_offset, reconsume_times=reconsume,
-        prepared_transaction_offset=prepared, body_crc=body_crc, magic=magic, compressed=still_compressed,
-    ), end
+    body, still_compressed = decompress(raw_body, sys_flag) if sys_flag & COMPRESSED_FLAG else (raw_body, False)
+    return StoredMessage(topic, queue_id, queue_offset, body, properties, flag, sys_flag, born_ts, born_host,
+                         store_ts, store_host, physical_offset, reconsume, prepared, body_crc, magic,
+                         still_compressed), end
 
 
 def decode_messages(body: bytes) -> list[StoredMessage]:
@@ -347,13 +364,13 @@ def encode_batch(messages: Iterable[tuple[bytes, int, str]]) -> bytes:
     """The body of SEND_BATCH_MESSAGE (MessageDecoder.encodeMessages): for each (body, flag,
     properties) ``totalSize | magic 0 | bodyCRC 0 | flag | bodyLen + body | propsLen + props``.
     The request header is send_v2_request's with ``m`` (batch) true."""
-    parts = []
+    parts: list[bytes] = []
     for body, flag, properties in messages:
         props = properties.encode()
         if len(props) > 32767:
             raise ProtocolError(f"message properties of {len(props)} bytes exceed a batch record's 32767")
         total = _BATCH_HEAD.size + len(body) + 2 + len(props)
-        parts.append(_BATCH_HEAD.pack(total, 0, 0, flag, len(body)) + body + struct.pack(">h", len(props)) + props)
+        parts += (_BATCH_HEAD.pack(total, 0, 0, flag, len(body)), body, _SHORT.pack(len(props)), props)
     return b"".join(parts)
 
 

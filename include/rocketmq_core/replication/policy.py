@@ -39,7 +39,8 @@ def validate_cluster_id(cluster_id: str) -> str:
 
 
 def hops(properties: Mapping[str, str]) -> list[str]:
-    return [h for h in properties.get(HOPS_PROPERTY, "").split(",") if h]
+    trail = properties.get(HOPS_PROPERTY)
+    return [h for h in trail.split(",") if h] if trail else []
 
 
 def would_loop(properties: Mapping[str, str], target_cluster: str) -> bool:
@@ -135,17 +136,19 @@ class OffsetTracker:
         self._next = start
         self._pending: OrderedDict[int, bool] = OrderedDict()  # offset -> done, in pull order
 
-    def add(self, offset: int) -> None:
-        self._pending[offset] = False
+    def add(self, *offsets: int) -> None:
+        self._pending.update(dict.fromkeys(offsets, False))
 
-    def done(self, offset: int) -> None:
-        if offset in self._pending:
-            self._pending[offset] = True
-        while self._pending:
-            first = next(iter(self._pending))
-            if not self._pending[first]:
+    def done(self, *offsets: int) -> None:
+        pending = self._pending
+        for offset in offsets:
+            if offset in pending:
+                pending[offset] = True
+        while pending:
+            first = next(iter(pending))
+            if not pending[first]:
                 break
-            del self._pending[first]
+            del pending[first]
 
     def advance(self, next_offset: int) -> None:
         """Every offset below ``next_offset`` has been pulled (and add-ed if it was a message)."""

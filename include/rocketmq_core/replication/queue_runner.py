@@ -234,15 +234,17 @@ class QueueRunner:
         w, tracker = self.worker, self.tracker
         assert tracker is not None
         wanted: list[StoredMessage] = []
+        looping: list[int] = []
         target_id = w.config.target.cluster_id
         for message in messages:
-            self.counters.consumed += 1
-            tracker.add(message.queue_offset)
             if would_loop(message.properties, target_id):
-                self.counters.skipped_loop += 1
-                tracker.done(message.queue_offset)
+                looping.append(message.queue_offset)
             else:
                 wanted.append(message)
+        self.counters.consumed += len(messages)
+        self.counters.skipped_loop += len(looping)
+        tracker.add(*[m.queue_offset for m in messages])
+        tracker.done(*looping)
         for chunk in self._chunks(wanted):
             if self.stop_event.is_set():  # released: the rest is tracked, never done, so never committed
                 break
@@ -329,9 +331,8 @@ class QueueRunner:
             w.stats.retry_ended(chunk)
         self.counters.replicated += len(chunk)
         assert self.tracker is not None
-        for m in chunk:
-            w.stats.record_delay(m.store_timestamp)
-            self.tracker.done(m.queue_offset)
+        w.stats.record_delays(chunk)
+        self.tracker.done(*[m.queue_offset for m in chunk])
 
     async def _drain(self, timeout: float) -> None:
         if not self._inflight:
