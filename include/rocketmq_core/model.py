@@ -25,7 +25,6 @@ DLQ_PREFIX = "%DLQ%"
 SCHEDULE_TOPIC = "SCHEDULE_TOPIC_XXXX"
 TIMER_TOPIC = "rmq_sys_wheel_timer"
 HALF_TOPIC = "RMQ_SYS_TRANS_HALF_TOPIC"
-ROCKSDB_HALF_TOPIC = "RMQ_SYS_ROCKSDB_TRANS_HALF_TOPIC"
 
 _NAME = re.compile(r"^[%|a-zA-Z0-9_-]+$")
 TOPIC_MAX_LENGTH = 127
@@ -53,12 +52,14 @@ def validate_group_name(name: str) -> str:
     return name
 
 
+#: Prefixes of the topics RocketMQ creates for itself (RMQ_SYS_ROCKSDB_TRANS_HALF_TOPIC among them).
+_SYSTEM_TOPIC_PREFIXES = ("rmq_sys_", "RMQ_SYS_", RETRY_PREFIX, DLQ_PREFIX)
+
+
 def is_system_topic(name: str, system_topics: frozenset[str] = frozenset()) -> bool:
     """Topics RocketMQ creates for itself: never part of a user's scope."""
-    return (name in _RESERVED_TOPICS or name in system_topics or name.startswith("rmq_sys_")
-            or name.startswith(RETRY_PREFIX) or name.startswith(DLQ_PREFIX)
-            or name.endswith("_REPLY_TOPIC") or name == ROCKSDB_HALF_TOPIC
-            or name.startswith("RMQ_SYS_"))
+    return (name in _RESERVED_TOPICS or name in system_topics or name.startswith(_SYSTEM_TOPIC_PREFIXES)
+            or name.endswith("_REPLY_TOPIC"))
 
 
 _SYSTEM_GROUPS = {"SELF_TEST_C_GROUP", "CID_ONSAPI_OWNER", "CID_ONSAPI_PERMISSION", "TOOLS_CONSUMER",
@@ -68,7 +69,7 @@ _SYSTEM_GROUPS = {"SELF_TEST_C_GROUP", "CID_ONSAPI_OWNER", "CID_ONSAPI_PERMISSIO
 
 
 def is_system_group(name: str) -> bool:
-    return name in _SYSTEM_GROUPS or name.startswith("CID_RMQ_SYS_") or name.startswith("rmq_sys_")
+    return name in _SYSTEM_GROUPS or name.startswith(("CID_RMQ_SYS_", "rmq_sys_"))
 
 
 #: TopicConfig's fields by their names in the broker's JSON (the Java class's fields).
@@ -76,11 +77,13 @@ _TOPIC_WIRE_NAMES = {"name": "topicName", "read_queues": "readQueueNums", "write
                      "sys_flag": "topicSysFlag", "filter_type": "topicFilterType"}
 
 
-class TopicConfig(msgspec.Struct, frozen=True, rename=_TOPIC_WIRE_NAMES):
+class TopicConfig(msgspec.Struct, frozen=True, gc=False, rename=_TOPIC_WIRE_NAMES):
     """A topic as one broker holds it. ``attributes`` carries 5.x settings like message.type.
 
     A msgspec struct, not a dataclass: a broker's whole table decodes straight into these in C
     (``admin.ClusterAdmin.topic_configs``), five times faster than building them from parsed JSON.
+    Untracked by the cyclic garbage collector (``gc=False``: they hold names, numbers and string
+    maps, never a cycle), so a snapshot's 40,000 of them add nothing to its collections.
     """
 
     name: str
@@ -149,7 +152,7 @@ _GROUP_WIRE_NAMES = {
 }
 
 
-class GroupConfig(msgspec.Struct, frozen=True, rename=_GROUP_WIRE_NAMES):
+class GroupConfig(msgspec.Struct, frozen=True, gc=False, rename=_GROUP_WIRE_NAMES):
     """A subscription (consumer) group as one broker holds it (a msgspec struct: see TopicConfig)."""
 
     name: str
