@@ -9,8 +9,6 @@ import logging
 from typing import Any
 
 from airflow.configuration import conf
-from airflow.providers.http.notifications.http import HttpNotifier
-from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from rocketmq_core.taskspec import NotificationSpec
@@ -49,15 +47,22 @@ MESSAGES = {
 
 
 def notifiers(spec: NotificationSpec, event: str) -> list[BaseNotifier]:
-    """The notifiers that announce one event (a key of MESSAGES) for a spec; empty when none is set."""
+    """The notifiers that announce one event (a key of MESSAGES) for a spec; empty when none is set.
+
+    The providers' notifiers are imported only for a spec that uses them: the HTTP one pulls in
+    aiohttp, about 0.35 s of every DAG file parse otherwise."""
     text, link = MESSAGES[event], report_link()
     result: list[BaseNotifier] = []
     if spec.webhook:
+        from airflow.providers.http.notifications.http import HttpNotifier
+
         result.append(HttpNotifier(
             http_conn_id=spec.webhook.http_conn_id, endpoint=spec.webhook.endpoint,
             json={"event": event, "text": f"{text} {link}", "dag_id": "{{ dag.dag_id }}",
                   "run_id": "{{ run_id }}", "report": link}))
     if spec.emails:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
         result.append(SmtpNotifier(to=list(spec.emails), subject=text,
                                    html_content=f"<p>{text}</p><p><a href=\"{link}\">Report</a></p>"))
     return [BestEffort(n) for n in result]
