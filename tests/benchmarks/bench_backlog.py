@@ -12,8 +12,9 @@ group's offsets must lie where its retry topic does.)
   topics.json / subscriptionGroup.json before the broker starts; then 20 messages per queue,
   2 retry messages for every 500th group, and committed offsets (40,000 queue offsets plus the
   retry ones) sent over the wire;
-* ours: ``measure_backlog`` of all 10,000 groups, three runs after an untimed one (the reference
-  runs after ours, on brokers warmed up by them), each with a fresh connection;
+* ours: ``measure_backlog`` of all 10,000 groups, three runs after three untimed ones (a fresh
+  broker's first answers are slow: ``_common.WARMUP_RUNS``; the reference runs after ours, on
+  brokers warmed up by them), each with a fresh connection;
   every group's number is checked against the seeded arithmetic; the brokers' CPU seconds during
   each run are recorded, and one more run goes under cProfile (top contributors printed);
 * reference: ONE ``mqadmin consumerProgress`` without ``-g`` (all groups in one JVM, as a user
@@ -33,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from _common import BENCH_SOURCE, BENCH_SOURCE_2M, BENCH_TARGET, BENCH_TARGET_2M, Timer, broker_pids, \
+from _common import BENCH_SOURCE, BENCH_SOURCE_2M, BENCH_TARGET, BENCH_TARGET_2M, WARMUP_RUNS, Timer, broker_pids, \
     fresh_cluster, headline, master_of, profile, run_async, run_mqadmin, seed_split, side_by_side, stats, verdict, \
     write_result
 
@@ -197,7 +198,8 @@ def bench_one(spec: ClusterSpec, sample_size: int) -> dict[str, Any]:
               f" {N_GROUPS * QUEUES + N_GROUPS // RETRY_EVERY} committed offsets over the wire in {wire.seconds:.1f}s",
               flush=True)
 
-        ours(spec)  # untimed: a fresh broker's first answers include its JIT warm-up; the reference runs warm
+        for _ in range(WARMUP_RUNS):
+            ours(spec)
         runs, report = [], None
         for _ in range(RUNS):
             timer, report = ours(spec)

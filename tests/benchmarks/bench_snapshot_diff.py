@@ -8,8 +8,8 @@ with one broker per cluster, then with two masters per cluster, each holding hal
 objects per cluster, so the two runs show how each side scales when the brokers share the work.
 
 * ours: ``take_snapshot`` of both clusters (concurrently, ACL read as ``rmqctl diff`` does) and
-  ``diff``; three runs after an untimed one (the reference runs after ours, on brokers warmed up
-  by them), median. Also ``rmqctl diff --json`` end to end as a process, once.
+  ``diff``; three runs after three untimed ones (a fresh broker's first answers are slow:
+  ``_common.WARMUP_RUNS``; the reference runs after ours, on brokers warmed up by them), median. Also ``rmqctl diff --json`` end to end as a process, once.
 * reference: ``exportMetadata -c`` on both clusters started at once (two JVMs in parallel, as a
   user would), then both files loaded with ``json`` and compared with plain dict comparisons
   (keys present in both entries; a 4.9 export lacks the 5.x-only ones); measured in the same run.
@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_SOURCE, BENCH_SOURCE_2M, BENCH_TARGET, BENCH_TARGET_2M, Timer, fresh_cluster, headline, \
-    load_average, mqadmin_cmd, profile, run_async, run_parallel, seed_split, side_by_side, verdict, write_result
+from _common import BENCH_SOURCE, BENCH_SOURCE_2M, BENCH_TARGET, BENCH_TARGET_2M, WARMUP_RUNS, Timer, fresh_cluster, \
+    headline, load_average, mqadmin_cmd, profile, run_async, run_parallel, seed_split, side_by_side, verdict, \
+    write_result
 
 from rocketmq_core.admin import ClusterAdmin
 from rocketmq_core.metadata.diff import MetadataDiff, diff
@@ -182,7 +183,8 @@ def bench_case(brokers: int) -> dict[str, Any]:
             fresh_cluster(tgt_spec, seed_split(tgt_spec, tgt_topics, tgt_groups)) as target:
         print("  seeded by topics.json / subscriptionGroup.json written before each broker started"
               + (", each master its half" if brokers > 1 else ""), flush=True)
-        ours(source.namesrv, target.namesrv)  # untimed: fresh brokers' first answers include their JIT warm-up
+        for _ in range(WARMUP_RUNS):
+            ours(source.namesrv, target.namesrv)
         runs, result, objects = [], None, 0
         for _ in range(RUNS):
             timer, snap_s, result, objects = ours(source.namesrv, target.namesrv)
