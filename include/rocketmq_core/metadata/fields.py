@@ -78,6 +78,8 @@ def fields_of(kind: str, obj: Any, v5: bool) -> dict[str, object]:
 
 
 def field_changes(source: Mapping[str, object], target: Mapping[str, object]) -> tuple[FieldChange, ...]:
+    if source == target:  # compared in C: a 4.9 and a 5.x config differ as objects, rarely field by field
+        return ()
     keys = list(source) + [k for k in target if k not in source]
     return tuple(FieldChange(k, _masked(k, source.get(k)), _masked(k, target.get(k)))
                  for k in keys if source.get(k) != target.get(k))

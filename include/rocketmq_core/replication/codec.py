@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import operator
 import socket
 import struct
 import zlib
@@ -142,13 +141,7 @@ def encode_properties(properties: Mapping[str, str]) -> str:
 
 def decode_properties(text: str) -> dict[str, str]:
     """The inverse of encode_properties; tolerant of a missing trailing separator, as Java is."""
-    try:  # well-formed text, split in C: every item one name and one value
-        result = dict(map(_split_pair, filter(None, text.split(PROPERTY_SEPARATOR))))
-        if "" not in result:
-            return result
-    except ValueError:  # an item without a value, or with a separator inside its value
-        pass
-    result = {}
+    result: dict[str, str] = {}
     for item in text.split(PROPERTY_SEPARATOR):
         if not item:
             continue
@@ -159,9 +152,6 @@ def decode_properties(text: str) -> dict[str, str]:
 
 
 # --- stored messages -------------------------------------------------------------------------
-
-_split_pair = operator.methodcaller("split", NAME_VALUE_SEPARATOR)
-
 
 def _host(data: bytes | memoryview, pos: int, v6: bool) -> tuple[str, int]:
     size = 16 if v6 else 4

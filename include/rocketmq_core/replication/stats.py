@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class ReplicationStats:
         now = time.monotonic()
         while self._delays and now - self._delays[0][0] > _DELAY_WINDOW_S:
             self._delays.popleft()
-        recent = sorted(d for _, d in self._delays)
+        recent = sorted(map(itemgetter(1), self._delays))  # up to 200,000: no Python per item
 
         def pct(p: float) -> int | None:
             return recent[min(len(recent) - 1, int(p * len(recent)))] if recent else None
