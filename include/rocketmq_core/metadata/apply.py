@@ -174,7 +174,7 @@ def _broker_topic(desired: TopicConfig, have: TopicConfig | None, broker: Broker
     else:
         attributes = current
     return msgspec.structs.replace(desired, read_queues=share.read, write_queues=share.write, perm=share.perm,
-                   attributes=attributes if broker.major >= 5 else {})
+                                   attributes=attributes if broker.major >= 5 else {})
 
 
 async def _put_groups(admin: ClusterAdmin, current: ClusterSnapshot, actions: Sequence[Action], v5: bool) -> None:
@@ -194,8 +194,9 @@ def _broker_group(desired: GroupConfig, have: GroupConfig | None, v5: bool) -> G
     """When 5.x-only fields are not compared (rule 4), the target keeps its own values."""
     if v5 or have is None:
         return desired
-    return msgspec.structs.replace(desired, orderly=have.orderly, consume_timeout_minute=have.consume_timeout_minute,
-                   retry_policy=have.retry_policy, sys_flag=have.sys_flag, attributes=dict(have.attributes))
+    return msgspec.structs.replace(
+        desired, orderly=have.orderly, consume_timeout_minute=have.consume_timeout_minute,
+        retry_policy=have.retry_policy, sys_flag=have.sys_flag, attributes=dict(have.attributes))
 
 
 async def _put_acl(admin: ClusterAdmin, current: ClusterSnapshot, action: Action) -> None:
