@@ -538,11 +538,18 @@ def _excluded(pattern: str, other: Patterns) -> bool:
     return not _WILDCARDS.search(pattern) and any(fnmatch.fnmatchcase(pattern, e) for e in other.exclude)
 
 
-@functools.lru_cache(maxsize=4096)
 def _patterns_may_overlap(x: str, y: str) -> bool:
-    if not _WILDCARDS.search(x):
+    px, py = _literal_prefix(x), _literal_prefix(y)
+    if px is None:
         return fnmatch.fnmatchcase(x, y)
-    if not _WILDCARDS.search(y):
+    if py is None:
         return fnmatch.fnmatchcase(y, x)
-    px, py = _WILDCARDS.split(x, 1)[0], _WILDCARDS.split(y, 1)[0]
     return px.startswith(py) or py.startswith(px)
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_prefix(pattern: str) -> str | None:
+    """What a pattern's names all start with; None for a literal name (no wildcard). Cached per
+    pattern, not per pair: a pattern meets every other spec's patterns."""
+    parts = _WILDCARDS.split(pattern, 1)
+    return parts[0] if len(parts) > 1 else None

@@ -51,6 +51,8 @@ def notifiers(spec: NotificationSpec, event: str) -> list[BaseNotifier]:
 
     The providers' notifiers are imported only for a spec that uses them: the HTTP one pulls in
     aiohttp, about 0.35 s of every DAG file parse otherwise."""
+    if not (spec.webhook or spec.emails):
+        return []
     text, link = MESSAGES[event], report_link()
     result: list[BaseNotifier] = []
     if spec.webhook:
