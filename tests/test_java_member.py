@@ -211,7 +211,7 @@ def test_java_member_without_config_url_follows_the_clients_address_service(rmq_
     cmd = java_member.command(
         ["--member", "java-producer", "--role", "producer", "--group", producer_group, "--topic", topic,
          "--log", str(log), "--rate", "10"], tmp_path / "client-logs",
-        [f"-Drocketmq.namesrv.domain={addresses.domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}"])
+        java_member.address_options(addresses.domain, subgroup))
     with open(tmp_path / "member.out", "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -342,7 +342,7 @@ def test_an_address_service_canary_that_strips_a_group_is_undone_and_refused(
         cmd = java_member.command(
             ["--member", member, "--role", "consumer", "--group", member_group, "--topic", topic,
              "--log", str(tmp_path / f"{member}.jsonl")], tmp_path / "client-logs",
-            [f"-Drocketmq.namesrv.domain={domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}"])
+            java_member.address_options(domain, subgroup))
         with open(tmp_path / f"{member}.out", "wb") as out:
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
     switcher = AddressServiceSwitcher("address_service", main, canary, timeout_seconds=420, poll_seconds=2)

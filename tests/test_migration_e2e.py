@@ -83,7 +83,8 @@ BY_HAND = "Edit the fleet's entry in the config service and save."
 #: The address service's bearer token in the address world.
 ADDRESS_TOKEN = "address-s3cret"
 #: How long an address-service switch may take: a Java client asks every 2 minutes, re-routes
-#: within 30 s, and the old broker forgets it up to 2 minutes after its last heartbeat.
+#: within 30 s, and the old broker forgets it when its idle connection closes (45 s here,
+#: ``java_member.IDLE_CLOSE_SECONDS``; 2 minutes by default, which this timeout also allows).
 ADDRESS_SWITCH_SECONDS = 480
 
 

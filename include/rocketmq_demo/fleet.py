@@ -98,8 +98,8 @@ class DemoFleet:
         subgroup = self.layout.subgroup(member)
         java = member in self.layout.java_members
         if java and self.address_domain:
-            jvm = [f"-Drocketmq.namesrv.domain={self.address_domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}"]
-            return java_member.command(args, self.run_dir / f"{member}.client-logs", jvm)
+            return java_member.command(args, self.run_dir / f"{member}.client-logs",
+                                       java_member.address_options(self.address_domain, subgroup))
         follows = (["--address-url", f"http://{self.address_domain}/rocketmq/{subgroup}"] if self.address_domain
                    else ["--config-url", self.config_url])
         if java:

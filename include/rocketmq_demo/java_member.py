@@ -18,6 +18,12 @@ POM = MODULE / "pom.xml"
 MAIN_CLASS = "rocketmqdemo.FleetMember"
 #: A member is small: many run next to the brokers on one machine.
 JVM_OPTIONS = ("-Xmx96m", "-XX:+UseSerialGC")
+#: How long a member that follows the address service keeps a broker connection that carries
+#: nothing (the client's own maxIdleTimeSeconds, 120 by default). A moved client stops talking
+#: to its old brokers once its routes and heartbeats follow the new name server, and an old
+#: broker forgets it when that connection closes: most of a switch's wait after the address
+#: poll. Above the 30 s heartbeat, so a connection still in use never idles out.
+IDLE_CLOSE_SECONDS = 45
 
 
 def _fresh(out: Path) -> bool:
@@ -51,3 +57,10 @@ def command(member_args: Sequence[str], client_logs: Path, jvm_options: Sequence
     """
     return ["java", *JVM_OPTIONS, f"-Drocketmq.client.logRoot={client_logs}", *jvm_options,
             "-cp", classpath(), MAIN_CLASS, *member_args]
+
+
+def address_options(domain: str, subgroup: str) -> list[str]:
+    """The JVM options of a member that follows the client's own address service: no name
+    server, only the service's domain and a subgroup, and the shorter idle close."""
+    return [f"-Drocketmq.namesrv.domain={domain}", f"-Drocketmq.namesrv.domain.subgroup={subgroup}",
+            f"-Dcom.rocketmq.remoting.client.channel.maxIdleTimeSeconds={IDLE_CLOSE_SECONDS}"]
