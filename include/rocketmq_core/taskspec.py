@@ -535,7 +535,7 @@ def _scope_overlap(a: Any, b: Any) -> str | None:
 
 def _excluded(pattern: str, other: Patterns) -> bool:
     """A literal name the other spec explicitly excludes cannot clash."""
-    return not _WILDCARDS.search(pattern) and any(fnmatch.fnmatchcase(pattern, e) for e in other.exclude)
+    return _literal_prefix(pattern) is None and any(fnmatch.fnmatchcase(pattern, e) for e in other.exclude)
 
 
 def _patterns_may_overlap(x: str, y: str) -> bool:
