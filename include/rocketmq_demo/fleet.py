@@ -21,6 +21,9 @@ from rocketmq_core.procutil import alive, signal_quietly
 from rocketmq_demo import java_member
 from rocketmq_demo.config_service import FleetConfig
 
+#: Where the C++ client writes its log, one file per process id.
+CPP_CLIENT_LOGS = Path.home() / "logs" / "rocketmq-cpp"
+
 
 @dataclass
 class FleetLayout:
@@ -146,10 +149,26 @@ class DemoFleet:
                              "duplicates": sum(n - 1 for n in receipts.values() if n > 1),
                              "by_cluster": dict(Counter(e["cluster"] for e in events
                                                         if e["e"] == "recv" and e["group"] == group))}
+            if lost:
+                groups[group]["lost_where"] = _where_lost(events, group, set(lost))
+                groups[group]["cpp_offset_reads_failed"] = self._cpp_offset_reads_failed(group)
         return {"sent": len(sent), "sent_by_cluster": dict(sent_by_cluster),
                 "failed_sends": sum(1 for e in events if e["e"] == "fail"), "groups": groups,
                 "lost": sum(g["lost"] for g in groups.values()),
                 "duplicates": sum(g["duplicates"] for g in groups.values())}
+
+    def _cpp_offset_reads_failed(self, group: str) -> list[str]:
+        """What the group's running C++ members logged when a queue's committed offset could not
+        be read: that client then starts the queue at its end (CONSUME_FROM_LAST_OFFSET), every
+        release through 2.2.0, so these lines are where a skip ahead shows."""
+        lines, queue_of_topic = [], f"topic={self.layout.topic},"
+        for member, _, _, member_group in self.layout.members():
+            if member_group != group or member in self.layout.java_members or member not in self.pids:
+                continue
+            for path in sorted(CPP_CLIENT_LOGS.glob(f"{self.pids[member]}_rocketmq-cpp.log*")):
+                lines += [f"{member}: {line.strip()}" for line in path.read_text(errors="replace").splitlines()
+                          if "is -1" in line and queue_of_topic in line or "response is null" in line]
+        return lines[-20:]
 
     def wait_until_received(self, timeout: float = 120) -> dict[str, Any]:
         """Poll the accounting until nothing is missing or the timeout passes; return the last."""
@@ -160,3 +179,38 @@ class DemoFleet:
                 return result
             time.sleep(1)
 
+
+
+def _where_lost(events: list[dict[str, Any]], group: str, lost: set[str]) -> list[dict[str, Any]]:
+    """Per queue, the offsets a group never received and what it received on that queue just
+    before and after them (member, its cluster label, seconds into the run): the evidence that
+    tells a consumer skipping ahead from a message never stored. A key's queue is known where a
+    Java client saw it (its send or any group's receipt); the C++ client reports no broker."""
+    located = {e["key"]: (e["broker"], e["queue"], e["offset"]) for e in events
+               if e["e"] in ("sent", "recv") and e.get("broker") is not None}
+    start = min(e["t"] for e in events)
+    by_queue: dict[tuple[str, int], list[int]] = {}
+    for key in lost:
+        if key in located:
+            broker, queue, offset = located[key]
+            by_queue.setdefault((broker, queue), []).append(offset)
+    received: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
+    for e in events:
+        if e["e"] == "recv" and e["group"] == group and e["key"] in located:
+            broker, queue, offset = located[e["key"]]
+            received.setdefault((broker, queue), []).append((offset, e))
+
+    def seen(entry: tuple[int, dict[str, Any]] | None) -> dict[str, Any] | None:
+        if entry is None:
+            return None
+        offset, e = entry
+        return {"offset": offset, "member": e["member"], "cluster": e["cluster"], "at_s": round(e["t"] - start, 1)}
+
+    rows = []
+    for (broker, queue), offsets in sorted(by_queue.items()):
+        got = sorted(received.get((broker, queue), []), key=lambda pair: pair[0])
+        low, high = min(offsets), max(offsets)
+        rows.append({"broker": broker, "queue": queue, "lost_offsets": [low, high], "located": len(offsets),
+                     "before": seen(max((g for g in got if g[0] < low), default=None, key=lambda g: g[0])),
+                     "after": seen(min((g for g in got if g[0] > high), default=None, key=lambda g: g[0]))})
+    return rows

@@ -29,6 +29,7 @@ import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
 import org.apache.rocketmq.client.impl.factory.MQClientInstance;
 import org.apache.rocketmq.client.producer.DefaultMQProducer;
+import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
 import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
@@ -204,7 +205,9 @@ public final class FleetMember {
         String configured = cluster;
         client.registerMessageListener((MessageListenerConcurrently) (msgs, context) -> {
             for (MessageExt msg : msgs) {
-                write("recv", "key", msg.getKeys(), "group", group, "cluster", label(configured), "member", member);
+                write("recv", "key", msg.getKeys(), "group", group, "cluster", label(configured), "member", member,
+                        "queue", msg.getQueueId(), "offset", msg.getQueueOffset(), "broker", msg.getBrokerName(),
+                        "store", String.valueOf(msg.getStoreHost()));
             }
             return ConsumeConcurrentlyStatus.CONSUME_SUCCESS;
         });
@@ -228,9 +231,11 @@ public final class FleetMember {
         Message msg = new Message(topic, key.getBytes(StandardCharsets.UTF_8));
         msg.setKeys(key);
         try {
-            String msgId = producer.send(msg).getMsgId();
+            SendResult result = producer.send(msg);
             seq++;
-            write("sent", "key", key, "cluster", label(cluster), "msg_id", msgId);
+            write("sent", "key", key, "cluster", label(cluster), "msg_id", result.getMsgId(),
+                    "broker", result.getMessageQueue().getBrokerName(), "queue", result.getMessageQueue().getQueueId(),
+                    "offset", result.getQueueOffset());
         } catch (Exception exc) {
             String error = String.valueOf(exc);
             write("fail", "key", key, "cluster", label(cluster), "error", error.substring(0, Math.min(200, error.length())));
