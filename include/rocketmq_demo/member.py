@@ -16,6 +16,7 @@ unique key) and received is appended to a JSON-lines log, which the accounting r
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import signal
 import threading
@@ -24,6 +25,30 @@ import urllib.request
 from typing import Any
 
 from rocketmq.client import Message, Producer, PushConsumer
+from rocketmq.ffi import dll
+
+#: rocketmq-client-cpp's ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET.
+CONSUME_FROM_FIRST_OFFSET = 4
+_SET_CONSUME_FROM_WHERE = "_ZN8rocketmq21DefaultMQPushConsumer19setConsumeFromWhereENS_16ConsumeFromWhereE"
+_GET_CONSUME_FROM_WHERE = "_ZN8rocketmq21DefaultMQPushConsumer19getConsumeFromWhereEv"
+
+
+def consume_from_first_offset(consumer: PushConsumer) -> None:
+    """Make a queue whose committed offset cannot be read start at its first message, not its last.
+
+    The C API fixes CONSUME_FROM_LAST_OFFSET, and under it this client (every release through
+    2.2.0) takes a failed offset query, a timeout included, for "no offset yet" and starts the
+    queue at its end: the rebalance a migration's canary causes then skips what was waiting.
+    From the first offset the same failure replays the queue, which idempotent consumers absorb;
+    a group new to a cluster reads what is already there, as a migration's target needs. The C
+    API has no setter, so the client's own method is called: the handle is its push consumer."""
+    setter = getattr(dll, _SET_CONSUME_FROM_WHERE)
+    setter.argtypes, setter.restype = [ctypes.c_void_p, ctypes.c_int], None
+    setter(consumer._handle, CONSUME_FROM_FIRST_OFFSET)
+    getter = getattr(dll, _GET_CONSUME_FROM_WHERE)
+    getter.argtypes, getter.restype = [ctypes.c_void_p], ctypes.c_int
+    if getter(consumer._handle) != CONSUME_FROM_FIRST_OFFSET:
+        raise RuntimeError("the C++ client did not take CONSUME_FROM_FIRST_OFFSET")
 
 
 class Recorder:
@@ -63,11 +88,13 @@ class Member:
             client.set_namesrv_addr(self.namesrv)
         else:
             client = PushConsumer(a.group)
+            consume_from_first_offset(client)
             client.set_namesrv_addr(self.namesrv)
             client.set_instance_name(f"{a.member}-{self.incarnation}")
             cluster = self.cluster
             client.subscribe(a.topic, lambda msg: self.log.write(
-                e="recv", key=msg.keys.decode(), group=a.group, cluster=cluster, member=a.member))
+                e="recv", key=msg.keys.decode(), group=a.group, cluster=cluster, member=a.member,
+                queue=msg.queue_id, offset=msg.queue_offset, msg_id=msg.id))
         client.start()
         self.client = client
 
@@ -104,7 +131,7 @@ class Member:
             self.log.write(e="fail", key=key, cluster=self.cluster, error=str(exc)[:200])
             return
         self.seq += 1
-        self.log.write(e="sent", key=key, cluster=self.cluster, msg_id=result.msg_id)
+        self.log.write(e="sent", key=key, cluster=self.cluster, msg_id=result.msg_id, offset=result.offset)
 
     def run(self) -> None:
         next_poll = 0.0
