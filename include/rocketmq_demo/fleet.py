@@ -180,7 +180,6 @@ class DemoFleet:
             time.sleep(1)
 
 
-
 def _where_lost(events: list[dict[str, Any]], group: str, lost: set[str]) -> list[dict[str, Any]]:
     """Per queue, the offsets a group never received and what it received on that queue just
     before and after them (member, its cluster label, seconds into the run): the evidence that
