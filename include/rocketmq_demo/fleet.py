@@ -207,7 +207,7 @@ def _where_lost(events: list[dict[str, Any]], group: str, lost: set[str]) -> lis
 
     rows = []
     for (broker, queue), offsets in sorted(by_queue.items()):
-        got = sorted(received.get((broker, queue), []), key=lambda pair: pair[0])
+        got = received.get((broker, queue), [])
         low, high = min(offsets), max(offsets)
         rows.append({"broker": broker, "queue": queue, "lost_offsets": [low, high], "located": len(offsets),
                      "before": seen(max((g for g in got if g[0] < low), default=None, key=lambda g: g[0])),

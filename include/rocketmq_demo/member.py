@@ -29,8 +29,12 @@ from rocketmq.ffi import dll
 
 #: rocketmq-client-cpp's ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET.
 CONSUME_FROM_FIRST_OFFSET = 4
-_SET_CONSUME_FROM_WHERE = "_ZN8rocketmq21DefaultMQPushConsumer19setConsumeFromWhereENS_16ConsumeFromWhereE"
-_GET_CONSUME_FROM_WHERE = "_ZN8rocketmq21DefaultMQPushConsumer19getConsumeFromWhereEv"
+#: The client's own DefaultMQPushConsumer::set/getConsumeFromWhere, which the C API leaves out.
+_set_consume_from_where = getattr(
+    dll, "_ZN8rocketmq21DefaultMQPushConsumer19setConsumeFromWhereENS_16ConsumeFromWhereE")
+_set_consume_from_where.argtypes, _set_consume_from_where.restype = [ctypes.c_void_p, ctypes.c_int], None
+_get_consume_from_where = getattr(dll, "_ZN8rocketmq21DefaultMQPushConsumer19getConsumeFromWhereEv")
+_get_consume_from_where.argtypes, _get_consume_from_where.restype = [ctypes.c_void_p], ctypes.c_int
 
 
 def consume_from_first_offset(consumer: PushConsumer) -> None:
@@ -40,14 +44,10 @@ def consume_from_first_offset(consumer: PushConsumer) -> None:
     2.2.0) takes a failed offset query, a timeout included, for "no offset yet" and starts the
     queue at its end: the rebalance a migration's canary causes then skips what was waiting.
     From the first offset the same failure replays the queue, which idempotent consumers absorb;
-    a group new to a cluster reads what is already there, as a migration's target needs. The C
-    API has no setter, so the client's own method is called: the handle is its push consumer."""
-    setter = getattr(dll, _SET_CONSUME_FROM_WHERE)
-    setter.argtypes, setter.restype = [ctypes.c_void_p, ctypes.c_int], None
-    setter(consumer._handle, CONSUME_FROM_FIRST_OFFSET)
-    getter = getattr(dll, _GET_CONSUME_FROM_WHERE)
-    getter.argtypes, getter.restype = [ctypes.c_void_p], ctypes.c_int
-    if getter(consumer._handle) != CONSUME_FROM_FIRST_OFFSET:
+    a group new to a cluster reads what is already there, as a migration's target needs. The
+    handle the C API returns is the client's push consumer, so its own setter applies."""
+    _set_consume_from_where(consumer._handle, CONSUME_FROM_FIRST_OFFSET)
+    if _get_consume_from_where(consumer._handle) != CONSUME_FROM_FIRST_OFFSET:
         raise RuntimeError("the C++ client did not take CONSUME_FROM_FIRST_OFFSET")
 
 
@@ -94,7 +94,7 @@ class Member:
             cluster = self.cluster
             client.subscribe(a.topic, lambda msg: self.log.write(
                 e="recv", key=msg.keys.decode(), group=a.group, cluster=cluster, member=a.member,
-                queue=msg.queue_id, offset=msg.queue_offset, msg_id=msg.id))
+                queue=msg.queue_id, offset=msg.queue_offset))
         client.start()
         self.client = client
 
@@ -131,7 +131,7 @@ class Member:
             self.log.write(e="fail", key=key, cluster=self.cluster, error=str(exc)[:200])
             return
         self.seq += 1
-        self.log.write(e="sent", key=key, cluster=self.cluster, msg_id=result.msg_id, offset=result.offset)
+        self.log.write(e="sent", key=key, cluster=self.cluster, msg_id=result.msg_id)
 
     def run(self) -> None:
         next_poll = 0.0

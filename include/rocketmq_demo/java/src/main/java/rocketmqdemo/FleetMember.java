@@ -206,8 +206,7 @@ public final class FleetMember {
         client.registerMessageListener((MessageListenerConcurrently) (msgs, context) -> {
             for (MessageExt msg : msgs) {
                 write("recv", "key", msg.getKeys(), "group", group, "cluster", label(configured), "member", member,
-                        "queue", msg.getQueueId(), "offset", msg.getQueueOffset(), "broker", msg.getBrokerName(),
-                        "store", String.valueOf(msg.getStoreHost()));
+                        "queue", msg.getQueueId(), "offset", msg.getQueueOffset(), "broker", msg.getBrokerName());
             }
             return ConsumeConcurrentlyStatus.CONSUME_SUCCESS;
         });
