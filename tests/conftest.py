@@ -2,6 +2,9 @@
 
 Clusters come from rocketmq_harness: started once per session (or reused when the harness
 already runs them) and stopped at the end only if this session started them.
+
+``make test`` runs two pytest-xdist workers; each is a harness lane of its own (clusters, Airflow
+standalones, homes, ports), so the workers share nothing but the machine.
 """
 
 from __future__ import annotations
@@ -12,18 +15,24 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from rocketmq.client import PushConsumer
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # gw0, gw1: set before the harness reads its lane
+    os.environ["RMQ_HARNESS_LANE"] = os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")
+
+from rocketmq_harness import clusters as harness  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW_HOME = ROOT / ".run" / "airflow-test"
+AIRFLOW_HOME = harness.LANE_DIR / "airflow-test"
 #: The project's DAG files and the tests' probe DAGs, side by side, as links: dag.test() runs
 #: only DAGs parsed from the DAG folder.
 TEST_DAGS = AIRFLOW_HOME / "dags"
 #: The end-to-end tests' Airflow standalone, and the task specs folder it reads.
-E2E_HOME = ROOT / ".run" / "airflow-e2e"
+E2E_HOME = harness.LANE_DIR / "airflow-e2e"
 E2E_SPECS = E2E_HOME / "specs"
 
 
@@ -45,39 +54,93 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 from rocketmq_core.admin import ClusterAdmin  # noqa: E402
 from rocketmq_core.model import TopicConfig  # noqa: E402
-from rocketmq_harness import clusters as harness  # noqa: E402
 from cluster_side import shutdown_within  # noqa: E402
 
 
-def _started(request, names: tuple[str, ...]) -> dict:
-    """Start (or reuse) the named clusters; stop at the end those this session started."""
+#: The clusters this session started, stopped together when it finishes.
+_STARTED_HERE: list[harness.ClusterSpec] = []
+
+
+def _started(names: tuple[str, ...]) -> dict:
+    """Start (or reuse) the named clusters; those this session started are stopped at its end."""
     started = {}
     for name in names:
         spec = harness.CLUSTERS[name]
         reused = harness.is_up(spec)
         started[name] = harness.start(spec)
         if not reused and not os.environ.get("RMQ_HARNESS_KEEP"):
-            request.addfinalizer(lambda spec=spec: harness.stop(spec))
+            _STARTED_HERE.append(spec)
     return started
 
 
+def pytest_sessionfinish(session) -> None:
+    """Stop the session's clusters at once: one after another, their brokers' shutdowns add up
+    to minutes."""
+    with ThreadPoolExecutor(max(1, len(_STARTED_HERE))) as pool:
+        list(pool.map(harness.stop, _STARTED_HERE))
+    _STARTED_HERE.clear()
+
+
+#: The modules that run longest after the end-to-end migrations, longest first (``--durations``).
+_LONG_MODULES = ("test_airflow_layer", "test_replication", "test_java_member", "test_gates", "test_replication_dags",
+                 "test_browser", "test_topologies", "test_migration_stages", "test_remoting", "test_backlog")
+_E2E_MODULE = "test_migration_e2e"
+
+
+def _unit(nodeid: str) -> str:
+    """A unit of work for one worker: each end-to-end migration alone, every other module whole
+    (its module fixtures start once)."""
+    module = nodeid.split("::", 1)[0]
+    return nodeid if Path(module).stem == _E2E_MODULE else module
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own schedulers
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` by the units above: one module of end-to-end migrations is half the
+    suite's time, too much for one worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """On a worker, the units go out longest first (xdist hands them out in collection order with
+    ``--no-loadscope-reorder``), so neither worker is left running a long one alone at the end."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item) -> int:
+        module = item.module.__name__
+        if module == _E2E_MODULE:
+            return -1
+        return _LONG_MODULES.index(module) if module in _LONG_MODULES else len(_LONG_MODULES)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 @pytest.fixture(scope="session")
-def rmq_clusters(request):
+def rmq_clusters():
     """The plain source (4.9.x) and target (5.x) clusters, by name."""
-    return _started(request, ("source", "target"))
+    return _started(("source", "target"))
 
 
 @pytest.fixture(scope="session")
-def acl_clusters(request):
+def acl_clusters():
     """Clusters with authentication on: 4.9.x plain ACL and 5.x ACL 2.0, by name."""
-    return _started(request, ("source-acl", "target-acl"))
+    return _started(("source-acl", "target-acl"))
 
 
 @pytest.fixture(scope="session")
-def ha_clusters(request):
+def ha_clusters():
     """Production shapes: 4.9.x with two masters (the first with a slave), 5.x with two masters
     behind a proxy, by name."""
-    return _started(request, ("source-ha", "target-ha"))
+    return _started(("source-ha", "target-ha"))
 
 
 @pytest.fixture(params=["source-ha", "target-ha"])
@@ -128,7 +191,7 @@ def airflow_env(rmq_clusters):
 def _e2e_standalone():
     from rocketmq_harness import airflow_standalone
 
-    return airflow_standalone.StandaloneSpec(E2E_HOME, 28080, E2E_HOME / "dags", E2E_SPECS)
+    return airflow_standalone.StandaloneSpec(E2E_HOME, harness.in_lane(28080), E2E_HOME / "dags", E2E_SPECS)
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +226,8 @@ def fab_airflow_as(request, rmq_clusters):
     from rocketmq_harness import airflow_standalone
     from rocketmq_harness.airflow_api import AirflowApi
 
-    spec = airflow_standalone.StandaloneSpec(ROOT / ".run" / "airflow-fab", 28090, E2E_HOME / "dags", E2E_SPECS,
-                                             auth="fab")
+    spec = airflow_standalone.StandaloneSpec(harness.LANE_DIR / "airflow-fab", harness.in_lane(28090), E2E_HOME / "dags",
+                                             E2E_SPECS, auth="fab")
     _link_dag_files(spec.dags_folder)
     airflow_standalone.start(spec)
     if not os.environ.get("RMQ_HARNESS_KEEP"):

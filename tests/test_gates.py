@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from http_recorder import RecordingServer
+from rocketmq_demo.address import ADDRESS_PORT
+from rocketmq_harness import clusters as harness
 from rocketmq_harness.airflow_api import AirflowApiError
 
 
@@ -198,8 +200,9 @@ def test_the_demo_connections_are_where_admin_connections_shows_them(airflow_as)
     """Created in the metadata database (not only the environment): the UI lists and edits them."""
     listed = airflow_as["admin"].call("GET", "/api/v2/connections?limit=100")["connections"]
     by_id = {c["connection_id"]: c for c in listed}
-    assert by_id["rocketmq_source"]["conn_type"] == "rocketmq" and by_id["rocketmq_source"]["port"] == 19876
-    assert by_id["address_service"]["conn_type"] == "http" and by_id["address_service"]["port"] == 18081
+    source = harness.CLUSTERS["source"].namesrv_port
+    assert by_id["rocketmq_source"]["conn_type"] == "rocketmq" and by_id["rocketmq_source"]["port"] == source
+    assert by_id["address_service"]["conn_type"] == "http" and by_id["address_service"]["port"] == ADDRESS_PORT
     with pytest.raises(AirflowApiError) as refused:  # a viewer sees runs, not connections
         airflow_as["watcher"].call("GET", "/api/v2/connections/rocketmq_source")
     assert refused.value.status == 403
