@@ -126,23 +126,14 @@ def environment(spec: StandaloneSpec = DEMO) -> dict[str, str]:
     return env
 
 
-def _fab_users(spec: StandaloneSpec, env: dict[str, str], airflow: str) -> None:
-    """FAB keeps users in the metadata database: the rotation's role, then every user."""
-    subprocess.run([airflow, "roles", "create", ROTATION], env=env, check=True, capture_output=True)
-    listed = subprocess.run([airflow, "users", "list", "--output", "json"], env=env, check=True, capture_output=True)
-    table = next((line for line in listed.stdout.decode().splitlines() if line.startswith("[")), "[]")  # past warnings
-    existing = {u["username"] for u in json.loads(table)}
-    for user, password in passwords(spec).items():
-        if user in existing:  # an Airflow home started before keeps its users
-            continue
-        roles = FAB_ROLES[user]
-        # --password=VALUE: a generated password may begin with "-", which argparse takes for an option
-        create = [airflow, "users", "create", "--username", user, f"--password={password}", "--role", roles[0],
-                  "--email", f"{user}@example.invalid", "--firstname", user, "--lastname", "harness"]
-        subprocess.run(create, env=env, check=True, capture_output=True)
-        for role in roles[1:]:
-            subprocess.run([airflow, "users", "add-role", "--username", user, "--role", role], env=env, check=True,
-                           capture_output=True)
+def _fab_users(spec: StandaloneSpec, env: dict[str, str]) -> None:
+    """FAB keeps users in the metadata database: the rotation's role, then every user, in one
+    process (rocketmq_harness.fab_users), the passwords on its stdin."""
+    wanted = {"roles": [ROTATION],
+              "users": {user: {"password": password, "roles": FAB_ROLES[user]}
+                        for user, password in passwords(spec).items()}}
+    subprocess.run([sys.executable, "-m", "rocketmq_harness.fab_users"], input=json.dumps(wanted).encode(), env=env,
+                   check=True, capture_output=True)
 
 
 def connections() -> dict[str, dict]:
@@ -200,7 +191,7 @@ def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
     finally:
         conn_file.unlink()  # it holds the address service's token: the database keeps it from here
     if spec.auth == "fab":
-        _fab_users(spec, env, airflow)
+        _fab_users(spec, env)
         command = ["sh", "-c", " & ".join(f"{airflow} {c}" for c in ("api-server", "scheduler", "dag-processor",
                                                                     "triggerer")) + " & wait"]
     else:
@@ -247,6 +238,10 @@ def stop(spec: StandaloneSpec = DEMO, grace: float = 30) -> int | None:
 
 
 def _group_alive(pgid: int) -> bool:
+    try:  # the leader is our child when this process started it: an unreaped one still counts for killpg
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
