@@ -81,47 +81,36 @@ def pytest_sessionfinish(session) -> None:
     _STARTED_HERE.clear()
 
 
-#: The modules that run longest after the end-to-end migrations, longest first (``--durations``).
-_LONG_MODULES = ("test_airflow_layer", "test_replication", "test_java_member", "test_gates", "test_replication_dags",
-                 "test_browser", "test_topologies", "test_migration_stages", "test_remoting", "test_backlog")
-_E2E_MODULE = "test_migration_e2e"
-
-
-def _unit(nodeid: str) -> str:
-    """A unit of work for one worker: each end-to-end migration alone, every other module whole
-    (its module fixtures start once)."""
-    module = nodeid.split("::", 1)[0]
-    return nodeid if Path(module).stem == _E2E_MODULE else module
+#: The modules that drive a running Airflow standalone. They all run on the first worker: two
+#: standalones beside two lanes of clusters and fleets starved this 2-core machine (REST calls to
+#: Airflow timed out).
+_STANDALONE_MODULES = frozenset({"test_migration_e2e", "test_gates", "test_browser", "test_replication_dags"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own schedulers
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadfile`` by the units above: one module of end-to-end migrations is half the
-    suite's time, too much for one worker."""
+    """``--dist loadfile`` with every module placed up front: those driving the Airflow standalone
+    on the first worker, the rest on the last."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class UnitScheduling(LoadScopeScheduling):
+    class LaneScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _unit(nodeid)
+            return nodeid.split("::", 1)[0]
 
-    return UnitScheduling(config, log)
+        def _assign_work_unit(self, node) -> None:
+            """Every module of the node's lane at once (xdist asks for one unit at a time)."""
+            last = max(n.gateway.id for n in self.nodes)
+            for module in list(self.workqueue):
+                standalone = Path(module).stem in _STANDALONE_MODULES
+                if node.gateway.id == ("gw0" if standalone else last):
+                    unit = self.workqueue.pop(module)
+                    self.assigned_work[node][module] = unit
+                    collection = self.registered_collections[node]
+                    node.send_runtest_some([collection.index(nodeid) for nodeid in unit])
 
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """On a worker, the units go out longest first (xdist hands them out in collection order with
-    ``--no-loadscope-reorder``), so neither worker is left running a long one alone at the end."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-
-    def rank(item) -> int:
-        module = item.module.__name__
-        if module == _E2E_MODULE:
-            return -1
-        return _LONG_MODULES.index(module) if module in _LONG_MODULES else len(_LONG_MODULES)
-
-    items.sort(key=rank)  # stable: each module keeps its own order
+    return LaneScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
