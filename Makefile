@@ -50,10 +50,8 @@ demo: clusters
 	@$(HARNESS) memory
 	@echo "Open the UI, unpause and trigger 'Migration: orders-migration'; README.md walks through each gate."
 
-# Two workers, each a harness lane of its own (tests/conftest.py); TEST_WORKERS=0 runs the suite in one process.
-TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # Benchmarks (tests/benchmarks/bench_*.py) on private clusters, not part of `make test`: each prints
 # its figures and writes bench-results/<name>.json; exit 1 when one misses its target. One: make bench BENCH=apply

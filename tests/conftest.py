@@ -2,9 +2,6 @@
 
 Clusters come from rocketmq_harness: started once per session (or reused when the harness
 already runs them) and stopped at the end only if this session started them.
-
-``make test`` runs two pytest-xdist workers; each is a harness lane of its own (clusters, Airflow
-standalones, homes, ports), so the workers share nothing but the machine.
 """
 
 from __future__ import annotations
@@ -21,18 +18,13 @@ from pathlib import Path
 import pytest
 from rocketmq.client import PushConsumer
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # gw0, gw1: set before the harness reads its lane
-    os.environ["RMQ_HARNESS_LANE"] = os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")
-
-from rocketmq_harness import clusters as harness  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
-AIRFLOW_HOME = harness.LANE_DIR / "airflow-test"
+AIRFLOW_HOME = ROOT / ".run" / "airflow-test"
 #: The project's DAG files and the tests' probe DAGs, side by side, as links: dag.test() runs
 #: only DAGs parsed from the DAG folder.
 TEST_DAGS = AIRFLOW_HOME / "dags"
 #: The end-to-end tests' Airflow standalone, and the task specs folder it reads.
-E2E_HOME = harness.LANE_DIR / "airflow-e2e"
+E2E_HOME = ROOT / ".run" / "airflow-e2e"
 E2E_SPECS = E2E_HOME / "specs"
 
 
@@ -54,6 +46,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
 from rocketmq_core.admin import ClusterAdmin  # noqa: E402
 from rocketmq_core.model import TopicConfig  # noqa: E402
+from rocketmq_harness import clusters as harness  # noqa: E402
 from cluster_side import shutdown_within  # noqa: E402
 
 
@@ -74,43 +67,11 @@ def _started(names: tuple[str, ...]) -> dict:
 
 
 def pytest_sessionfinish(session) -> None:
-    """Stop the session's clusters at once: one after another, their brokers' shutdowns add up
-    to minutes."""
+    """Stop the session's clusters at once: one after another, their brokers' shutdowns added up
+    to almost two minutes."""
     with ThreadPoolExecutor(max(1, len(_STARTED_HERE))) as pool:
         list(pool.map(harness.stop, _STARTED_HERE))
     _STARTED_HERE.clear()
-
-
-#: The modules that drive a running Airflow standalone. They all run on the first worker: two
-#: standalones beside two lanes of clusters and fleets starved this 2-core machine (REST calls to
-#: Airflow timed out).
-_STANDALONE_MODULES = frozenset({"test_migration_e2e", "test_gates", "test_browser", "test_replication_dags"})
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own schedulers
-def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadfile`` with every module placed up front: those driving the Airflow standalone
-    on the first worker, the rest on the last."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class LaneScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return nodeid.split("::", 1)[0]
-
-        def _assign_work_unit(self, node) -> None:
-            """Every module of the node's lane at once (xdist asks for one unit at a time)."""
-            last = max(n.gateway.id for n in self.nodes)
-            for module in list(self.workqueue):
-                standalone = Path(module).stem in _STANDALONE_MODULES
-                if node.gateway.id == ("gw0" if standalone else last):
-                    unit = self.workqueue.pop(module)
-                    self.assigned_work[node][module] = unit
-                    collection = self.registered_collections[node]
-                    node.send_runtest_some([collection.index(nodeid) for nodeid in unit])
-
-    return LaneScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +141,7 @@ def airflow_env(rmq_clusters):
 def _e2e_standalone():
     from rocketmq_harness import airflow_standalone
 
-    return airflow_standalone.StandaloneSpec(E2E_HOME, harness.in_lane(28080), E2E_HOME / "dags", E2E_SPECS)
+    return airflow_standalone.StandaloneSpec(E2E_HOME, 28080, E2E_HOME / "dags", E2E_SPECS)
 
 
 @pytest.fixture(scope="session")
@@ -215,8 +176,8 @@ def fab_airflow_as(request, rmq_clusters):
     from rocketmq_harness import airflow_standalone
     from rocketmq_harness.airflow_api import AirflowApi
 
-    spec = airflow_standalone.StandaloneSpec(harness.LANE_DIR / "airflow-fab", harness.in_lane(28090), E2E_HOME / "dags",
-                                             E2E_SPECS, auth="fab")
+    spec = airflow_standalone.StandaloneSpec(ROOT / ".run" / "airflow-fab", 28090, E2E_HOME / "dags", E2E_SPECS,
+                                             auth="fab")
     _link_dag_files(spec.dags_folder)
     airflow_standalone.start(spec)
     if not os.environ.get("RMQ_HARNESS_KEEP"):

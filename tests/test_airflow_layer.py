@@ -99,7 +99,7 @@ def test_poke_mode_sensor_records_every_check(bag, rmq_clusters, names):
     assert observations[-1]["satisfied"] and observations[-1]["figures"]["clients"] == {group: 1}
 
 
-LAYER_PROBE = harness.ClusterSpec("layer-probe", harness.TARGET_VERSION, harness.in_lane(17876), harness.in_lane(18911))
+LAYER_PROBE = harness.ClusterSpec("layer-probe", harness.TARGET_VERSION, 17876, 18911)
 
 
 @pytest.fixture

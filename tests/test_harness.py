@@ -84,24 +84,19 @@ def test_unreachable_address_is_a_typed_error():
         asyncio.run(_run())
 
 
-def test_every_cluster_port_is_distinct_in_both_lanes_and_outside_the_ephemeral_range():
+def test_every_cluster_port_is_distinct_and_outside_the_ephemeral_range():
     """A port in the kernel's ephemeral range can be taken by any client socket's local end, and
-    then the broker fails with BindException at start: that broke one CI run. The two test
-    workers' lanes run side by side, so no port of one lane may be a port of the other."""
+    then the broker fails with BindException at start: that broke one CI run."""
     import test_airflow_layer
     import test_remoting
     import test_replication
     from benchmarks import _common
 
-    in_lanes = [*harness.CLUSTERS.values(), test_remoting.RESTART_PROBE, test_airflow_layer.LAYER_PROBE,
-                test_replication.REPL_A, test_replication.REPL_B]
-    alone = [_common.BENCH_SOURCE, _common.BENCH_TARGET, _common.BENCH_REPL_SOURCE, _common.BENCH_REPL_TARGET]
-    lane_0 = harness.in_lane(0)  # this lane's shift
-    ports = {spec.name: [port - lane_0 + lane * harness.LANE_SHIFT for port in spec.ports for lane in (0, 1)]
-             for spec in in_lanes}
-    ports.update({spec.name: list(spec.ports) for spec in alone})
-    every = [port for listed in ports.values() for port in listed]
-    assert len(every) == len(set(every)), sorted(p for p in every if every.count(p) > 1)
+    specs = [*harness.CLUSTERS.values(), test_remoting.RESTART_PROBE, test_airflow_layer.LAYER_PROBE,
+             test_replication.REPL_A, test_replication.REPL_B, _common.BENCH_SOURCE, _common.BENCH_TARGET,
+             _common.BENCH_REPL_SOURCE, _common.BENCH_REPL_TARGET]
     low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-    inside = {name: [p for p in listed if low <= p <= high] for name, listed in ports.items()}
+    ports = [port for spec in specs for port in spec.ports]
+    assert len(ports) == len(set(ports)), sorted(p for p in ports if ports.count(p) > 1)
+    inside = {spec.name: [p for p in spec.ports if low <= p <= high] for spec in specs}
     assert not any(inside.values()), {name: p for name, p in inside.items() if p}

@@ -566,8 +566,7 @@ def test_broker_answers_a_binary_header_request_in_kind(cluster, names):
     assert other.opaque == 78 and other.is_response and other.ext_fields.get("offset") == "0"
 
 
-RESTART_PROBE = harness.ClusterSpec("restart-probe", harness.SOURCE_VERSION,
-                                    harness.in_lane(15876), harness.in_lane(16911))
+RESTART_PROBE = harness.ClusterSpec("restart-probe", harness.SOURCE_VERSION, 15876, 16911)
 
 
 def test_reconnect_after_the_broker_restarts():

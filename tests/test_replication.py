@@ -940,8 +940,8 @@ def test_acl_clusters_with_secrets_from_the_environment(acl_clusters, names, spa
 # === broker restarts, on clusters of our own ======================================================
 
 # Below the kernel's ephemeral range (32768+): a client's port there can block a broker's bind.
-REPL_A = harness.ClusterSpec("repl-a", harness.SOURCE_VERSION, harness.in_lane(21876), harness.in_lane(22911))
-REPL_B = harness.ClusterSpec("repl-b", harness.TARGET_VERSION, harness.in_lane(27876), harness.in_lane(28911))
+REPL_A = harness.ClusterSpec("repl-a", harness.SOURCE_VERSION, 21876, 22911)
+REPL_B = harness.ClusterSpec("repl-b", harness.TARGET_VERSION, 27876, 28911)
 
 
 @pytest.fixture

@@ -6,9 +6,6 @@ own ports, data directory, small heap and logs under the run directory (``.run/`
 project, git-ignored). Maven resolves the jars into the local Maven cache; we only ask it for
 the runtime classpath of one version. Processes are recorded by pid and stopped by exactly
 those pids.
-
-Two harnesses can share a machine: each runs in a lane (``RMQ_HARNESS_LANE``, 0 or 1; the test
-suite's two workers are lanes 0 and 1) with its clusters' homes and ports of its own.
 """
 
 from __future__ import annotations
@@ -32,21 +29,6 @@ from rocketmq_core.remoting.client import Credentials
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("RMQ_HARNESS_DIR", PROJECT_ROOT / ".run"))
 POM = Path(__file__).with_name("pom.xml")
-
-#: Lane 1's ports are lane 0's plus LANE_SHIFT. A broker binds port-2 to port+1 and brokers sit 10
-#: ports apart, so the two lanes interleave without sharing a port.
-LANE = int(os.environ.get("RMQ_HARNESS_LANE", "0"))
-LANE_SHIFT = 5
-if LANE not in (0, 1):
-    raise ValueError(f"RMQ_HARNESS_LANE={LANE}: the harness has lanes 0 and 1 only (at most two test workers)")
-#: Where this lane's clusters (and the tests' Airflow homes) live; caches stay in RUN_DIR.
-LANE_DIR = RUN_DIR if LANE == 0 else RUN_DIR / f"lane-{LANE}"
-
-
-def in_lane(port: int) -> int:
-    """``port`` as this lane uses it."""
-    return port + LANE * LANE_SHIFT
-
 
 #: 4.9.8's namesrv and broker jars are not served by the Maven Central reachable here
 #: (404), so the 4.x line is represented by 4.9.7, its newest release that is.
@@ -156,21 +138,20 @@ class ClusterSpec:
 
     @property
     def home(self) -> Path:
-        return LANE_DIR / self.name
+        return RUN_DIR / self.name
 
 
 # Brokers also bind listenPort-2 (fast remoting) and listenPort+1 (HA), so ports stay 10 apart.
 # All ports sit below 32768, outside Linux's ephemeral range: a client socket that happened to
 # take 50912 as its local port once kept a broker's HA service from binding (BindException).
 CLUSTERS: dict[str, ClusterSpec] = {
-    "source": ClusterSpec("source", SOURCE_VERSION, in_lane(19876), in_lane(20911)),
-    "target": ClusterSpec("target", TARGET_VERSION, in_lane(29876), in_lane(30911)),
-    "source-acl": ClusterSpec("source-acl", SOURCE_VERSION, in_lane(11876), in_lane(12911), acl=True),
-    "target-acl": ClusterSpec("target-acl", TARGET_VERSION, in_lane(13876), in_lane(14911), acl=True),
+    "source": ClusterSpec("source", SOURCE_VERSION, 19876, 20911),
+    "target": ClusterSpec("target", TARGET_VERSION, 29876, 30911),
+    "source-acl": ClusterSpec("source-acl", SOURCE_VERSION, 11876, 12911, acl=True),
+    "target-acl": ClusterSpec("target-acl", TARGET_VERSION, 13876, 14911, acl=True),
     # Production shapes: two masters, the first with a slave (4.9); two masters behind a proxy (5.x).
-    "source-ha": ClusterSpec("source-ha", SOURCE_VERSION, in_lane(31876), in_lane(31911), masters=2, slaves=1),
-    "target-ha": ClusterSpec("target-ha", TARGET_VERSION, in_lane(32076), in_lane(32111), masters=2,
-                             proxy_port=in_lane(32181)),
+    "source-ha": ClusterSpec("source-ha", SOURCE_VERSION, 31876, 31911, masters=2, slaves=1),
+    "target-ha": ClusterSpec("target-ha", TARGET_VERSION, 32076, 32111, masters=2, proxy_port=32181),
 }
 
 #: The clusters ``make demo`` runs as its source and target, by topology (``RMQ_TOPOLOGY``).
