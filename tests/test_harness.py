@@ -4,6 +4,7 @@ authentication rejects wrong credentials, and the DAG folder imports cleanly."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from rocketmq.client import Message, Producer, PushConsumer
 from rocketmq_core.errors import AccessDenied, ConnectionFailed
 from rocketmq_core.remoting.client import Credentials, RemotingClient
 from rocketmq_core.remoting.protocol import RequestCode
+from rocketmq_harness import airflow_standalone
 from rocketmq_harness import clusters as harness
 from cluster_side import send_routed, shutdown_within
 
@@ -100,3 +102,16 @@ def test_every_cluster_port_is_distinct_and_outside_the_ephemeral_range():
     assert len(ports) == len(set(ports)), sorted(p for p in ports if ports.count(p) > 1)
     inside = {spec.name: [p for p in spec.ports if low <= p <= high] for spec in specs}
     assert not any(inside.values()), {name: p for name, p in inside.items() if p}
+
+
+def test_an_airflow_port_held_by_another_process_is_refused_before_anything_starts(tmp_path):
+    """A server left on the port by another run would answer the health check in place of ours
+    (its api-server then fails to bind, unseen): one CI run's gates went to a stale Airflow."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        spec = airflow_standalone.StandaloneSpec(tmp_path / "home", port, tmp_path / "dags", tmp_path / "specs")
+        with pytest.raises(RuntimeError, match=f"port {port} is taken by a process this harness did not start"):
+            airflow_standalone.start(spec)
+    assert not (tmp_path / "home" / "airflow.db").exists() and airflow_standalone.recorded_pid(spec) is None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rocketmq_demo.address import ADDRESS_PORT, address_token
-from rocketmq_harness.clusters import PROJECT_ROOT, RUN_DIR, demo_clusters
+from rocketmq_harness.clusters import PROJECT_ROOT, RUN_DIR, demo_clusters, listening
 from rocketmq_provider.replication_runner import LocalProcessRunner
 
 USER = "admin"
@@ -178,6 +178,9 @@ def start(spec: StandaloneSpec = DEMO, timeout: float = 240) -> RunningAirflow:
             and fingerprint_file.read_text() == fingerprint):
         return running
     stop(spec)
+    if listening(spec.port):  # its health check would then answer for a server we did not start
+        raise RuntimeError(f"port {spec.port} is taken by a process this harness did not start (an Airflow of "
+                           f"another checkout or an earlier run?): stop it, or give this Airflow another port")
     fingerprint_file.write_text(fingerprint)
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)

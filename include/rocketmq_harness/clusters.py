@@ -374,7 +374,8 @@ def brokers_registered(spec: ClusterSpec) -> bool:
     return all(registered.get(b.name, {}).get(b.broker_id) == b.addr for b in spec.brokers)
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
+    """Something on this machine accepts connections on the port."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
@@ -385,7 +386,7 @@ def _listening(port: int) -> bool:
 def is_up(spec: ClusterSpec) -> bool:
     """Every broker is registered, and the proxy (if any) takes connections on both its ports."""
     proxy = (spec.proxy_port, spec.proxy_port + 1) if spec.proxy_port else ()
-    return brokers_registered(spec) and all(_listening(p) for p in proxy)
+    return brokers_registered(spec) and all(listening(p) for p in proxy)
 
 
 def store_config_dir(spec: ClusterSpec) -> Path:
