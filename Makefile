@@ -9,7 +9,7 @@ TOPOLOGY ?= small
 export RMQ_TOPOLOGY := $(TOPOLOGY)
 DEMO_CLUSTERS := $(if $(filter ha,$(TOPOLOGY)),source-ha target-ha,source target)
 
-.PHONY: setup prereqs jars schemas clusters demo demo-status test bench stop status memory mqadmin
+.PHONY: setup prereqs jars schemas clusters demo demo-status test test-slow bench stop status memory mqadmin
 
 # Java 17 and Maven run the brokers, Chromium and its driver run the browser test; on a
 # machine without them, install them from Debian.
@@ -51,7 +51,11 @@ demo: clusters
 	@echo "Open the UI, unpause and trigger 'Migration: orders-migration'; README.md walks through each gate."
 
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The tests marked slow (tests/test_migration_e2e.py's address-service world, about 11 minutes).
+test-slow: setup
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 # Benchmarks (tests/benchmarks/bench_*.py) on private clusters, not part of `make test`: each prints
 # its figures and writes bench-results/<name>.json; exit 1 when one misses its target. One: make bench BENCH=apply
