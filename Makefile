@@ -53,7 +53,7 @@ demo: clusters
 test: setup
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
-# The tests marked slow (tests/test_migration_e2e.py's address-service world, about 11 minutes).
+# The tests marked slow (tests/test_migration_e2e.py's address-service world, over ten minutes).
 test-slow: setup
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
