@@ -16,9 +16,8 @@ from airflow.utils.providers_configuration_loader import providers_configuration
 
 
 @providers_configuration_loaded
-def create(wanted: dict) -> list[str]:
-    """The roles, then every user not there yet; return the names of the users created."""
-    created = []
+def create(wanted: dict) -> None:
+    """The roles, then every user not there yet."""
     with get_application_builder() as appbuilder:
         manager = appbuilder.sm
         for role in wanted["roles"]:
@@ -30,9 +29,7 @@ def create(wanted: dict) -> list[str]:
             roles = [manager.find_role(role) for role in user["roles"]]
             if not manager.add_user(name, name, "harness", f"{name}@example.invalid", roles, user["password"]):
                 raise SystemExit(f"FAB did not create the user {name}")
-            created.append(name)
-    return created
 
 
 if __name__ == "__main__":
-    print(json.dumps({"created": create(json.load(sys.stdin))}))
+    create(json.load(sys.stdin))
